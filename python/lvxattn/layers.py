@@ -1,0 +1,271 @@
+"""Cross-attention layers over sharded visual features, with explicit K/V recompute.
+
+One layer (as in Llama 3.2 Vision's cross-attention layers; the MLP is left out)::
+
+    a   = rms_norm(h) * w_in                          text hidden h: [B, Lq_local, Dt]
+    Q   = rms_norm_D(a Wq) * w_qn                     [B, Lq_local, Hq, D]
+    K   = rms_norm_D(X Wk) * w_kn,  V = X Wv          visual X: [B, Lkv_local, Dv] -> [B, Lkv_local, Hkv, D]
+    out = h + tanh(gate) * (cross_attention(Q, K, V) Wo)
+
+The k-norm weight acts on the D axis of K, so ``Q (K * w_kn)^T = (Q * w_kn) K^T``:
+it is applied to Q instead, which leaves K a parameter-free function of X. Then
+the only per-layer K/V state autograd would keep is K and V themselves, and the
+recompute path saves exactly that much less (DESIGN.md, Explicit recompute).
+
+``CrossAttentionStack(recompute=True)`` runs each layer's K/V projection and the
+distributed attention inside ``RecomputedKvAttention``: it saves X (one storage,
+shared by all layers), Q, O and LSE, frees K and V, and rebuilds them from X in
+backward. ``recompute=False`` is plain autograd and keeps K and V per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+import lvxattn
+
+
+def _widened(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least fp32 (fp16/bf16 are widened, fp64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis, computed in (at least) fp32 and returned in ``x``'s dtype."""
+    x32 = _widened(x)
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.to(x.dtype) * weight
+
+
+class UnitRmsNorm(torch.autograd.Function):
+    """Weightless RMSNorm over the last axis that saves its output, not its input.
+
+    y = x * r with r = (mean(x^2) + eps)^-1/2, so dx = r * (dy - y * mean(dy * y)).
+    Saving y (which attention saves anyway: same storage) and r ([..., 1] fp32)
+    instead of x keeps no second copy of the pre-norm K.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = _widened(x)
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        y = (x32 * rstd).to(x.dtype)
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        y, rstd = ctx.saved_tensors
+        y32, dy32 = _widened(y), _widened(dy)
+        dx = rstd * (dy32 - y32 * (dy32 * y32).mean(-1, keepdim=True))
+        return dx.to(dy.dtype), None
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    """How the distributed attention runs: communicator, algorithm, softmax scale."""
+
+    comm: Any = None
+    algorithm: str = "lvx"
+    scale: float | None = None
+
+
+def project_kv(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, kv_heads: int, head_dim: int,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """K = rms_norm_D(X Wk) (weightless, see module doc), V = X Wv, both ``[B, L, Hkv, D]``."""
+    batch, length, _ = x.shape
+    k = nn.functional.linear(x, wk).view(batch, length, kv_heads, head_dim)
+    v = nn.functional.linear(x, wv).view(batch, length, kv_heads, head_dim)
+    return UnitRmsNorm.apply(k, eps), v
+
+
+def _has_attention_backward() -> bool:
+    return hasattr(lvxattn, "cross_attention_backward") and hasattr(lvxattn, "cross_attention_forward")
+
+
+class RecomputedKvAttention(torch.autograd.Function):
+    """``cross_attention(Q, K(X), V(X))`` that keeps X instead of K and V for backward.
+
+    Forward saves Q, X, O, LSE (and the weight handles); backward rebuilds K, V from X
+    under autograd, runs the attention backward, and pushes dK, dV back through the
+    projection to dX, dWk, dWv. X's gradients from all layers are summed by autograd.
+    If the core has no separate attention backward, backward re-runs the attention
+    forward on the rebuilt K, V and differentiates through ``cross_attention``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, x, wk, wv, q_ranges, kv_heads: int, head_dim: int, eps: float,
+                settings: AttentionSettings):
+        k, v = project_kv(x, wk, wv, kv_heads, head_dim, eps)
+        ctx.kv_shape = (kv_heads, head_dim, eps)
+        ctx.settings = settings
+        if _has_attention_backward():
+            o, lse = lvxattn.cross_attention_forward(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
+                                                     q_ranges=q_ranges, scale=settings.scale)
+            ctx.save_for_backward(q, x, wk, wv, q_ranges, o, lse)
+        else:
+            o = lvxattn.cross_attention(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
+                                        q_ranges=q_ranges, scale=settings.scale)
+            ctx.save_for_backward(q, x, wk, wv, q_ranges)
+        del k, v  # the point of this Function: K and V die here
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, x, wk, wv, q_ranges, *attention_state = ctx.saved_tensors
+        kv_heads, head_dim, eps = ctx.kv_shape
+        s = ctx.settings
+        need_q, need_x, need_wk, need_wv = ctx.needs_input_grad[:4]
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(need_x)
+            wk_ = wk.detach().requires_grad_(need_wk)
+            wv_ = wv.detach().requires_grad_(need_wv)
+            k, v = project_kv(x_, wk_, wv_, kv_heads, head_dim, eps)
+            if attention_state:
+                o, lse = attention_state
+                dq, dk, dv = lvxattn.cross_attention_backward(
+                    q, k.detach(), v.detach(), o, lse, do.contiguous(), comm=s.comm, algorithm=s.algorithm,
+                    q_ranges=q_ranges, scale=s.scale)
+                outputs, grads = (k, v), (dk, dv)
+            else:
+                q_ = q.detach().requires_grad_(True)
+                o = lvxattn.cross_attention(q_, k, v, comm=s.comm, algorithm=s.algorithm,
+                                            q_ranges=q_ranges, scale=s.scale)
+                outputs, grads = (o,), (do,)
+            # Every rank must run the attention backward (it is collective), even if it
+            # needs no gradient itself; so no early exit above this line.
+            wanted = [t for t in (x_, wk_, wv_) if t.requires_grad]
+            if not attention_state:
+                wanted = [q_] + wanted
+            found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True) if wanted else []
+        found = list(found)
+        if not attention_state:
+            dq = found.pop(0)
+        dx = found.pop(0) if need_x else None
+        dwk = found.pop(0) if need_wk else None
+        dwv = found.pop(0) if need_wv else None
+        return (dq if need_q else None), dx, dwk, dwv, None, None, None, None, None
+
+
+class CrossAttention(nn.Module):
+    """One gated cross-attention layer (text queries, visual keys/values), GQA native."""
+
+    def __init__(self, text_dim: int, visual_dim: int, heads: int, kv_heads: int, head_dim: int,
+                 eps: float = 1e-5, gate_init: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        if heads % kv_heads != 0:
+            raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
+        self.heads, self.kv_heads, self.head_dim, self.eps = heads, kv_heads, head_dim, eps
+        factory = dict(device=device, dtype=dtype)
+        self.input_norm = nn.Parameter(torch.ones(text_dim, **factory))
+        self.q_proj = nn.Parameter(torch.empty(heads * head_dim, text_dim, **factory))
+        self.k_proj = nn.Parameter(torch.empty(kv_heads * head_dim, visual_dim, **factory))
+        self.v_proj = nn.Parameter(torch.empty(kv_heads * head_dim, visual_dim, **factory))
+        self.o_proj = nn.Parameter(torch.empty(text_dim, heads * head_dim, **factory))
+        self.q_norm = nn.Parameter(torch.ones(head_dim, **factory))
+        self.k_norm = nn.Parameter(torch.ones(head_dim, **factory))
+        self.gate = nn.Parameter(torch.full((1,), float(gate_init), **factory))
+        self.reset_projections()
+
+    def reset_projections(self) -> None:
+        """Normal(0, 1/fan_in) projections; draws from torch's global generator (seed it per run)."""
+        with torch.no_grad():
+            for weight in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+                weight.normal_(0.0, 1.0 / math.sqrt(weight.shape[1]))
+
+    def queries(self, h: torch.Tensor) -> torch.Tensor:
+        """Q with the k-norm weight folded in: ``[B, Lq_local, Hq, D]``, contiguous."""
+        batch, length, _ = h.shape
+        a = rms_norm(h, self.input_norm, self.eps)
+        q = nn.functional.linear(a, self.q_proj).view(batch, length, self.heads, self.head_dim)
+        return (rms_norm(q, self.q_norm, self.eps) * self.k_norm).contiguous()
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, q_ranges: torch.Tensor | None = None,
+                settings: AttentionSettings = AttentionSettings(), recompute: bool = True) -> torch.Tensor:
+        q = self.queries(h)
+        if recompute:
+            o = RecomputedKvAttention.apply(q, x, self.k_proj, self.v_proj, q_ranges, self.kv_heads,
+                                            self.head_dim, self.eps, settings)
+        else:
+            k, v = project_kv(x, self.k_proj, self.v_proj, self.kv_heads, self.head_dim, self.eps)
+            o = lvxattn.cross_attention(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
+                                        q_ranges=q_ranges, scale=settings.scale)
+        batch, length = h.shape[:2]
+        attended = nn.functional.linear(o.reshape(batch, length, self.heads * self.head_dim), self.o_proj)
+        return h + torch.tanh(self.gate) * attended
+
+
+class CrossAttentionStack(nn.Module):
+    """N cross-attention layers that all read the same visual features X.
+
+    ``forward(text, visual, q_ranges)``: text ``[B, Lq_local, Dt]`` and visual
+    ``[B, Lkv_local, Dv]`` are this rank's shards; returns the text shard after N
+    layers. Collective over ``comm`` in forward and backward.
+    """
+
+    def __init__(self, layers: int, text_dim: int, visual_dim: int, heads: int, kv_heads: int,
+                 head_dim: int, recompute: bool = True, comm=None, algorithm: str = "lvx",
+                 scale: float | None = None, eps: float = 1e-5, gate_init: float = 0.0,
+                 device=None, dtype=None):
+        super().__init__()
+        self.recompute = recompute
+        self.settings = AttentionSettings(comm=comm, algorithm=algorithm, scale=scale)
+        self.layers = nn.ModuleList(
+            CrossAttention(text_dim, visual_dim, heads, kv_heads, head_dim, eps=eps, gate_init=gate_init,
+                           device=device, dtype=dtype) for _ in range(layers))
+
+    def forward(self, text: torch.Tensor, visual: torch.Tensor,
+                q_ranges: torch.Tensor | None = None) -> torch.Tensor:
+        h = text
+        for layer in self.layers:
+            h = layer(h, visual, q_ranges, self.settings, self.recompute)
+        return h
+
+
+# ---------------------------------------------------------------------------
+# Measuring what autograd keeps
+
+
+class SavedTensorMeter:
+    """Bytes of distinct storages autograd saves for backward, parameters excluded.
+
+    Use as ``with SavedTensorMeter(exclude=model.parameters()) as meter: loss = f()``;
+    then ``meter.bytes``. Several saves of one storage (X saved by every layer) count once.
+    """
+
+    def __init__(self, exclude=()):
+        self._excluded = {p.untyped_storage().data_ptr() for p in exclude}
+        self._seen: dict[int, int] = {}
+        self._hooks = None
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key and key not in self._excluded:
+            self._seen[key] = storage.nbytes()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+@contextmanager
+def measure_saved(module: nn.Module) -> Iterator[SavedTensorMeter]:
+    """Shorthand for ``SavedTensorMeter(exclude=module.parameters())``."""
+    with SavedTensorMeter(exclude=module.parameters()) as meter:
+        yield meter
