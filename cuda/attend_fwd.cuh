@@ -1,0 +1,278 @@
+// Forward step on tensor cores (mma.sync, sm_80+), one (query tile, head, batch·split)
+// per thread block:
+//   S = scale·Q Kᵀ (masked by q_ranges), online softmax over KV tiles in base 2,
+//   O_b = softmax(S) V, lse_b = logsumexp(S); then, fused, the merge into the running
+//   accumulator: lse' = logaddexp(lse, lse_b), o' = o·e^(lse−lse') + O_b·e^(lse_b−lse').
+// With split-KV the block writes (O_b, lse_b) of its KV slice to a partial buffer and
+// fwd_combine merges the slices and the accumulator.
+// A block only visits the KV rows that some of its query rows can see, and applies
+// the per-element mask only on tiles not seen whole by every row.
+#pragma once
+
+#include <climits>
+
+#include "attend_params.cuh"
+#include "kernel_traits.cuh"
+#include "mma.cuh"
+
+namespace lvx::cuda {
+
+template <typename T, typename Tr>
+__global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParams p) {
+  constexpr int D = Tr::kHeadDim, BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStride;
+  constexpr int NT = Tr::kThreads, kChunks = D / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * S;      // [2][BN][S]
+  T* sV = sK + 2 * BN * S;  // [2][BN][S]
+  __shared__ int s_lo, s_hi, s_full_lo, s_full_hi;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
+  const int hk = h / p.group, Lq = p.Lq, Lkv = p.Lkv;
+  const int m0 = blockIdx.x * BM;
+  const size_t q_stride = (size_t)p.Hq * D, kv_stride = (size_t)p.Hkv * D;
+  const T* gQ = static_cast<const T*>(p.q) + ((size_t)b * Lq * p.Hq + h) * D;
+  const T* gK = static_cast<const T*>(p.k) + ((size_t)b * Lkv * p.Hkv + hk) * D;
+  const T* gV = static_cast<const T*>(p.v) + ((size_t)b * Lkv * p.Hkv + hk) * D;
+
+  // KV rows seen by any row of the tile [lo, hi), and by every row [full_lo, full_hi).
+  int lo = 0, hi = Lkv, full_lo = 0, full_hi = Lkv;
+  if (p.q_ranges) {
+    if (tid == 0) { s_lo = INT_MAX; s_hi = 0; s_full_lo = 0; s_full_hi = INT_MAX; }
+    __syncthreads();
+    for (int r = tid; r < BM; r += NT) {
+      if (m0 + r >= Lq) continue;
+      int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + m0 + r);
+      if (iv.y > iv.x) { atomicMin(&s_lo, iv.x); atomicMax(&s_hi, iv.y); }
+      atomicMax(&s_full_lo, iv.x);
+      atomicMin(&s_full_hi, iv.y);
+    }
+    __syncthreads();
+    lo = s_lo; hi = s_hi; full_lo = s_full_lo; full_hi = s_full_hi;
+    if (lo >= hi) lo = hi = 0;
+  }
+  {
+    int split_lo = split * p.split_len, split_hi = min(Lkv, split_lo + p.split_len);
+    lo = max(lo, split_lo);
+    hi = min(hi, split_hi);
+  }
+  const int n_tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+
+  // This thread's two rows (g and g+8 of the warp's slab) and their intervals.
+  const int row0 = m0 + warp * 16 + g;
+  int2 iv[2];
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    int row = row0 + ri * 8;
+    iv[ri] = row < Lq ? local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + row) : make_int2(0, 0);
+  }
+
+  auto load_kv = [&](int buf, int n0) {
+    T* dk = sK + buf * BN * S;
+    T* dv = sV + buf * BN * S;
+    for (int c = tid; c < BN * kChunks; c += NT) {
+      int r = c / kChunks, col = (c % kChunks) * 8;
+      bool ok = n0 + r < hi;
+      size_t off = (size_t)(ok ? n0 + r : 0) * kv_stride + col;
+      cp_async_16(dk + r * S + col, gK + off, ok);
+      cp_async_16(dv + r * S + col, gV + off, ok);
+    }
+  };
+
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+
+  if (n_tiles > 0) {
+    for (int c = tid; c < BM * kChunks; c += NT) {
+      int r = c / kChunks, col = (c % kChunks) * 8;
+      bool ok = m0 + r < Lq;
+      cp_async_16(sQ + r * S + col, gQ + (size_t)(ok ? m0 + r : 0) * q_stride + col, ok);
+    }
+    load_kv(0, lo);
+    cp_async_commit();
+  }
+
+  // ldmatrix lane addresses: pattern A (A [m][k], or B from [k][n] transposed) and
+  // pattern B (B from [n][k], or A from [k][m] transposed).
+  const int ra = (lane % 8) + ((lane >> 3) & 1) * 8, ca = (lane >> 4) * 8;
+  const int rb = (lane % 8) + (lane >> 4) * 8, cb = ((lane >> 3) & 1) * 8;
+  uint32_t qf[D / 16][4];
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int n0 = lo + j * BN, buf = j & 1;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (j + 1 < n_tiles) load_kv(buf ^ 1, n0 + BN);
+    cp_async_commit();
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], sQ + (warp * 16 + ra) * S + kk * 16 + ca);
+    }
+    const T* k_tile = sK + buf * BN * S;
+    const T* v_tile = sV + buf * BN * S;
+
+    float s[BN / 8][4];
+#pragma unroll
+    for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, k_tile + (np * 16 + rb) * S + kk * 16 + cb);
+        mma16816<T>(s[2 * np], qf[kk], kb[0], kb[1]);
+        mma16816<T>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+      }
+    }
+
+    const bool need_mask = n0 < full_lo || n0 + BN > min(full_hi, hi);
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[nb][e] * p.scale_log2;
+        if (need_mask) {
+          int col = n0 + nb * 8 + 2 * t + (e & 1);
+          int2 r = iv[e >> 1];
+          if (col < r.x || col >= r.y || col >= hi) x = -INFINITY;
+        }
+        s[nb][e] = x;
+      }
+
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < BN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
+      mx = quad_max(mx);
+      float m_new = fmaxf(mrow[ri], mx);
+      float m_use = m_new == -INFINITY ? 0.f : m_new;
+      float alpha = exp2f(mrow[ri] - m_use);
+      mrow[ri] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < BN / 8; ++nb) {
+        float p0 = exp2f(s[nb][2 * ri] - m_use), p1 = exp2f(s[nb][2 * ri + 1] - m_use);
+        s[nb][2 * ri] = p0;
+        s[nb][2 * ri + 1] = p1;
+        sum += p0 + p1;
+      }
+      lrow[ri] = lrow[ri] * alpha + sum;
+#pragma unroll
+      for (int db = 0; db < D / 8; ++db) {
+        acc[db][2 * ri] *= alpha;
+        acc[db][2 * ri + 1] *= alpha;
+      }
+    }
+
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t pa[4] = {Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]),
+                        Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, v_tile + (kk * 16 + ra) * S + dp * 16 + ca);
+        mma16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
+        mma16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
+      }
+    }
+  }
+
+  // Epilogue: normalize, then merge into the accumulator or write the partial.
+  constexpr float kLn2 = 0.6931471805599453f;
+  float lse_prev[2] = {-INFINITY, -INFINITY};
+  if (p.splits == 1) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri)
+      if (row0 + ri * 8 < Lq) lse_prev[ri] = p.lse[((size_t)b * p.Hq + h) * Lq + row0 + ri * 8];
+    __syncwarp();  // the quad reads lse before its t == 0 lane rewrites it
+  }
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    const int row = row0 + ri * 8;
+    float l = quad_sum(lrow[ri]);
+    if (row >= Lq) continue;
+    const bool empty = !(l > 0.f);
+    const float lse_b = empty ? -INFINITY : (mrow[ri] + __log2f(l)) * kLn2;
+    const float inv_l = empty ? 0.f : 1.f / l;
+    const size_t lse_idx = ((size_t)b * p.Hq + h) * Lq + row;
+    const size_t o_idx = (((size_t)b * Lq + row) * p.Hq + h) * D + 2 * t;
+    if (p.splits > 1) {
+      const size_t part = (size_t)split * p.B * Lq * p.Hq;
+      float* op = p.o_part + part * D + o_idx;
+#pragma unroll
+      for (int db = 0; db < D / 8; ++db)
+        *reinterpret_cast<float2*>(op + db * 8) = make_float2(acc[db][2 * ri] * inv_l, acc[db][2 * ri + 1] * inv_l);
+      if (t == 0) p.lse_part[part + lse_idx] = lse_b;
+      continue;
+    }
+    if (empty) continue;  // nothing seen: the accumulator stays as it is
+    const float lse_a = lse_prev[ri];
+    const float mx = fmaxf(lse_a, lse_b);
+    const float wa = __expf(lse_a - mx), wb = __expf(lse_b - mx);
+    const float inv = 1.f / (wa + wb);
+    const float ca_ = wa * inv, cb_ = wb * inv * inv_l;
+    float* op = p.o + o_idx;
+#pragma unroll
+    for (int db = 0; db < D / 8; ++db) {
+      float2 old = *reinterpret_cast<float2*>(op + db * 8);
+      *reinterpret_cast<float2*>(op + db * 8) =
+          make_float2(old.x * ca_ + acc[db][2 * ri] * cb_, old.y * ca_ + acc[db][2 * ri + 1] * cb_);
+    }
+    if (t == 0) p.lse[lse_idx] = mx + __logf(wa + wb);
+  }
+}
+
+// Merges the split partials and the running accumulator, one warp per (b, row, head).
+template <int D>
+__global__ void fwd_combine_kernel(const FwdParams p) {
+  const long long rows = (long long)p.B * p.Lq * p.Hq;
+  const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= rows) return;
+  const int h = (int)(w % p.Hq);
+  const long long bi = w / p.Hq;  // b·Lq + row
+  const int row = (int)(bi % p.Lq), b = (int)(bi / p.Lq);
+  const size_t lse_idx = ((size_t)b * p.Hq + h) * p.Lq + row;
+  const size_t part_rows = (size_t)p.B * p.Lq * p.Hq;
+  const float lse_a = p.lse[lse_idx];
+  float mx = lse_a;
+  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, p.lse_part[s * part_rows + lse_idx]);
+  if (mx == -INFINITY) return;
+  float wsum = __expf(lse_a - mx);
+  constexpr int kPer = (D + 31) / 32;
+  float o[kPer];
+  float* orow = p.o + (size_t)w * D;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    int d = lane + 32 * i;
+    o[i] = d < D ? orow[d] * wsum : 0.f;
+  }
+  for (int s = 0; s < p.splits; ++s) {
+    float ls = p.lse_part[s * part_rows + lse_idx];
+    if (ls == -INFINITY) continue;
+    float ws = __expf(ls - mx);
+    wsum += ws;
+    const float* prow = p.o_part + (s * part_rows + (size_t)w) * D;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      int d = lane + 32 * i;
+      if (d < D) o[i] += prow[d] * ws;
+    }
+  }
+  const float inv = 1.f / wsum;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    int d = lane + 32 * i;
+    if (d < D) orow[d] = o[i] * inv;
+  }
+  __syncwarp();
+  if (lane == 0) p.lse[lse_idx] = mx + __logf(wsum);
+}
+
+}  // namespace lvx::cuda

@@ -1,0 +1,72 @@
+// Launch templates shared by the instantiation files in inst/.
+#pragma once
+
+#include "attend_bwd.cuh"
+#include <type_traits>
+
+#include "attend_dispatch.hpp"
+#include "attend_f32.cuh"
+#include "attend_fwd.cuh"
+#include "cuda_check.hpp"
+
+namespace lvx::cuda {
+
+template <typename Kernel>
+void allow_dynamic_smem(Kernel kernel, int bytes) {
+  if (bytes > 48 * 1024)
+    LVX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <int D>
+void launch_fwd_combine(const FwdParams& p, cudaStream_t stream) {
+  const long long rows = (long long)p.B * p.Lq * p.Hq;
+  const unsigned blocks = (unsigned)((rows * 32 + 255) / 256);
+  fwd_combine_kernel<D><<<blocks, 256, 0, stream>>>(p);
+  LVX_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int D>
+void launch_attend_fwd(const FwdParams& p, cudaStream_t stream) {
+  if (p.B == 0 || p.Lq == 0 || p.Hq == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    const long long rows = (long long)p.B * p.Lq * p.Hq;
+    attend_fwd_f32_kernel<D><<<(unsigned)((rows * 32 + 255) / 256), 256, 0, stream>>>(p);
+    LVX_CUDA_CHECK_LAUNCH();
+  } else {
+    using Tr = typename FwdConfig<D>::Traits;
+    constexpr int smem = Tr::kSmemElems * (int)sizeof(T);
+    auto kernel = attend_fwd_kernel<T, Tr>;
+    static bool configured = (allow_dynamic_smem(kernel, smem), true);
+    (void)configured;
+    dim3 grid((p.Lq + Tr::kBlockM - 1) / Tr::kBlockM, p.Hq, p.B * p.splits);
+    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
+    LVX_CUDA_CHECK_LAUNCH();
+    if (p.splits > 1) launch_fwd_combine<D>(p, stream);
+  }
+}
+
+template <typename T, int D>
+void launch_attend_bwd(const BwdParams& p, cudaStream_t stream) {
+  if (p.B == 0 || p.Lq == 0 || p.Lkv == 0 || p.Hq == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    const long long rows = (long long)p.B * p.Lq * p.Hq;
+    attend_bwd_f32_kernel<D><<<(unsigned)((rows * 32 + 255) / 256), 256, 0, stream>>>(p);
+    LVX_CUDA_CHECK_LAUNCH();
+  } else {
+    using Tr = typename BwdConfig<D>::Traits;
+    constexpr int smem = Tr::kSmemElems * (int)sizeof(T);
+    auto kernel = attend_bwd_kernel<T, Tr>;
+    static bool configured = (allow_dynamic_smem(kernel, smem), true);
+    (void)configured;
+    dim3 grid((p.Lkv + Tr::kBlockN - 1) / Tr::kBlockN, p.Hkv, p.B);
+    kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
+    LVX_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace lvx::cuda
+
+#define LVX_INSTANTIATE_ATTEND_FWD(T, D) \
+  template void lvx::cuda::launch_attend_fwd<T, D>(const lvx::cuda::FwdParams&, cudaStream_t);
+#define LVX_INSTANTIATE_ATTEND_BWD(T, D) \
+  template void lvx::cuda::launch_attend_bwd<T, D>(const lvx::cuda::BwdParams&, cudaStream_t);

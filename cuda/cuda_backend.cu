@@ -1,0 +1,214 @@
+// lvx::Backend on one CUDA device: every method issues work on one stream and returns
+// without waiting, except synchronize() and elapsed_s().
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "attend_dispatch.hpp"
+#include "backend.hpp"
+#include "cuda_check.hpp"
+#include "elementwise.cuh"
+
+namespace lvx {
+namespace {
+
+using cuda::BwdParams;
+using cuda::FwdParams;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+int checked_int(int64_t v, const char* what) {
+  if (v < 0 || v > (int64_t)INT32_MAX) LVX_FAIL(Status::invalid_argument, std::string(what) + " out of range");
+  return (int)v;
+}
+
+void check_shape(const StepShape& s) {
+  LVX_REQUIRE(s.Hkv > 0 && s.Hq % s.Hkv == 0, "Hq must be a multiple of Hkv");
+  checked_int(s.B * s.Lq * s.Hq, "B*Lq*Hq");
+  checked_int(s.B * s.Lkv * s.Hkv, "B*Lkv*Hkv");
+}
+
+[[noreturn]] void unsupported_head_dim(int64_t D) {
+  LVX_FAIL(Status::unsupported, "CUDA attention supports head dims 64 and 128, got " + std::to_string(D));
+}
+
+template <typename Fn>
+void dispatch(DType dtype, int64_t D, Fn&& fn) {
+  if (D != 64 && D != 128) unsupported_head_dim(D);
+  switch (dtype) {
+    case DType::bf16: D == 64 ? fn((__nv_bfloat16*)nullptr, std::integral_constant<int, 64>{})
+                              : fn((__nv_bfloat16*)nullptr, std::integral_constant<int, 128>{}); break;
+    case DType::f16: D == 64 ? fn((__half*)nullptr, std::integral_constant<int, 64>{})
+                             : fn((__half*)nullptr, std::integral_constant<int, 128>{}); break;
+    case DType::f32: D == 64 ? fn((float*)nullptr, std::integral_constant<int, 64>{})
+                             : fn((float*)nullptr, std::integral_constant<int, 128>{}); break;
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    int count = 0;
+    LVX_CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (device < 0 || device >= count)
+      LVX_FAIL(Status::invalid_argument, "CUDA device " + std::to_string(device) + " does not exist (" +
+                                             std::to_string(count) + " visible)");
+    LVX_CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop{};
+    LVX_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = prop.name;
+    num_sms_ = prop.multiProcessorCount;
+    cc_ = prop.major * 10 + prop.minor;
+    if (cc_ < 80) LVX_FAIL(Status::unsupported, "CUDA backend needs compute capability 8.0+, device has " + std::to_string(cc_));
+    LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
+    stream_ = own_stream_;
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (workspace_) cudaFreeAsync(workspace_, stream_);
+    cudaStreamSynchronize(stream_);
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    cudaStreamDestroy(own_stream_);
+  }
+
+  DeviceKind kind() const override { return DeviceKind::cuda; }
+  std::string describe() const override {
+    return "cuda:" + std::to_string(device_) + " (" + name_ + ", sm_" + std::to_string(cc_) + ", " +
+           std::to_string(num_sms_) + " SMs)";
+  }
+
+  void* allocate(size_t bytes) override {
+    void* p = nullptr;
+    if (bytes == 0) return nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      LVX_FAIL(Status::out_of_memory, "cudaMalloc of " + std::to_string(bytes) + " bytes failed on " + describe());
+    }
+    LVX_CUDA_CHECK(err);
+    return p;
+  }
+  void release(void* p) override {
+    if (p) LVX_CUDA_CHECK(cudaFree(p));
+  }
+
+  void fill(float* p, float value, size_t n) override { cuda::launch_fill(p, value, n, stream_); }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes) LVX_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows) override {
+    if (width && rows)
+      LVX_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n) override {
+    if (dst_type == src_type) return copy(dst, src, n * dtype_size(src_type));
+    cuda::launch_convert(dst, (int)dst_type, src, (int)src_type, n, stream_);
+  }
+  void add(float* dst, const float* src, size_t n) override { cuda::launch_add(dst, src, n, stream_); }
+
+  void attend_fwd_step(const FwdStep& a) override {
+    const StepShape& s = a.s;
+    check_shape(s);
+    if (s.B == 0 || s.Lq == 0 || s.Hq == 0 || s.Lkv == 0) return;  // nothing visible: accumulator unchanged
+    FwdParams p{};
+    p.q = a.q; p.k = a.k; p.v = a.v; p.q_ranges = a.q_ranges; p.kv_begin = a.kv_begin;
+    p.B = (int)s.B; p.Lq = (int)s.Lq; p.Lkv = (int)s.Lkv; p.Hq = (int)s.Hq; p.Hkv = (int)s.Hkv;
+    p.group = (int)(s.Hq / s.Hkv);
+    p.scale_log2 = a.scale * kLog2e;
+    p.o = a.o; p.lse = a.lse;
+    p.splits = 1; p.split_len = p.Lkv;
+    if (a.dtype != DType::f32) {
+      if (s.D != 64 && s.D != 128) unsupported_head_dim(s.D);
+      const int D = (int)s.D;
+      cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D),
+                                                   cuda::fwd_block_n(D), num_sms_, 2);
+      if (plan.splits > 1) {
+        const size_t rows = (size_t)p.B * p.Lq * p.Hq;
+        float* ws = workspace((size_t)plan.splits * rows * (D + 1) * sizeof(float));
+        p.splits = plan.splits; p.split_len = plan.split_len;
+        p.o_part = ws; p.lse_part = ws + (size_t)plan.splits * rows * D;
+      }
+    }
+    dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      cuda::launch_attend_fwd<T, decltype(d)::value>(p, stream_);
+    });
+  }
+
+  void attend_bwd_step(const BwdStep& a) override {
+    const StepShape& s = a.s;
+    check_shape(s);
+    if (s.B == 0 || s.Lq == 0 || s.Hq == 0 || s.Lkv == 0) return;
+    BwdParams p{};
+    p.q = a.q; p.k = a.k; p.v = a.v; p.dout = a.dout; p.lse = a.lse; p.dl = a.dl;
+    p.q_ranges = a.q_ranges; p.kv_begin = a.kv_begin;
+    p.B = (int)s.B; p.Lq = (int)s.Lq; p.Lkv = (int)s.Lkv; p.Hq = (int)s.Hq; p.Hkv = (int)s.Hkv;
+    p.group = (int)(s.Hq / s.Hkv);
+    p.scale = a.scale; p.scale_log2 = a.scale * kLog2e;
+    p.dq = a.dq; p.dk = a.dk; p.dv = a.dv;
+    dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      cuda::launch_attend_bwd<T, decltype(d)::value>(p, stream_);
+    });
+  }
+
+  void row_dot(const RowDot& a) override {
+    cuda::launch_row_dot(a.dout, a.o, (int)a.dtype, a.dl, a.B, a.L, a.H, a.D, stream_);
+  }
+  void merge_lse(const MergeLse& a) override {
+    cuda::launch_merge_lse(a.o, a.lse, a.o_in, a.lse_in, a.B, a.L, a.H, a.D, stream_);
+  }
+
+  void synchronize() override { LVX_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* stream() const override { return stream_; }
+  void set_stream(void* stream) override { stream_ = stream ? static_cast<cudaStream_t>(stream) : own_stream_; }
+
+  int mark() override {
+    if (marks_ == events_.size()) {
+      cudaEvent_t e;
+      LVX_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    LVX_CUDA_CHECK(cudaEventRecord(events_[marks_], stream_));
+    return (int)marks_++;
+  }
+  double elapsed_s(int from_mark, int to_mark) override {
+    LVX_REQUIRE(from_mark >= 0 && to_mark >= 0 && (size_t)from_mark < marks_ && (size_t)to_mark < marks_,
+                "elapsed_s: unknown mark");
+    LVX_CUDA_CHECK(cudaEventSynchronize(events_[to_mark]));
+    float ms = 0.f;
+    LVX_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[from_mark], events_[to_mark]));
+    return ms * 1e-3;
+  }
+  void reset_marks() override { marks_ = 0; }
+
+ private:
+  // Split-KV partials; grows stream-ordered, so no host wait.
+  float* workspace(size_t bytes) {
+    if (bytes > workspace_bytes_) {
+      if (workspace_) LVX_CUDA_CHECK(cudaFreeAsync(workspace_, stream_));
+      workspace_ = nullptr;
+      LVX_CUDA_CHECK(cudaMallocAsync(&workspace_, bytes, stream_));
+      workspace_bytes_ = bytes;
+    }
+    return static_cast<float*>(workspace_);
+  }
+
+  int device_;
+  std::string name_;
+  int num_sms_ = 0, cc_ = 0;
+  cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+  size_t marks_ = 0;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+bool cuda_backend_built() { return true; }
+
+}  // namespace lvx

@@ -1,0 +1,257 @@
+// Kernel playground: checks the CUDA backend's attention kernels against a float64
+// CPU reference (fresh random inputs and accumulators, masks, GQA, odd lengths, B > 1,
+// split-KV) and prints one line per case. Exit status 1 if any case fails.
+// Build and run: cuda/dev/run_playground.sh
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "cuda_check.hpp"
+
+using namespace lvx;
+
+namespace {
+
+std::mt19937_64 rng(12345);
+
+float round_to(DType t, float x) {
+  if (t == DType::bf16) return __bfloat162float(__float2bfloat16_rn(x));
+  if (t == DType::f16) return __half2float(__float2half_rn(x));
+  return x;
+}
+
+// Host tensor in storage type: values kept as float (already rounded) + raw bytes.
+struct Stored {
+  std::vector<float> val;
+  std::vector<uint16_t> raw16;
+  DType t;
+  Stored(DType t_, size_t n, float scale) : val(n), raw16(n), t(t_) {
+    std::normal_distribution<float> nd(0.f, scale);
+    for (size_t i = 0; i < n; ++i) {
+      float x = round_to(t, nd(rng));
+      val[i] = x;
+      if (t == DType::bf16) { __nv_bfloat16 b = __float2bfloat16_rn(x); std::memcpy(&raw16[i], &b, 2); }
+      if (t == DType::f16) { __half b = __float2half_rn(x); std::memcpy(&raw16[i], &b, 2); }
+    }
+  }
+  const void* bytes() const { return t == DType::f32 ? (const void*)val.data() : (const void*)raw16.data(); }
+  size_t nbytes() const { return val.size() * dtype_size(t); }
+};
+
+struct Dev {
+  Backend& be;
+  std::vector<void*> ptrs;
+  void* up(const void* h, size_t bytes) {
+    void* p = be.allocate(bytes);
+    LVX_CUDA_CHECK(cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice));
+    ptrs.push_back(p);
+    return p;
+  }
+  template <typename T> void* up(const std::vector<T>& v) { return up(v.data(), v.size() * sizeof(T)); }
+  template <typename T> std::vector<T> down(const void* p, size_t n) {
+    std::vector<T> h(n);
+    LVX_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  ~Dev() { for (void* p : ptrs) be.release(p); }
+};
+
+double rel_err(const std::vector<float>& out, const std::vector<double>& ref, bool& nan) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isinf(ref[i])) {
+      if (!(std::isinf(out[i]) && out[i] < 0)) num += 1e30;
+      continue;
+    }
+    if (!std::isfinite(out[i])) nan = true;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / (den > 0 ? den : 1));
+}
+
+struct Case {
+  const char* name;
+  int B, Lq, Lkv, Hq, Hkv, D;
+  int mask;  // 0 none, 1 all_previous, 2 latest (interleaved images), 3 random intervals
+  long long kv_begin, kv_total;
+};
+
+// q_ranges like lvxattn.masks.interleaved_ranges over the global KV length.
+std::vector<int32_t> make_ranges(const Case& c) {
+  std::vector<int32_t> r((size_t)c.B * c.Lq * 2);
+  const int images = 5, lead = 3;
+  std::uniform_int_distribution<long long> u(0, c.kv_total);
+  for (int b = 0; b < c.B; ++b)
+    for (int i = 0; i < c.Lq; ++i) {
+      long long beg = 0, end = 0;
+      if (c.mask == 3) {
+        beg = u(rng); end = u(rng);
+        if (end < beg) std::swap(beg, end);
+      } else {
+        int n = i < lead ? 0 : std::min(images, 1 + (int)((long long)(i - lead) * images / std::max(c.Lq - lead, 1)));
+        auto bound = [&](int k) { return (long long)k * c.kv_total / images; };
+        end = bound(n);
+        beg = c.mask == 1 || n == 0 ? 0 : bound(n - 1);
+      }
+      r[((size_t)b * c.Lq + i) * 2] = (int32_t)beg;
+      r[((size_t)b * c.Lq + i) * 2 + 1] = (int32_t)end;
+    }
+  return r;
+}
+
+bool run_case(Backend& be, const Case& c, DType t) {
+  const size_t nq = (size_t)c.B * c.Lq * c.Hq * c.D, nkv = (size_t)c.B * c.Lkv * c.Hkv * c.D;
+  const size_t nl = (size_t)c.B * c.Hq * c.Lq;
+  const int group = c.Hq / c.Hkv;
+  const float scale = 1.f / std::sqrt((float)c.D) * 1.1f;
+  Stored q(t, nq, 1.f), k(t, nkv, 1.f), v(t, nkv, 1.f), dout(t, nq, 1.f);
+  std::vector<int32_t> ranges = c.mask ? make_ranges(c) : std::vector<int32_t>();
+  // Running accumulator: half the rows fresh (0, -inf), half from an earlier step.
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> o0(nq), lse0(nl), dq0(nq), dk0(nkv), dv0(nkv), dl(nl);
+  for (size_t i = 0; i < nl; ++i) lse0[i] = (i % 2) ? -INFINITY : 2.f + nd(rng);
+  for (size_t i = 0; i < nq; ++i) {
+    size_t row = i / c.D, h = row % c.Hq, bi = row / c.Hq, b = bi / c.Lq, r = bi % c.Lq;
+    o0[i] = std::isinf(lse0[(b * c.Hq + h) * c.Lq + r]) ? 0.f : nd(rng);
+    dq0[i] = nd(rng);
+  }
+  for (size_t i = 0; i < nkv; ++i) { dk0[i] = nd(rng); dv0[i] = nd(rng); }
+
+  // ---- float64 reference ----
+  std::vector<double> o_ref(o0.begin(), o0.end()), lse_ref(lse0.begin(), lse0.end());
+  std::vector<double> lse_b(nl, -INFINITY), dq_ref(dq0.begin(), dq0.end()), dk_ref(dk0.begin(), dk0.end()),
+      dv_ref(dv0.begin(), dv0.end());
+  std::vector<double> s(c.Lkv), ob(c.D);
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.Hq; ++h) {
+      const int hk = h / group;
+      for (int i = 0; i < c.Lq; ++i) {
+        long long lo = 0, hi = c.Lkv;
+        if (c.mask) {
+          lo = std::max<long long>(0, ranges[((size_t)b * c.Lq + i) * 2] - c.kv_begin);
+          hi = std::min<long long>(c.Lkv, ranges[((size_t)b * c.Lq + i) * 2 + 1] - c.kv_begin);
+        }
+        const float* qr = &q.val[(((size_t)b * c.Lq + i) * c.Hq + h) * c.D];
+        const float* dor = &dout.val[(((size_t)b * c.Lq + i) * c.Hq + h) * c.D];
+        double mx = -INFINITY;
+        for (long long j = lo; j < hi; ++j) {
+          const float* kr = &k.val[(((size_t)b * c.Lkv + j) * c.Hkv + hk) * c.D];
+          double a = 0;
+          for (int d = 0; d < c.D; ++d) a += (double)qr[d] * kr[d];
+          s[j] = a * scale;
+          mx = std::max(mx, s[j]);
+        }
+        const size_t li = ((size_t)b * c.Hq + h) * c.Lq + i;
+        if (hi <= lo) { dl[li] = nd(rng); continue; }
+        double sum = 0;
+        for (long long j = lo; j < hi; ++j) sum += std::exp(s[j] - mx);
+        const double lb = mx + std::log(sum);
+        lse_b[li] = lb;
+        std::fill(ob.begin(), ob.end(), 0.0);
+        for (long long j = lo; j < hi; ++j) {
+          const double pj = std::exp(s[j] - lb);
+          const float* vr = &v.val[(((size_t)b * c.Lkv + j) * c.Hkv + hk) * c.D];
+          for (int d = 0; d < c.D; ++d) ob[d] += pj * vr[d];
+        }
+        double dlv = 0;
+        for (int d = 0; d < c.D; ++d) dlv += ob[d] * dor[d];
+        dl[li] = (float)dlv;
+        const double la = lse_ref[li], m2 = std::max(la, lb), ln = m2 + std::log(std::exp(la - m2) + std::exp(lb - m2));
+        double* orow = &o_ref[(((size_t)b * c.Lq + i) * c.Hq + h) * c.D];
+        for (int d = 0; d < c.D; ++d) orow[d] = orow[d] * std::exp(la - ln) + ob[d] * std::exp(lb - ln);
+        lse_ref[li] = ln;
+        // backward with lse = lse_b (this block's own), Dl as computed
+        double* dqr = &dq_ref[(((size_t)b * c.Lq + i) * c.Hq + h) * c.D];
+        for (long long j = lo; j < hi; ++j) {
+          const size_t kvo = (((size_t)b * c.Lkv + j) * c.Hkv + hk) * c.D;
+          const double pj = std::exp(s[j] - lb);
+          double dpj = 0;
+          for (int d = 0; d < c.D; ++d) dpj += (double)dor[d] * v.val[kvo + d];
+          const double ds = pj * (dpj - (double)dl[li]);
+          for (int d = 0; d < c.D; ++d) {
+            dqr[d] += scale * ds * k.val[kvo + d];
+            dk_ref[kvo + d] += scale * ds * qr[d];
+            dv_ref[kvo + d] += pj * dor[d];
+          }
+        }
+      }
+    }
+  std::vector<float> lse_in(nl);
+  for (size_t i = 0; i < nl; ++i) lse_in[i] = (float)lse_b[i];
+
+  // ---- device ----
+  Dev dev{be, {}};
+  void* dq_ = dev.up(q.bytes(), q.nbytes());
+  void* dk_ = dev.up(k.bytes(), k.nbytes());
+  void* dv_ = dev.up(v.bytes(), v.nbytes());
+  void* ddo = dev.up(dout.bytes(), dout.nbytes());
+  int32_t* dr = c.mask ? static_cast<int32_t*>(dev.up(ranges)) : nullptr;
+  float* o = static_cast<float*>(dev.up(o0));
+  float* lse = static_cast<float*>(dev.up(lse0));
+  float* gdq = static_cast<float*>(dev.up(dq0));
+  float* gdk = static_cast<float*>(dev.up(dk0));
+  float* gdv = static_cast<float*>(dev.up(dv0));
+  float* glse = static_cast<float*>(dev.up(lse_in));
+  float* gdl = static_cast<float*>(dev.up(dl));
+  StepShape sh{c.B, c.Lq, c.Lkv, c.Hq, c.Hkv, c.D};
+  FwdStep f;
+  f.s = sh; f.dtype = t; f.q = dq_; f.k = dk_; f.v = dv_; f.q_ranges = dr; f.kv_begin = c.kv_begin; f.scale = scale;
+  f.o = o; f.lse = lse;
+  be.attend_fwd_step(f);
+  BwdStep g;
+  g.s = sh; g.dtype = t; g.q = dq_; g.k = dk_; g.v = dv_; g.dout = ddo; g.lse = glse; g.dl = gdl; g.q_ranges = dr;
+  g.kv_begin = c.kv_begin; g.scale = scale; g.dq = gdq; g.dk = gdk; g.dv = gdv;
+  be.attend_bwd_step(g);
+  be.synchronize();
+
+  bool nan = false;
+  const double e_o = rel_err(dev.down<float>(o, nq), o_ref, nan);
+  const double e_l = rel_err(dev.down<float>(lse, nl), lse_ref, nan);
+  // Gradient errors measured on the increments (the += target starts random).
+  auto inc_err = [&](float* p, const std::vector<float>& base, const std::vector<double>& ref) {
+    std::vector<float> out = dev.down<float>(p, base.size());
+    std::vector<double> r(ref.size());
+    for (size_t i = 0; i < out.size(); ++i) { out[i] -= base[i]; r[i] = ref[i] - base[i]; }
+    return rel_err(out, r, nan);
+  };
+  const double e_dq = inc_err(gdq, dq0, dq_ref), e_dk = inc_err(gdk, dk0, dk_ref), e_dv = inc_err(gdv, dv0, dv_ref);
+  const double tol = t == DType::bf16 ? 1e-2 : t == DType::f16 ? 5e-3 : 1e-4;
+  const bool ok = !nan && e_o < tol && e_l < tol && e_dq < tol && e_dk < tol && e_dv < tol;
+  std::printf("%-5s %-22s B=%d Lq=%-4d Lkv=%-5d H=%d/%d D=%-3d mask=%d | o %.2e lse %.2e dq %.2e dk %.2e dv %.2e %s%s\n",
+              t == DType::bf16 ? "bf16" : t == DType::f16 ? "f16" : "f32", c.name, c.B, c.Lq, c.Lkv, c.Hq, c.Hkv, c.D,
+              c.mask, e_o, e_l, e_dq, e_dk, e_dv, nan ? "NaN " : "", ok ? "ok" : "FAIL");
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool small = argc > 1 && std::string(argv[1]) == "small";
+  auto be = make_cuda_backend(0);
+  std::printf("%s\n", be->describe().c_str());
+  std::vector<Case> cases = {
+      {"odd lengths GQA", 2, 77, 300, 4, 2, 64, 0, 0, 300},
+      {"D128 no mask", 1, 130, 257, 4, 4, 128, 0, 0, 257},
+      {"all_previous kv_begin", 2, 130, 257, 8, 2, 128, 1, 100, 600},
+      {"latest", 2, 93, 411, 4, 1, 64, 2, 0, 411},
+      {"random intervals", 1, 150, 333, 6, 3, 128, 3, 50, 500},
+      {"split-KV short query", 1, 40, 4100, 2, 1, 128, 0, 0, 4100},
+      {"split-KV masked", 2, 70, 3000, 2, 2, 64, 2, 0, 3000},
+      {"empty rows all", 1, 20, 64, 2, 1, 64, 1, 64, 128},
+  };
+  if (small) cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 70, 2, 2, 128, 0, 0, 70}};
+  int fails = 0;
+  for (DType t : {DType::bf16, DType::f16, DType::f32})
+    for (const Case& c : cases) fails += !run_case(*be, c, t);
+  std::printf("%s: %d failing\n", fails ? "FAIL" : "PASS", fails);
+  return fails ? 1 : 0;
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the playground and the ctypes shim with plain nvcc (no CMake) and runs the
+# correctness check. Usage: cuda/dev/run_playground.sh [small]   (BUILD=dir to reuse)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD:-/tmp/lvx_cuda_dev}
+mkdir -p "$build"
+arch=${ARCH:--gencode=arch=compute_90a,code=sm_90a}
+flags="-std=c++17 -O3 --use_fast_math -Xcompiler -fPIC -I../src -I. $arch"
+srcs="cuda_backend.cu elementwise.cu attend_plan.cu $(ls inst/*.cu) ../src/error.cpp"
+objs=""
+for s in $srcs; do
+  o="$build/$(echo "$s" | tr /. __).o"
+  objs="$objs $o"
+  nvcc $flags -c "$s" -o "$o" &
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-8}" ]; do sleep 0.2; done
+done
+wait
+nvcc $flags -c dev/playground.cu -o "$build/playground.o"
+nvcc $flags -c dev/shim.cu -o "$build/shim.o"
+nvcc $arch -o "$build/playground" "$build/playground.o" $objs -lcudart
+nvcc $arch -shared -o "$build/liblvx_cuda_dev.so" "$build/shim.o" $objs -lcudart
+[ "${RUN:-1}" = 1 ] && "$build/playground" "$@"
