@@ -1,0 +1,217 @@
+"""The command line: ``make-features`` and the main job ``run`` under mpirun.
+
+These tests start ``mpirun -n 2 python -m lvxattn ...`` themselves (with a timeout,
+so a hang is a failure), hence they run in a plain ``python -m pytest``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import lvxattn
+from lvxattn import cli, data
+from lvxattn.progress import Progress
+
+TIMEOUT_S = 120
+RANKS = 2
+
+
+def command_env() -> dict:
+    env = dict(os.environ)
+    package_root = str(Path(list(lvxattn.__path__)[0]).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def mpirun():
+    launcher = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    if launcher is None:
+        pytest.skip("mpirun not found")
+    return [launcher, "--oversubscribe", "-n", str(RANKS)]
+
+
+def lvxattn_command(*args: str, ranks: bool = True) -> subprocess.CompletedProcess:
+    cmd = (mpirun() if ranks else []) + [sys.executable, "-m", "lvxattn", *args]
+    try:
+        return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT_S} s (hang?)\n{exc.stderr}")
+
+
+def needs_core():
+    if not hasattr(lvxattn, "cross_attention"):
+        pytest.skip("lvxattn.cross_attention is not built")
+
+
+@pytest.fixture
+def small_file(tmp_path):
+    path = tmp_path / "features.h5"
+    result = lvxattn_command("make-features", str(path), "--batch", "2", "--frames", "3",
+                             "--tokens-per-frame", "5", "--text-len", "7", "--visual-dim", "6",
+                             "--text-dim", "8", "--mask", "latest", "--no-progress", ranks=False)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout
+    return path
+
+
+# ---------------------------------------------------------------------------
+# make-features
+
+
+def test_make_features_writes_the_requested_file(small_file):
+    meta = data.read_meta(small_file)
+    assert (meta.batch, meta.frames, meta.tokens_per_frame, meta.visual_len) == (2, 3, 5, 15)
+    assert (meta.text_len, meta.visual_dim, meta.text_dim, meta.has_q_ranges) == (7, 6, 8, True)
+    with h5py.File(small_file) as f:
+        want = lvxattn.masks.interleaved_ranges(2, 7, 15, 3, "latest").numpy()
+        assert np.array_equal(f["q_ranges"][...], want)
+        assert abs(float(f["visual"][...].std()) - 1.0) < 0.3   # standard-normal features
+
+
+def test_make_features_rejects_missing_length(tmp_path):
+    result = lvxattn_command("make-features", str(tmp_path / "f.h5"), "--text-len", "4",
+                             "--visual-dim", "2", "--text-dim", "2", ranks=False)
+    assert result.returncode == cli.EXIT_BAD_INPUT
+    assert "give visual_len, or frames and tokens_per_frame" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# run: bad input gives a clear error on every rank, a non-zero exit, and no hang
+
+
+def write_raw(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for name, value in datasets.items():
+            f[name] = value
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("missing_file", [], "feature file not found"),
+    ("no_text", [], "dataset 'text' is missing"),
+    ("bad_visual_shape", [], "'visual' has shape (2, 6)"),
+    ("good", ["--visual-dim", "5"], "visual_dim is 4 in the file but 5 was requested (--visual-dim)"),
+    ("good", ["--text-dim", "3"], "text_dim is 8 in the file but 3 was requested (--text-dim)"),
+    ("good", ["--heads", "3", "--kv-heads", "2"], "--heads 3 must be a multiple of --kv-heads 2"),
+    ("good", ["--visual-split", "1,2"], "split [1, 2] must be non-negative and sum to the length 6"),
+])
+def test_run_bad_input_fails_cleanly_on_every_rank(tmp_path, case, extra, message):
+    path = tmp_path / "f.h5"
+    visual, text = np.zeros((2, 6, 4), np.float32), np.zeros((2, 3, 8), np.float32)
+    if case == "no_text":
+        write_raw(path, visual=visual)
+    elif case == "bad_visual_shape":
+        write_raw(path, visual=np.zeros((2, 6), np.float32), text=text)
+    elif case == "good":
+        write_raw(path, visual=visual, text=text)
+    result = lvxattn_command("run", "--features", str(path), "--steps", "1", "--no-progress", *extra)
+    assert result.returncode != 0
+    for rank in range(RANKS):
+        lines = [line for line in result.stderr.splitlines() if f"error (rank {rank}/{RANKS})" in line]
+        assert lines and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# run: the job itself
+
+
+def reference_first_loss(path: Path, args: list[str]) -> float:
+    """Step 0's loss computed in this process on the whole file (no ranks, float64 loss)."""
+    parsed = cli.build_parser().parse_args(["run", "--features", str(path), *args])
+    shard = data.load_shard(path)
+    model = cli.build_model(parsed, shard.meta, None, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        out = model(shard.text, shard.visual, shard.q_ranges)
+    return float(out.double().pow(2).mean())
+
+
+@pytest.mark.parametrize("recompute", ["--recompute", "--no-recompute"])
+def test_run_reports_loss_stats_and_memory(tmp_path, small_file, recompute):
+    needs_core()
+    report_path = tmp_path / "report.json"
+    args = ["--layers", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "4", "--steps", "2",
+            recompute, "--gate-init", "0.5"]
+    result = lvxattn_command("run", "--features", str(small_file), "--report", str(report_path), *args)
+    assert result.returncode == 0, result.stderr
+    assert "training |" in result.stderr and "step ms" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["world_size"] == RANKS and len(report["loss"]) == 2
+    assert report["config"]["recompute"] == (recompute == "--recompute")
+    assert report["loss"][0] == pytest.approx(reference_first_loss(small_file, args), rel=1e-5)
+    ranks = report["ranks"]
+    assert [r["rank"] for r in ranks] == list(range(RANKS))
+    assert [r["visual_rows"] for r in ranks] == data.even_counts(15, RANKS)
+    assert [r["text_rows"] for r in ranks] == data.even_counts(7, RANKS)
+    for r in ranks:
+        assert r["attention"]["calls_per_step"] == 2
+        assert r["step_s"] > 0 and r["peak_memory_bytes"] > 0 and r["saved_activation_bytes"] > 0
+        if r["attention"]["stats_available"]:
+            assert r["attention"]["forward"]["bytes_sent"] > 0
+            assert r["attention"]["backward"]["bytes_sent"] > 0
+
+
+def test_run_recompute_saves_activation_memory(tmp_path, small_file):
+    needs_core()
+    saved = {}
+    for flag in ("--recompute", "--no-recompute"):
+        report_path = tmp_path / f"{flag}.json"
+        result = lvxattn_command("run", "--features", str(small_file), "--steps", "1", "--layers", "3",
+                                 "--heads", "4", "--kv-heads", "2", "--head-dim", "16", flag,
+                                 "--no-progress", "--report", str(report_path))
+        assert result.returncode == 0, result.stderr
+        saved[flag] = [r["saved_activation_bytes"] for r in json.loads(report_path.read_text())["ranks"]]
+    for rank, rows in enumerate(data.even_counts(15, RANKS)):
+        want = 3 * 2 * 2 * rows * 2 * 16 * 4   # layers * (K, V) * B * Lkv_local * Hkv * D * fp32
+        got = saved["--no-recompute"][rank] - saved["--recompute"][rank]
+        assert abs(got - want) <= 0.1 * want, (rank, got, want)
+
+
+# ---------------------------------------------------------------------------
+# Pieces
+
+
+def test_summary_table_lists_every_rank():
+    stats = {"forward": {"total_s": 0.002, "blocked_s": 0.001, "bytes_sent": 2**20, "bytes_recv": 2**20},
+             "backward": {"total_s": 0.004, "blocked_s": 0.0, "bytes_sent": 2**21, "bytes_recv": 2**21}}
+    ranks = [{"rank": r, "text_rows": 3, "visual_rows": 7, "step_s": 0.01, "attention": stats,
+              "saved_activation_bytes": 2**20, "peak_memory_bytes": 5 * 2**20} for r in range(2)]
+    lines = cli.summary_table(ranks).splitlines()
+    assert len(lines) == 4 and "attn fwd ms" in lines[0]
+    assert lines[2].split() == ["0", "3", "7", "10.0", "2.0", "4.0", "1.0", "3.0", "3.0", "1.0", "5.0"]
+
+
+def test_local_rank_from_launcher_environment(monkeypatch):
+    for name in cli.LOCAL_RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert cli.local_rank(comm=None) == 3
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+    assert cli.local_rank(comm=None) == 1
+
+
+def test_progress_bar_renders_and_is_silent_when_disabled():
+    stream = io.StringIO()
+    with Progress(4, "steps", unit="step", stream=stream, min_interval_s=0) as bar:
+        for _ in range(4):
+            bar.update(1, postfix="loss 1")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("steps |" + "#" * 8 + "-" * 22 + "| 1/4 [")
+    assert lines[-1].startswith("steps |" + "#" * 30 + "| 4/4 [") and lines[-1].endswith("loss 1")
+    quiet = io.StringIO()
+    with Progress(4, "steps", stream=quiet, enabled=False) as bar:
+        bar.update(4)
+    assert quiet.getvalue() == ""
