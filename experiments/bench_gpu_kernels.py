@@ -45,7 +45,9 @@ class Lib:
 
     @staticmethod
     def _s():
-        return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        # torch's default stream is the legacy one (handle 0); pass cudaStreamLegacy (0x1)
+        # so that the backend does not fall back to its own non-blocking stream.
+        return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream or 1)
 
     def fill(self, t, value):
         assert self.lib.lvx_dev_fill(self._s(), t.data_ptr(), value, t.numel()) == 0
@@ -100,6 +102,7 @@ def bench_shape(lib: Lib, Hq, Hkv, Lq, Lkv, D=128, B=1, dtype=torch.bfloat16, re
     dk = torch.empty(B, Lkv, Hkv, D, device=dev, dtype=torch.float32)
     dv = torch.empty_like(dk)
     o_st = torch.empty_like(q)
+    torch.cuda.synchronize()
 
     def ours_fwd():
         lib.fill(o, 0.0)
@@ -154,11 +157,13 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--out", default="gpu_kernels.csv")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--sha", default=None, help="git sha of the tree (when .git is not there)")
     args = ap.parse_args()
     lib = Lib(args.lib)
     dev = torch.cuda.get_device_name()
+    sha = args.sha
     try:
-        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+        sha = sha or subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except Exception:
         sha = "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")

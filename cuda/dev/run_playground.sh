@@ -20,4 +20,8 @@ nvcc $flags -c dev/playground.cu -o "$build/playground.o"
 nvcc $flags -c dev/shim.cu -o "$build/shim.o"
 nvcc $arch -o "$build/playground" "$build/playground.o" $objs -lcudart
 nvcc $arch -shared -o "$build/liblvx_cuda_dev.so" "$build/shim.o" $objs -lcudart
-[ "${RUN:-1}" = 1 ] && "$build/playground" "$@"
+if [ "${RUN:-1}" = 1 ]; then "$build/playground" "$@"; fi
+if [ "${VARIANTS:-0}" = 1 ]; then
+  nvcc $flags -o "$build/variants" dev/variants.cu "$build/attend_plan_cu.o" "$build/___src_error_cpp.o" -lcudart
+  "$build/variants"
+fi
