@@ -1,0 +1,194 @@
+// lvxattn._core: the pybind11 face of lvx::Context. Tensors cross as raw
+// pointers (tensor.data_ptr()), so the extension does not link against torch;
+// communicators cross as Fortran handles (mpi4py's comm.py2f()).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <mpi.h>
+
+#include <optional>
+
+#include "backend.hpp"
+#include "context.hpp"
+#include "cost_model.hpp"
+#include "error.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+PyObject* g_base_error = nullptr;
+PyObject* g_invalid_error = nullptr;
+PyObject* g_mismatch_error = nullptr;
+PyObject* g_unsupported_error = nullptr;
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+py::dict phase_dict(const lvx::PhaseStats& s) {
+  py::dict d;
+  d["bytes_sent"] = s.bytes_sent;
+  d["bytes_recv"] = s.bytes_recv;
+  d["compute_s"] = s.compute_s;
+  d["blocked_s"] = s.blocked_s;
+  d["total_s"] = s.total_s;
+  d["steps"] = s.steps;
+  return d;
+}
+
+lvx::Algorithm parse_algorithm(const std::string& a) {
+  if (a == "lvx") return lvx::Algorithm::lvx;
+  if (a == "ring") return lvx::Algorithm::ring;
+  if (a == "ulysses") return lvx::Algorithm::ulysses;
+  if (a == "auto") return lvx::Algorithm::automatic;
+  LVX_FAIL(lvx::Status::invalid_argument,
+           "algorithm must be one of 'lvx', 'ring', 'ulysses', 'auto', got '" + a + "'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lvxattn core: distributed exact cross-attention (C++/CUDA)";
+
+  g_base_error = PyErr_NewException("lvxattn._core.LvxError", PyExc_RuntimeError, nullptr);
+  py::tuple invalid_bases = py::make_tuple(py::handle(g_base_error), py::handle(PyExc_ValueError));
+  g_invalid_error = PyErr_NewException("lvxattn._core.InvalidArgumentError", invalid_bases.ptr(), nullptr);
+  g_mismatch_error = PyErr_NewException("lvxattn._core.RankMismatchError", invalid_bases.ptr(), nullptr);
+  py::tuple unsup_bases = py::make_tuple(py::handle(g_base_error), py::handle(PyExc_NotImplementedError));
+  g_unsupported_error = PyErr_NewException("lvxattn._core.UnsupportedError", unsup_bases.ptr(), nullptr);
+  m.attr("LvxError") = py::handle(g_base_error);
+  m.attr("InvalidArgumentError") = py::handle(g_invalid_error);
+  m.attr("RankMismatchError") = py::handle(g_mismatch_error);
+  m.attr("UnsupportedError") = py::handle(g_unsupported_error);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const lvx::Error& e) {
+      PyObject* type = g_base_error;
+      switch (e.status()) {
+        case lvx::Status::invalid_argument: type = g_invalid_error; break;
+        case lvx::Status::mismatch: type = g_mismatch_error; break;
+        case lvx::Status::unsupported: type = g_unsupported_error; break;
+        case lvx::Status::out_of_memory: type = PyExc_MemoryError; break;
+        default: break;
+      }
+      PyErr_SetString(type, e.what());
+    }
+  });
+
+  m.def("cuda_built", &lvx::cuda_backend_built, "whether this build has the CUDA backend");
+  m.def("dtype_size", [](int t) { return lvx::dtype_size(static_cast<lvx::DType>(t)); });
+
+  py::class_<lvx::Plan>(m, "Plan")
+      .def_readonly("P", &lvx::Plan::P)
+      .def_readonly("rank", &lvx::Plan::rank)
+      .def_readonly("B", &lvx::Plan::B)
+      .def_readonly("Hq", &lvx::Plan::Hq)
+      .def_readonly("Hkv", &lvx::Plan::Hkv)
+      .def_readonly("D", &lvx::Plan::D)
+      .def_readonly("scale", &lvx::Plan::scale)
+      .def_readonly("has_ranges", &lvx::Plan::has_ranges)
+      .def_readonly("lq", &lvx::Plan::lq)
+      .def_readonly("lkv", &lvx::Plan::lkv)
+      .def_readonly("q_off", &lvx::Plan::q_off)
+      .def_readonly("kv_off", &lvx::Plan::kv_off)
+      .def_readonly("lq_total", &lvx::Plan::lq_total)
+      .def_readonly("lkv_total", &lvx::Plan::lkv_total)
+      .def_property_readonly("dtype", [](const lvx::Plan& p) { return static_cast<int>(p.dtype); })
+      .def_property_readonly("algorithm", [](const lvx::Plan& p) { return std::string(lvx::algorithm_name(p.algorithm)); });
+
+  py::class_<lvx::Context>(m, "Context")
+      .def(py::init([](std::optional<int> comm_f, const std::string& device, int device_index, int threads,
+                       const std::string& transport) {
+             MPI_Comm comm = MPI_COMM_NULL;
+             if (comm_f) comm = MPI_Comm_f2c(static_cast<MPI_Fint>(*comm_f));
+             lvx::ContextOptions o;
+             if (device == "cuda")
+               o.device = lvx::DeviceKind::cuda;
+             else if (device != "cpu")
+               LVX_FAIL(lvx::Status::invalid_argument, "device must be 'cpu' or 'cuda', got '" + device + "'");
+             o.device_index = device_index;
+             o.threads = threads;
+             o.transport = transport;
+             return std::make_unique<lvx::Context>(comm, o);
+           }),
+           py::arg("comm_f") = py::none(), py::arg("device") = "cpu", py::arg("device_index") = -1,
+           py::arg("threads") = 0, py::arg("transport") = "auto")
+      .def_property_readonly("rank", &lvx::Context::rank)
+      .def_property_readonly("size", &lvx::Context::size)
+      .def_property_readonly("transport", &lvx::Context::transport_name)
+      .def_property_readonly("backend", [](lvx::Context& c) { return c.backend().describe(); })
+      .def("set_stream", [](lvx::Context& c, uintptr_t s) { c.backend().set_stream(ptr<void>(s)); })
+      .def("set_cost_params",
+           [](lvx::Context& c, double flops, double bw, double lat) { c.cost_params = {flops, bw, lat}; })
+      .def(
+          "plan",
+          [](lvx::Context& c, int64_t B, int64_t Lq, int64_t Lkv, int64_t Hq, int64_t Hkv, int64_t D, int dtype,
+             const std::string& algorithm, float scale, bool has_ranges, int64_t max_range_end,
+             const std::string& local_error, int device) {
+            lvx::LocalProblem l;
+            std::string err = local_error;
+            l.B = B;
+            l.Lq = Lq;
+            l.Lkv = Lkv;
+            l.Hq = Hq;
+            l.Hkv = Hkv;
+            l.D = D;
+            l.dtype = static_cast<lvx::DType>(dtype);
+            try {
+              l.algorithm = parse_algorithm(algorithm);
+            } catch (const lvx::Error& e) {
+              if (err.empty()) err = e.what();
+            }
+            l.scale = scale;
+            l.has_ranges = has_ranges;
+            l.max_range_end = max_range_end;
+            l.device = device;
+            py::gil_scoped_release release;
+            return c.make_plan(l, err);
+          },
+          py::arg("B"), py::arg("Lq"), py::arg("Lkv"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"), py::arg("dtype"),
+          py::arg("algorithm"), py::arg("scale"), py::arg("has_ranges"), py::arg("max_range_end"),
+          py::arg("local_error") = "", py::arg("device") = 0)
+      .def("forward",
+           [](lvx::Context& c, const lvx::Plan& plan, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t ranges,
+              uintptr_t o, uintptr_t lse) {
+             py::gil_scoped_release release;
+             c.forward(plan, lvx::ForwardIO{ptr<void>(q), ptr<void>(k), ptr<void>(v), ptr<int32_t>(ranges),
+                                            ptr<void>(o), ptr<float>(lse)});
+           })
+      .def("backward",
+           [](lvx::Context& c, const lvx::Plan& plan, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t ranges,
+              uintptr_t o, uintptr_t lse, uintptr_t dout, uintptr_t dq, uintptr_t dk, uintptr_t dv) {
+             py::gil_scoped_release release;
+             c.backward(plan, lvx::BackwardIO{ptr<void>(q), ptr<void>(k), ptr<void>(v), ptr<int32_t>(ranges),
+                                              ptr<void>(o), ptr<float>(lse), ptr<void>(dout), ptr<void>(dq),
+                                              ptr<void>(dk), ptr<void>(dv)});
+           })
+      .def("stats",
+           [](lvx::Context& c) {
+             py::dict d;
+             d["algorithm"] = std::string(lvx::algorithm_name(c.last_plan().algorithm));
+             d["transport"] = c.transport_name();
+             d["backend"] = c.backend().describe();
+             d["P"] = c.size();
+             d["forward"] = phase_dict(c.forward_stats());
+             d["backward"] = phase_dict(c.backward_stats());
+             return d;
+           })
+      .def(
+          "predict",
+          [](lvx::Context& c, const lvx::Plan& plan, const std::string& algorithm) {
+            lvx::Prediction p = lvx::predict(parse_algorithm(algorithm), plan, c.cost_params);
+            py::dict d;
+            d["forward_s"] = p.forward_s;
+            d["backward_s"] = p.backward_s;
+            d["forward_bytes"] = p.forward_bytes;
+            d["backward_bytes"] = p.backward_bytes;
+            d["feasible"] = p.feasible;
+            return d;
+          },
+          py::arg("plan"), py::arg("algorithm"));
+}

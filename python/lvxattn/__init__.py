@@ -1,0 +1,19 @@
+"""lvxattn: exact cross-attention over very long visual inputs, across many GPUs.
+
+LV-XAttn keeps the large key/value blocks where they are and rotates the small
+query-side blocks around a ring of ranks, overlapped with compute; K/V can be
+recomputed from the shared visual features in backward so longer inputs fit.
+"""
+
+from ._core import InvalidArgumentError, LvxError, RankMismatchError, UnsupportedError, cuda_built
+from .api import (ALGORITHMS, backward_raw, context_for, cross_attention, cross_attention_forward,
+                  last_stats)
+from . import masks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS", "cross_attention", "cross_attention_forward", "backward_raw", "context_for",
+    "last_stats", "masks", "cuda_built", "LvxError", "InvalidArgumentError", "RankMismatchError",
+    "UnsupportedError",
+]

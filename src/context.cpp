@@ -1,0 +1,270 @@
+#include "context.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "error.hpp"
+#include "mpi_check.hpp"
+#include "transport_mpi.hpp"
+
+namespace lvx {
+
+namespace {
+
+// What each rank contributes to the plan allgather (plain bytes).
+struct Descriptor {
+  int64_t B, Lq, Lkv, Hq, Hkv, D, max_range_end;
+  int32_t dtype, algorithm, has_ranges, has_error, device;
+  float scale;
+  double flops_per_s, bytes_per_s, latency_s;
+  char error[240];
+};
+
+int ranks_on_node(MPI_Comm comm) {
+  MPI_Comm node;
+  if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS) return 1;
+  int n = 1, rank = 0;
+  MPI_Comm_size(node, &n);
+  MPI_Comm_rank(node, &rank);
+  MPI_Comm_free(&node);
+  return n;
+}
+
+int local_rank(MPI_Comm comm) {
+  MPI_Comm node;
+  if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS) return 0;
+  int rank = 0;
+  MPI_Comm_rank(node, &rank);
+  MPI_Comm_free(&node);
+  return rank;
+}
+
+template <typename T>
+void check_agree(const std::vector<Descriptor>& all, const char* field, T Descriptor::*member,
+                 const char* (*show)(T) = nullptr) {
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r].*member == all[0].*member) continue;
+    std::ostringstream os;
+    os << "ranks disagree on " << field << ":";
+    for (size_t q = 0; q < all.size(); ++q) {
+      os << (q ? "," : "") << " rank " << q << " has ";
+      if (show)
+        os << show(all[q].*member);
+      else
+        os << all[q].*member;
+    }
+    LVX_FAIL(Status::mismatch, os.str());
+  }
+}
+
+const char* show_dtype(int32_t t) { return dtype_name(static_cast<DType>(t)); }
+const char* show_algorithm(int32_t a) { return algorithm_name(static_cast<Algorithm>(a)); }
+const char* show_bool(int32_t b) { return b ? "q_ranges" : "no q_ranges"; }
+const char* show_device(int32_t d) { return d ? "cuda" : "cpu"; }
+
+bool abort_on_error() {
+  const char* v = std::getenv("LVX_ON_ERROR");
+  return !(v && std::strcmp(v, "raise") == 0);
+}
+
+}  // namespace
+
+std::string check_ranges_host(const int32_t* ranges, int64_t rows, int64_t* max_end) {
+  *max_end = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t b = ranges[2 * i], e = ranges[2 * i + 1];
+    if (b < 0 || e < b) {
+      std::ostringstream os;
+      os << "q_ranges row " << i << " is [" << b << ", " << e << "): need 0 <= begin <= end";
+      return os.str();
+    }
+    if (e > *max_end) *max_end = e;
+  }
+  return "";
+}
+
+Context::Context(MPI_Comm comm, const ContextOptions& options) {
+  if (comm != MPI_COMM_NULL) {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) LVX_FAIL(Status::mpi, "MPI is not initialized (call MPI_Init first)");
+    // A private communicator: our messages never match the caller's.
+    LVX_MPI_CHECK(MPI_Comm_dup(comm, &comm_));
+    LVX_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    LVX_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    LVX_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    set_error_rank(rank_);
+  }
+  if (options.device == DeviceKind::cuda) {
+    int dev = options.device_index;
+    if (dev < 0) dev = comm_ != MPI_COMM_NULL ? local_rank(comm_) : 0;
+    backend_ = make_cuda_backend(dev);
+  } else {
+    int threads = options.threads;
+    if (threads <= 0) {
+      const int cores = static_cast<int>(std::thread::hardware_concurrency());
+      const int per_node = comm_ != MPI_COMM_NULL ? ranks_on_node(comm_) : 1;
+      threads = std::max(1, cores / std::max(1, per_node));
+    }
+    backend_ = make_cpu_backend(threads);
+  }
+  workspace_ = std::make_unique<Workspace>(*backend_);
+  if (comm_ != MPI_COMM_NULL && size_ > 1) {
+    if (options.transport == "nccl")
+      LVX_FAIL(Status::unsupported, "transport 'nccl' is not available in this build");
+    if (options.transport != "auto" && options.transport != "mpi")
+      LVX_FAIL(Status::invalid_argument, "transport must be 'auto', 'mpi' or 'nccl', got '" + options.transport + "'");
+    if (backend_->kind() != DeviceKind::cpu)
+      LVX_FAIL(Status::unsupported, "GPU buffers need a GPU transport, which this build lacks");
+    transport_ = make_mpi_transport(comm_, *backend_);
+  }
+}
+
+Context::~Context() {
+  if (transport_) {
+    try {
+      transport_->wait_all();
+    } catch (...) {
+    }
+  }
+  transport_.reset();
+  workspace_.reset();
+  backend_.reset();
+  int finalized = 1;
+  MPI_Finalized(&finalized);
+  if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+}
+
+std::string Context::transport_name() const { return transport_ ? transport_->name() : "none"; }
+
+Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
+  Descriptor mine{};
+  mine.B = l.B;
+  mine.Lq = l.Lq;
+  mine.Lkv = l.Lkv;
+  mine.Hq = l.Hq;
+  mine.Hkv = l.Hkv;
+  mine.D = l.D;
+  mine.max_range_end = l.max_range_end;
+  mine.dtype = static_cast<int32_t>(l.dtype);
+  mine.algorithm = static_cast<int32_t>(l.algorithm);
+  mine.has_ranges = l.has_ranges;
+  mine.device = l.device;
+  mine.scale = l.scale;
+  mine.flops_per_s = cost_params.flops_per_s;
+  mine.bytes_per_s = cost_params.bytes_per_s;
+  mine.latency_s = cost_params.latency_s;
+  mine.has_error = !local_error.empty();
+  std::snprintf(mine.error, sizeof mine.error, "%s", local_error.c_str());
+
+  std::vector<Descriptor> all(size_);
+  if (comm_ != MPI_COMM_NULL && size_ > 1) {
+    LVX_MPI_CHECK(MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, comm_));
+  } else {
+    all[0] = mine;
+  }
+
+  // 1. Any rank's own complaint fails every rank with the same text.
+  std::ostringstream errs;
+  int bad = 0;
+  for (int r = 0; r < size_; ++r)
+    if (all[r].has_error) errs << (bad++ ? "; " : "") << (size_ > 1 ? "rank " + std::to_string(r) + ": " : "") << all[r].error;
+  if (bad) LVX_FAIL(Status::invalid_argument, errs.str());
+
+  // 2. Fields every rank must share.
+  check_agree(all, "batch size (B)", &Descriptor::B);
+  check_agree(all, "query heads (Hq)", &Descriptor::Hq);
+  check_agree(all, "KV heads (Hkv)", &Descriptor::Hkv);
+  check_agree(all, "head dim (D)", &Descriptor::D);
+  check_agree(all, "dtype", &Descriptor::dtype, show_dtype);
+  check_agree(all, "algorithm", &Descriptor::algorithm, show_algorithm);
+  check_agree(all, "scale", &Descriptor::scale);
+  check_agree(all, "q_ranges presence", &Descriptor::has_ranges, show_bool);
+  check_agree(all, "device type", &Descriptor::device, show_device);
+
+  Plan p;
+  p.P = size_;
+  p.rank = rank_;
+  p.B = l.B;
+  p.Hq = l.Hq;
+  p.Hkv = l.Hkv;
+  p.D = l.D;
+  p.dtype = l.dtype;
+  p.scale = l.scale;
+  p.has_ranges = l.has_ranges;
+  for (int r = 0; r < size_; ++r) {
+    p.lq.push_back(all[r].Lq);
+    p.lkv.push_back(all[r].Lkv);
+  }
+  finish_plan(p);
+
+  // 3. Checks that need the global picture.
+  for (int r = 0; r < size_; ++r)
+    if (all[r].max_range_end > p.lkv_total)
+      LVX_FAIL(Status::invalid_argument,
+               (size_ > 1 ? "rank " + std::to_string(r) + ": " : std::string()) + "q_ranges end " +
+                   std::to_string(all[r].max_range_end) + " exceeds the global KV length " +
+                   std::to_string(p.lkv_total));
+  Algorithm a = l.algorithm;
+  if (a == Algorithm::automatic) {
+    CostParams c{all[0].flops_per_s, all[0].bytes_per_s, all[0].latency_s};
+    a = choose_algorithm(p, c);
+  }
+  if (a == Algorithm::ulysses && (p.Hq % p.P || p.Hkv % p.P))
+    LVX_FAIL(Status::invalid_argument,
+             "algorithm 'ulysses' needs query heads (" + std::to_string(p.Hq) + ") and KV heads (" +
+                 std::to_string(p.Hkv) + ") divisible by the number of ranks (" + std::to_string(p.P) +
+                 "); use 'lvx' or 'ring'");
+  p.algorithm = a;
+  return p;
+}
+
+// A failure inside a schedule leaves peers blocked in transfers that will never
+// complete, so by default it ends the whole job with the message (like MPI's own
+// fatal errors); LVX_ON_ERROR=raise returns it to the caller instead.
+template <typename Fn>
+void Context::run_collective(const char* what, Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    if (transport_ && size_ > 1 && abort_on_error()) {
+      std::fprintf(stderr, "lvxattn: %s failed on rank %d, aborting the job: %s\n", what, rank_, e.what());
+      std::fflush(stderr);
+      MPI_Abort(comm_, 3);
+    }
+    throw;
+  }
+}
+
+void Context::forward(const Plan& plan, const ForwardIO& io) {
+  last_plan_ = plan;
+  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, fwd_stats_};
+  run_collective("forward", [&] {
+    switch (plan.algorithm) {
+      case Algorithm::lvx: lvx_forward(env, io); break;
+      case Algorithm::ring: ring_forward(env, io); break;
+      case Algorithm::ulysses: ulysses_forward(env, io); break;
+      default: LVX_FAIL(Status::internal, "unresolved algorithm");
+    }
+  });
+}
+
+void Context::backward(const Plan& plan, const BackwardIO& io) {
+  last_plan_ = plan;
+  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, bwd_stats_};
+  run_collective("backward", [&] {
+    switch (plan.algorithm) {
+      case Algorithm::lvx: lvx_backward(env, io); break;
+      case Algorithm::ring: ring_backward(env, io); break;
+      case Algorithm::ulysses: ulysses_backward(env, io); break;
+      default: LVX_FAIL(Status::internal, "unresolved algorithm");
+    }
+  });
+}
+
+}  // namespace lvx

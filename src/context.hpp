@@ -1,0 +1,70 @@
+// A context binds a communicator, a backend (CPU or one GPU) and a transport,
+// and owns the buffers reused across calls. Calls on a communicator are
+// collective: every rank makes the same calls in the same order.
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+#include <string>
+
+#include "backend.hpp"
+#include "cost_model.hpp"
+#include "plan.hpp"
+#include "schedules.hpp"
+#include "transport.hpp"
+#include "workspace.hpp"
+
+namespace lvx {
+
+struct ContextOptions {
+  DeviceKind device = DeviceKind::cpu;
+  int device_index = -1;        // CUDA device; -1: local rank modulo the device count
+  int threads = 0;              // CPU threads; 0: cores / ranks on this node
+  std::string transport = "auto";  // auto | mpi | nccl
+};
+
+class Context {
+ public:
+  // comm == MPI_COMM_NULL: a single process that never touches MPI.
+  Context(MPI_Comm comm, const ContextOptions& options);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  Backend& backend() { return *backend_; }
+  std::string transport_name() const;
+
+  // Collective: one allgather of every rank's description. Raises the same
+  // error on every rank when any rank's input is bad (local_error non-empty) or
+  // the ranks disagree on something they must share.
+  Plan make_plan(const LocalProblem& local, const std::string& local_error = "");
+
+  void forward(const Plan& plan, const ForwardIO& io);
+  void backward(const Plan& plan, const BackwardIO& io);
+
+  const PhaseStats& forward_stats() const { return fwd_stats_; }
+  const PhaseStats& backward_stats() const { return bwd_stats_; }
+  const Plan& last_plan() const { return last_plan_; }
+
+  CostParams cost_params;  // used by algorithm "auto"; rank 0's values decide
+
+ private:
+  template <typename Fn>
+  void run_collective(const char* what, Fn&& fn);
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Workspace> workspace_;
+  PhaseStats fwd_stats_, bwd_stats_;
+  Plan last_plan_;
+};
+
+// Host-side q_ranges check: returns "" or a message; sets max_end.
+std::string check_ranges_host(const int32_t* ranges, int64_t rows, int64_t* max_end);
+
+}  // namespace lvx

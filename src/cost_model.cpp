@@ -1,0 +1,110 @@
+#include "cost_model.hpp"
+
+#include <algorithm>
+
+namespace lvx {
+
+namespace {
+
+double attn_flops(const Plan& p, int64_t lq, int64_t lkv) {
+  return 4.0 * p.B * p.Hq * static_cast<double>(lq) * lkv * p.D;
+}
+
+// Steps of a ring schedule: every rank's step t has the same structure; the
+// slowest rank sets the pace, so use the largest blocks.
+struct RingCost {
+  double step_compute, step_bytes_in, step_bytes_acc;
+};
+
+double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc_travels) {
+  const double t_in = r.step_bytes_in / c.bytes_per_s + c.latency_s;
+  const double t_acc = acc_travels ? r.step_bytes_acc / c.bytes_per_s + c.latency_s : 0.0;
+  // Inputs prefetch under compute; the accumulator hop follows the step's compute.
+  const double step = std::max(r.step_compute, std::max(t_in, t_acc));
+  return p.P * step + t_acc;
+}
+
+}  // namespace
+
+Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
+  Prediction out;
+  const double es = static_cast<double>(dtype_size(p.dtype));
+  const int P = p.P;
+  const int r = p.rank;
+  const double fl_fwd = attn_flops(p, p.lq_max, p.lkv_max);
+  const double rate = c.flops_per_s;
+  if (P == 1) {
+    out.forward_s = fl_fwd / rate;
+    out.backward_s = 2.5 * fl_fwd / rate;
+    return out;
+  }
+  auto sum_blocks = [&](const std::vector<int64_t>& rows, double row_bytes, int steps) {
+    // bytes this rank sends over `steps` steps: blocks r, r−1, …
+    double b = 0;
+    for (int t = 0; t < steps; ++t) b += rows[((r - t) % P + P) % P] * row_bytes;
+    return b;
+  };
+  const double q_row = p.B * p.Hq * p.D, lse_row = p.B * p.Hq, kv_row = p.B * p.Hkv * p.D;
+  const double rng = p.has_ranges ? 8.0 * p.B : 0.0;
+  switch (a) {
+    case Algorithm::lvx: {
+      const double in_f = q_row * es + rng, acc_f = 4.0 * (q_row + lse_row);
+      const double in_b = 2 * q_row * es + 8.0 * lse_row + rng, acc_b = 4.0 * q_row;
+      out.forward_bytes = static_cast<uint64_t>(sum_blocks(p.lq, in_f, P - 1) + sum_blocks(p.lq, acc_f, P) + 0.5);
+      out.backward_bytes = static_cast<uint64_t>(sum_blocks(p.lq, in_b, P - 1) + sum_blocks(p.lq, acc_b, P) + 0.5);
+      out.forward_s = ring_time(p, c, {fl_fwd / rate, p.lq_max * in_f, p.lq_max * acc_f}, true);
+      out.backward_s = ring_time(p, c, {2.5 * fl_fwd / rate, p.lq_max * in_b, p.lq_max * acc_b}, true);
+      break;
+    }
+    case Algorithm::ring: {
+      const double in = 2 * kv_row * es, acc_b = 8.0 * kv_row;
+      out.forward_bytes = static_cast<uint64_t>(sum_blocks(p.lkv, in, P - 1));
+      out.backward_bytes = static_cast<uint64_t>(sum_blocks(p.lkv, in, P - 1) + sum_blocks(p.lkv, acc_b, P));
+      out.forward_s = ring_time(p, c, {fl_fwd / rate, p.lkv_max * in, 0}, false);
+      out.backward_s = ring_time(p, c, {2.5 * fl_fwd / rate, p.lkv_max * in, p.lkv_max * acc_b}, true);
+      break;
+    }
+    case Algorithm::ulysses: {
+      if (p.Hq % P || p.Hkv % P) {
+        out.feasible = false;
+        return out;
+      }
+      // Out: 1/P of the heads of this rank's rows to each other rank. Back: this
+      // rank's heads of every other rank's rows.
+      const double part = double(P - 1) / P;
+      const double lq = p.lq[r], lkv = p.lkv[r];
+      const double lq_other = p.lq_total - lq, lkv_other = p.lkv_total - lkv;
+      const double rows_out = p.has_ranges ? 8.0 * p.B * lq * (P - 1) : 0.0;
+      const double f_bytes = part * (lq * q_row * es + 2 * lkv * kv_row * es) + rows_out +
+                             lq_other * (q_row * es + 4 * lse_row) / P;
+      const double b_bytes = part * (2 * lq * q_row * es + 2 * lkv * kv_row * es + 8 * lq * lse_row) +
+                             rows_out + (lq_other * q_row + 2 * lkv_other * kv_row) * es / P;
+      out.forward_bytes = static_cast<uint64_t>(f_bytes + 0.5);
+      out.backward_bytes = static_cast<uint64_t>(b_bytes + 0.5);
+      const double fl = attn_flops(p, p.lq_total, p.lkv_total) / P;
+      const double lat = 4 * (P - 1) * c.latency_s;
+      out.forward_s = fl / rate + f_bytes / c.bytes_per_s + lat;
+      out.backward_s = 2.5 * fl / rate + b_bytes / c.bytes_per_s + lat;
+      break;
+    }
+    case Algorithm::automatic: break;
+  }
+  return out;
+}
+
+Algorithm choose_algorithm(const Plan& plan, const CostParams& c) {
+  Algorithm best = Algorithm::lvx;
+  double best_t = -1;
+  for (Algorithm a : {Algorithm::lvx, Algorithm::ring, Algorithm::ulysses}) {
+    Prediction pr = predict(a, plan, c);
+    if (!pr.feasible) continue;
+    const double t = pr.forward_s + pr.backward_s;
+    if (best_t < 0 || t < best_t) {
+      best = a;
+      best_t = t;
+    }
+  }
+  return best;
+}
+
+}  // namespace lvx

@@ -1,0 +1,76 @@
+// The CPU backend: host memory, kernels on a thread pool, wall-clock marks.
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "backend.hpp"
+#include "cpu/attend_cpu.hpp"
+#include "error.hpp"
+
+namespace lvx {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads) {}
+
+  DeviceKind kind() const override { return DeviceKind::cpu; }
+  std::string describe() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
+
+  void* allocate(size_t bytes) override {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!p) LVX_FAIL(Status::out_of_memory, "cannot allocate " + std::to_string(bytes) + " bytes");
+    return p;
+  }
+  void release(void* p) override { std::free(p); }
+
+  void fill(float* p, float value, size_t n) override {
+    for (size_t i = 0; i < n; ++i) p[i] = value;
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+               size_t rows) override {
+    auto* d = static_cast<char*>(dst);
+    auto* s = static_cast<const char*>(src);
+    for (size_t r = 0; r < rows; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, width);
+  }
+  void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n) override {
+    cpu::convert(dst, dst_type, src, src_type, n, pool_);
+  }
+  void add(float* dst, const float* src, size_t n) override {
+    for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+  }
+
+  void attend_fwd_step(const FwdStep& a) override { cpu::attend_fwd_step(a, pool_); }
+  void attend_bwd_step(const BwdStep& a) override { cpu::attend_bwd_step(a, pool_); }
+  void row_dot(const RowDot& a) override { cpu::row_dot(a, pool_); }
+  void merge_lse(const MergeLse& a) override { cpu::merge_lse(a, pool_); }
+
+  void synchronize() override {}
+
+  int mark() override {
+    marks_.push_back(std::chrono::steady_clock::now());
+    return static_cast<int>(marks_.size()) - 1;
+  }
+  double elapsed_s(int from, int to) override {
+    return std::chrono::duration<double>(marks_.at(to) - marks_.at(from)).count();
+  }
+  void reset_marks() override { marks_.clear(); }
+
+ private:
+  ThreadPool pool_;
+  std::vector<std::chrono::steady_clock::time_point> marks_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<CpuBackend>(threads < 1 ? 1 : threads);
+}
+
+}  // namespace lvx

@@ -1,0 +1,12 @@
+// Stand-in for builds without the CUDA backend: asking for it is a clear error.
+#include "backend.hpp"
+#include "error.hpp"
+
+namespace lvx {
+
+std::unique_ptr<Backend> make_cuda_backend(int) {
+  LVX_FAIL(Status::unsupported, "this build of lvxattn has no CUDA backend (nvcc was not found at build time)");
+}
+bool cuda_backend_built() { return false; }
+
+}  // namespace lvx

@@ -1,0 +1,131 @@
+// Pieces shared by the schedules: plan bookkeeping, phase timing, and the
+// single-device attention used for P == 1 and inside ulysses.
+#include <algorithm>
+#include <limits>
+
+#include "schedules.hpp"
+
+namespace lvx {
+
+const char* algorithm_name(Algorithm a) {
+  switch (a) {
+    case Algorithm::lvx: return "lvx";
+    case Algorithm::ring: return "ring";
+    case Algorithm::ulysses: return "ulysses";
+    case Algorithm::automatic: return "auto";
+  }
+  return "unknown";
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "float32";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+void finish_plan(Plan& p) {
+  p.q_off.assign(p.P, 0);
+  p.kv_off.assign(p.P, 0);
+  p.lq_total = p.lkv_total = p.lq_max = p.lkv_max = 0;
+  for (int r = 0; r < p.P; ++r) {
+    p.q_off[r] = p.lq_total;
+    p.kv_off[r] = p.lkv_total;
+    p.lq_total += p.lq[r];
+    p.lkv_total += p.lkv[r];
+    p.lq_max = std::max(p.lq_max, p.lq[r]);
+    p.lkv_max = std::max(p.lkv_max, p.lkv[r]);
+  }
+}
+
+namespace sched {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+PhaseScope::PhaseScope(ScheduleEnv& e) : env(e), timer(e.backend) {
+  env.backend.reset_marks();
+  start_mark = env.backend.mark();
+  if (env.transport) before = env.transport->counters;
+  env.stats = PhaseStats{};
+}
+
+void PhaseScope::finish() {
+  if (env.transport) env.transport->wait_all();
+  int end_mark = env.backend.mark();
+  env.backend.synchronize();
+  env.stats.total_s = env.backend.elapsed_s(start_mark, end_mark);
+  env.stats.compute_s = timer.total();
+  if (env.transport) {
+    const TransportCounters& now = env.transport->counters;
+    env.stats.bytes_sent = now.bytes_sent - before.bytes_sent;
+    env.stats.bytes_recv = now.bytes_recv - before.bytes_recv;
+    env.stats.blocked_s = now.blocked_s - before.blocked_s;
+  }
+}
+
+void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
+                   const ForwardIO& io, ComputeTimer& timer) {
+  const size_t n_o = static_cast<size_t>(s.B * s.Lq * s.Hq * s.D);
+  const size_t n_lse = static_cast<size_t>(s.B * s.Hq * s.Lq);
+  float* o = dtype == DType::f32 ? static_cast<float*>(io.o) : ws.get_as<float>("local.o", n_o);
+  timer.begin();
+  be.fill(o, 0.f, n_o);
+  be.fill(io.lse, kNegInf, n_lse);
+  FwdStep st;
+  st.s = s;
+  st.dtype = dtype;
+  st.q = io.q;
+  st.k = io.k;
+  st.v = io.v;
+  st.q_ranges = io.q_ranges;
+  st.kv_begin = 0;
+  st.scale = scale;
+  st.o = o;
+  st.lse = io.lse;
+  be.attend_fwd_step(st);
+  if (dtype != DType::f32) be.convert(io.o, dtype, o, DType::f32, n_o);
+  timer.end();
+}
+
+void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
+                    const BackwardIO& io, ComputeTimer& timer, const float* dl_given) {
+  const size_t n_q = static_cast<size_t>(s.B * s.Lq * s.Hq * s.D);
+  const size_t n_kv = static_cast<size_t>(s.B * s.Lkv * s.Hkv * s.D);
+  const bool direct = dtype == DType::f32;
+  float* dl = dl_given ? nullptr : ws.get_as<float>("local.dl", s.B * s.Hq * s.Lq);
+  float* dq = direct ? static_cast<float*>(io.dq) : ws.get_as<float>("local.dq", n_q);
+  float* dk = direct ? static_cast<float*>(io.dk) : ws.get_as<float>("local.dk", n_kv);
+  float* dv = direct ? static_cast<float*>(io.dv) : ws.get_as<float>("local.dv", n_kv);
+  timer.begin();
+  if (!dl_given) be.row_dot(RowDot{s.B, s.Lq, s.Hq, s.D, dtype, io.dout, io.o, dl});
+  be.fill(dq, 0.f, n_q);
+  be.fill(dk, 0.f, n_kv);
+  be.fill(dv, 0.f, n_kv);
+  BwdStep st;
+  st.s = s;
+  st.dtype = dtype;
+  st.q = io.q;
+  st.k = io.k;
+  st.v = io.v;
+  st.dout = io.dout;
+  st.lse = io.lse;
+  st.dl = dl_given ? dl_given : dl;
+  st.q_ranges = io.q_ranges;
+  st.kv_begin = 0;
+  st.scale = scale;
+  st.dq = dq;
+  st.dk = dk;
+  st.dv = dv;
+  be.attend_bwd_step(st);
+  if (!direct) {
+    be.convert(io.dq, dtype, dq, DType::f32, n_q);
+    be.convert(io.dk, dtype, dk, DType::f32, n_kv);
+    be.convert(io.dv, dtype, dv, DType::f32, n_kv);
+  }
+  timer.end();
+}
+
+}  // namespace sched
+}  // namespace lvx

@@ -1,0 +1,104 @@
+// Distributed forward/backward schedules, written once against a Backend and a
+// Transport (DESIGN.md, "Algorithms"). Each fills PhaseStats for its call.
+#pragma once
+
+#include <cstdint>
+
+#include "backend.hpp"
+#include "plan.hpp"
+#include "transport.hpp"
+#include "workspace.hpp"
+
+namespace lvx {
+
+struct PhaseStats {
+  uint64_t bytes_sent = 0, bytes_recv = 0;
+  double compute_s = 0, blocked_s = 0, total_s = 0;
+  int steps = 0;
+};
+
+struct ForwardIO {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const int32_t* q_ranges = nullptr;  // null when the plan has no ranges
+  void* o = nullptr;                  // storage dtype [B, Lq, Hq, D]
+  float* lse = nullptr;               // [B, Hq, Lq]
+};
+
+struct BackwardIO {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const int32_t* q_ranges = nullptr;
+  const void* o = nullptr;
+  const float* lse = nullptr;
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+};
+
+// Everything a schedule needs; transport is null when P == 1.
+struct ScheduleEnv {
+  const Plan& plan;
+  Backend& backend;
+  Transport* transport;
+  Workspace& workspace;
+  PhaseStats& stats;
+};
+
+void lvx_forward(ScheduleEnv& env, const ForwardIO& io);
+void lvx_backward(ScheduleEnv& env, const BackwardIO& io);
+void ring_forward(ScheduleEnv& env, const ForwardIO& io);
+void ring_backward(ScheduleEnv& env, const BackwardIO& io);
+void ulysses_forward(ScheduleEnv& env, const ForwardIO& io);
+void ulysses_backward(ScheduleEnv& env, const BackwardIO& io);
+
+// Shared pieces (schedule_common.cpp).
+namespace sched {
+
+constexpr int kTagQ = 11, kTagRanges = 12, kTagAcc = 13, kTagLse = 14, kTagDout = 15,
+              kTagDl = 16, kTagK = 17, kTagV = 18, kTagDk = 19, kTagDv = 20, kTagA2A = 21;
+
+// Times backend work between begin() and end() into stats.compute_s (read at finish()).
+class ComputeTimer {
+ public:
+  explicit ComputeTimer(Backend& b) : backend_(b) {}
+  void begin() { start_ = backend_.mark(); }
+  void end() { spans_.emplace_back(start_, backend_.mark()); }
+  double total() {
+    double t = 0;
+    for (auto& [a, b] : spans_) t += backend_.elapsed_s(a, b);
+    return t;
+  }
+
+ private:
+  Backend& backend_;
+  int start_ = -1;
+  std::vector<std::pair<int, int>> spans_;
+};
+
+// Local single-process attention (P == 1, or the head-sharded part of ulysses).
+void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
+                   const ForwardIO& io, ComputeTimer& timer);
+// With dl given (Dl = rowsum(dO ∘ O) already computed), io.o is not read.
+void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
+                    const BackwardIO& io, ComputeTimer& timer, const float* dl = nullptr);
+
+// Starts a phase (resets marks and transport counters) and closes it into env.stats.
+struct PhaseScope {
+  ScheduleEnv& env;
+  ComputeTimer timer;
+  int start_mark;
+  TransportCounters before;
+  explicit PhaseScope(ScheduleEnv& e);
+  void finish();
+};
+
+inline int next_rank(const Plan& p) { return (p.rank + 1) % p.P; }
+inline int prev_rank(const Plan& p) { return (p.rank + p.P - 1) % p.P; }
+inline int ring_block(const Plan& p, int step) { return ((p.rank - step) % p.P + p.P) % p.P; }
+
+}  // namespace sched
+}  // namespace lvx
