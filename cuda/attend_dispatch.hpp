@@ -29,6 +29,7 @@ SplitPlan plan_fwd_splits(int B, int Lq, int Lkv, int Hq, int block_m, int block
 // Tile rows of the forward kernel for head dim D (for planning).
 int fwd_block_m(int D);
 int fwd_block_n(int D);
+int fwd_blocks_per_sm(int D);
 bool tensor_core_head_dim(int D);
 
 }  // namespace lvx::cuda

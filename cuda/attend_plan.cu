@@ -10,6 +10,11 @@ bool tensor_core_head_dim(int D) { return D == 64 || D == 128; }
 
 int fwd_block_m(int D) { return D == 64 ? FwdConfig<64>::Traits::kBlockM : FwdConfig<128>::Traits::kBlockM; }
 int fwd_block_n(int D) { return D == 64 ? FwdConfig<64>::Traits::kBlockN : FwdConfig<128>::Traits::kBlockN; }
+// Resident blocks per SM (registers bound them: 4 warps fit twice, 8 warps once).
+int fwd_blocks_per_sm(int D) {
+  const int warps = D == 64 ? FwdConfig<64>::Traits::kWarps : FwdConfig<128>::Traits::kWarps;
+  return warps >= 8 ? 1 : 2;
+}
 
 SplitPlan plan_fwd_splits(int B, int Lq, int Lkv, int Hq, int block_m, int block_n, int num_sms, int blocks_per_sm) {
   SplitPlan plan;

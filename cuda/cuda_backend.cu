@@ -123,7 +123,8 @@ class CudaBackend final : public Backend {
       if (s.D != 64 && s.D != 128) unsupported_head_dim(s.D);
       const int D = (int)s.D;
       cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D),
-                                                   cuda::fwd_block_n(D), num_sms_, 2);
+                                                   cuda::fwd_block_n(D), num_sms_,
+                                                   cuda::fwd_blocks_per_sm(D));
       if (plan.splits > 1) {
         const size_t rows = (size_t)p.B * p.Lq * p.Hq;
         float* ws = workspace((size_t)plan.splits * rows * (D + 1) * sizeof(float));
@@ -163,6 +164,8 @@ class CudaBackend final : public Backend {
 
   void synchronize() override { LVX_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   void* stream() const override { return stream_; }
+  // Null selects the backend's own stream (lvx.h). CUDA's legacy default stream is
+  // cudaStreamLegacy (0x1): callers holding torch's default stream (handle 0) pass that.
   void set_stream(void* stream) override { stream_ = stream ? static_cast<cudaStream_t>(stream) : own_stream_; }
 
   int mark() override {

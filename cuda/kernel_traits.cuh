@@ -17,10 +17,10 @@ struct FwdTraits {
   static constexpr int kSmemElems = kBlockM * kStride + 4 * kBlockN * kStride;  // Q, 2x(K, V)
 };
 
-template <int kHeadDim_, int kBlockM_>
+template <int kHeadDim_, int kBlockM_, int kWarps_ = 4>
 struct BwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kBlockN = 16 * kWarps;  // KV rows per block (dK, dV in registers)
   static constexpr int kBlockM = kBlockM_;     // query rows per step
@@ -32,8 +32,11 @@ struct BwdTraits {
 
 // Chosen per head dim; the playground compares alternatives before one lands here.
 template <int D> struct FwdConfig;
+// Resident blocks per SM of a forward configuration, for the split-KV planner.
 template <> struct FwdConfig<64> { using Traits = FwdTraits<64, 4, 64>; };
-template <> struct FwdConfig<128> { using Traits = FwdTraits<128, 4, 64>; };
+// D=128: 8 warps x 64 KV rows ran 262-274 TFLOP/s on H200 against 223-232 for 4 warps
+// (experiments/KERNEL_NOTES.md); it holds one block per SM (223 registers).
+template <> struct FwdConfig<128> { using Traits = FwdTraits<128, 8, 64>; };
 template <int D> struct BwdConfig;
 template <> struct BwdConfig<64> { using Traits = BwdTraits<64, 64>; };
 template <> struct BwdConfig<128> { using Traits = BwdTraits<128, 64>; };

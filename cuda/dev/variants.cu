@@ -22,6 +22,9 @@ using Fwd4w32 = FwdTraits<128, 4, 32>;
 using Fwd8w32 = FwdTraits<128, 8, 32>;
 using Bwd32 = BwdTraits<128, 32>;
 using Bwd16 = BwdTraits<128, 16>;
+using Fwd4w64 = FwdTraits<128, 4, 64>;
+using Bwd8w64 = BwdTraits<128, 64, 8>;
+using Bwd8w32 = BwdTraits<128, 32, 8>;
 
 __global__ void fill_random(T* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -128,7 +131,7 @@ int main() {
       std::printf("%3d/%-4d %-6d %-7d %-26s %9.3f %8.0f %10.1e\n", s.Hq, s.Hkv, s.Lq, s.Lkv, name, ms, fl / ms / 1e9, diff);
     };
     // Reference output: the library configuration.
-    reset(); run_fwd<FwdConfig<128>::Traits>(fp, prop.multiProcessorCount, 2, ws);
+    reset(); run_fwd<FwdConfig<128>::Traits>(fp, prop.multiProcessorCount, 1, ws);
     LVX_CUDA_CHECK(cudaDeviceSynchronize());
     LVX_CUDA_CHECK(cudaMemcpy(ref.data(), o, nq * 4, cudaMemcpyDeviceToHost));
 #define FWD_VARIANT(NAME, TR, BPS)                                                              \
@@ -136,9 +139,9 @@ int main() {
     float ms = median_ms([&] { reset(); run_fwd<TR>(fp, prop.multiProcessorCount, BPS, ws); }); \
     report(NAME, ms, flops, true);                                                              \
   }
-    FWD_VARIANT("fwd 4w BN64 (lib)", FwdConfig<128>::Traits, 2)
-    FWD_VARIANT("fwd 4w BN64 nosplit", FwdConfig<128>::Traits, 0)
-    FWD_VARIANT("fwd 8w BN64", Fwd8w64, 1)
+    FWD_VARIANT("fwd 8w BN64 (lib)", FwdConfig<128>::Traits, 1)
+    FWD_VARIANT("fwd 8w BN64 nosplit", FwdConfig<128>::Traits, 0)
+    FWD_VARIANT("fwd 4w BN64", Fwd4w64, 2)
     FWD_VARIANT("fwd 4w BN32", Fwd4w32, 2)
     FWD_VARIANT("fwd 8w BN32", Fwd8w32, 2)
     // Backward (lse from the forward above).
@@ -151,7 +154,8 @@ int main() {
 #define BWD_VARIANT(NAME, TR) { float ms = median_ms([&] { zero(); run_bwd<TR>(bp); }); report(NAME, ms, 2.5 * flops, false); }
     BWD_VARIANT("bwd BM64 (lib)", BwdConfig<128>::Traits)
     BWD_VARIANT("bwd BM32", Bwd32)
-    BWD_VARIANT("bwd BM16", Bwd16)
+    BWD_VARIANT("bwd 8w BM64", Bwd8w64)
+    BWD_VARIANT("bwd 8w BM32", Bwd8w32)
     float ms_zero = median_ms([&] { zero(); });
     std::printf("%36s %9.3f  (fills included above)\n", "zero dq/dk/dv", ms_zero);
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)o, (void*)o_ref, (void*)dq, (void*)lse,

@@ -1,0 +1,128 @@
+"""GPU tests of the CUDA backend through the public API (lvxattn.cross_attention*):
+O, LSE and dQ/dK/dV against a float64 explicit-softmax reference, bf16/fp16, GQA,
+masks, odd lengths, split-KV, and agreement with the CPU backend. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+lvxattn = pytest.importorskip("lvxattn")
+from lvxattn import masks  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(not lvxattn.cuda_built(), reason="built without the CUDA backend"),
+]
+
+TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+
+# (B, Lq, Lkv, Hq, Hkv, D): odd lengths, GQA, both head dims, a short-query split-KV case.
+SHAPES = [
+    (2, 77, 300, 4, 2, 64),
+    (1, 130, 257, 8, 2, 128),
+    (1, 40, 2100, 2, 1, 128),
+    (2, 64, 64, 4, 4, 64),
+]
+
+
+def ref_attention(q, k, v, q_ranges, scale):
+    """float64 softmax(scale·Q Kᵀ) V with per-row intervals; empty rows: O = 0, lse = -inf."""
+    q, k, v = (x.double() for x in (q, k, v))
+    group = q.shape[2] // k.shape[2]
+    kk, vv = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, kk) * scale
+    if q_ranges is not None:
+        j = torch.arange(k.shape[1], device=q.device)
+        r = q_ranges.long()
+        vis = (j >= r[..., :1]) & (j < r[..., 1:])  # [B, Lq, Lkv]
+        s = s.masked_fill(~vis[:, None], -math.inf)
+    lse = torch.logsumexp(s, dim=-1)
+    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(s - lse_safe[..., None])
+    return torch.einsum("bhqk,bkhd->bqhd", p, vv), lse
+
+
+def rel_err(got, want):
+    got, want = got.double(), want.double()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def make_inputs(shape, dtype, mask, seed):
+    B, Lq, Lkv, Hq, Hkv, D = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=g)
+    dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=g)
+    ranges = None if mask is None else masks.interleaved_ranges(B, Lq, Lkv, 5, mask, lead=3).cuda()
+    return q, k, v, dout, ranges
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mask", [None, "all_previous", "latest"])
+def test_forward_backward_match_float64(dtype, shape, mask):
+    q, k, v, dout, ranges = make_inputs(shape, dtype, mask, seed=sum(shape) + len(mask or ""))
+    scale = 1.1 / math.sqrt(shape[-1])
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    o, lse = lvxattn.cross_attention_forward(qg, kg, vg, q_ranges=ranges, scale=scale)
+    o.backward(dout)
+
+    qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
+    o_ref, lse_ref = ref_attention(qr, kr, vr, ranges, scale)
+    o_ref.backward(dout.double())
+
+    tol = TOL[dtype]
+    assert torch.isfinite(o).all() and torch.isfinite(qg.grad).all()
+    assert rel_err(o, o_ref) < tol
+    empty = torch.isinf(lse_ref)
+    assert torch.equal(torch.isinf(lse) & (lse < 0), empty)
+    assert rel_err(lse[~empty], lse_ref[~empty]) < tol
+    if empty.any():  # rows that see no key: O = 0 and zero gradient
+        rows = empty.transpose(1, 2)  # [B, Lq, Hq]
+        assert o[rows].abs().max() == 0
+        assert qg.grad[rows].abs().max() == 0
+    for got, want in ((qg.grad, qr.grad), (kg.grad, kr.grad), (vg.grad, vr.grad)):
+        assert rel_err(got, want) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_and_cpu_backends_agree(dtype):
+    shape = (2, 45, 190, 4, 2, 64)
+    q, k, v, dout, ranges = make_inputs(shape, dtype, "latest", seed=7)
+    outs = {}
+    for dev in ("cuda", "cpu"):
+        qg, kg, vg = (x.to(dev).clone().requires_grad_() for x in (q, k, v))
+        o, lse = lvxattn.cross_attention_forward(qg, kg, vg, q_ranges=None if ranges is None else ranges.to(dev))
+        o.backward(dout.to(dev))
+        outs[dev] = [t.detach().cpu() for t in (o, lse, qg.grad, kg.grad, vg.grad)]
+    tol = TOL[dtype]
+    for gpu, cpu in zip(outs["cuda"], outs["cpu"]):
+        finite = torch.isfinite(cpu)
+        assert torch.equal(finite, torch.isfinite(gpu))
+        assert rel_err(gpu[finite], cpu[finite]) < tol
+
+
+def test_default_stream_ordering():
+    """Inputs made on torch's default stream right before the call must be read after
+    they are written (the backend issues on the stream torch reports)."""
+    B, Lq, Lkv, H, D = 1, 256, 65536, 8, 128
+    q = torch.randn(B, Lq, H, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(B, Lkv, H, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, Lkv, H, D, device="cuda", dtype=torch.bfloat16)
+    o, _ = lvxattn.cross_attention_forward(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float()).transpose(1, 2)
+    assert rel_err(o, ref) < TOL[torch.bfloat16]
+
+
+def test_unsupported_head_dim_is_reported():
+    q = torch.randn(1, 8, 2, 40, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 16, 2, 40, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(lvxattn.UnsupportedError, match="head dim"):
+        lvxattn.cross_attention(q, k, k)
+        torch.cuda.synchronize()
