@@ -85,40 +85,30 @@ def project_kv(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, kv_heads: in
     return UnitRmsNorm.apply(k, eps), v
 
 
-def _has_attention_backward() -> bool:
-    return hasattr(lvxattn, "cross_attention_backward") and hasattr(lvxattn, "cross_attention_forward")
-
-
 class RecomputedKvAttention(torch.autograd.Function):
     """``cross_attention(Q, K(X), V(X))`` that keeps X instead of K and V for backward.
 
     Forward saves Q, X, O, LSE (and the weight handles); backward rebuilds K, V from X
-    under autograd, runs the attention backward, and pushes dK, dV back through the
-    projection to dX, dWk, dWv. X's gradients from all layers are summed by autograd.
-    If the core has no separate attention backward, backward re-runs the attention
-    forward on the rebuilt K, V and differentiates through ``cross_attention``.
+    under autograd, runs the attention backward on the saved O and LSE
+    (``lvxattn.backward_raw``), and pushes dK, dV back through the projection to dX,
+    dWk, dWv. X's gradients from all layers are summed by autograd.
     """
 
     @staticmethod
     def forward(ctx, q, x, wk, wv, q_ranges, kv_heads: int, head_dim: int, eps: float,
                 settings: AttentionSettings):
         k, v = project_kv(x, wk, wv, kv_heads, head_dim, eps)
+        o, lse = lvxattn.cross_attention_forward(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
+                                                 q_ranges=q_ranges, scale=settings.scale)
+        del k, v  # the point of this Function: K and V die here
+        ctx.save_for_backward(q, x, wk, wv, q_ranges, o, lse)
         ctx.kv_shape = (kv_heads, head_dim, eps)
         ctx.settings = settings
-        if _has_attention_backward():
-            o, lse = lvxattn.cross_attention_forward(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
-                                                     q_ranges=q_ranges, scale=settings.scale)
-            ctx.save_for_backward(q, x, wk, wv, q_ranges, o, lse)
-        else:
-            o = lvxattn.cross_attention(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
-                                        q_ranges=q_ranges, scale=settings.scale)
-            ctx.save_for_backward(q, x, wk, wv, q_ranges)
-        del k, v  # the point of this Function: K and V die here
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, x, wk, wv, q_ranges, *attention_state = ctx.saved_tensors
+        q, x, wk, wv, q_ranges, o, lse = ctx.saved_tensors
         kv_heads, head_dim, eps = ctx.kv_shape
         s = ctx.settings
         need_q, need_x, need_wk, need_wv = ctx.needs_input_grad[:4]
@@ -127,26 +117,11 @@ class RecomputedKvAttention(torch.autograd.Function):
             wk_ = wk.detach().requires_grad_(need_wk)
             wv_ = wv.detach().requires_grad_(need_wv)
             k, v = project_kv(x_, wk_, wv_, kv_heads, head_dim, eps)
-            if attention_state:
-                o, lse = attention_state
-                dq, dk, dv = lvxattn.cross_attention_backward(
-                    q, k.detach(), v.detach(), o, lse, do.contiguous(), comm=s.comm, algorithm=s.algorithm,
-                    q_ranges=q_ranges, scale=s.scale)
-                outputs, grads = (k, v), (dk, dv)
-            else:
-                q_ = q.detach().requires_grad_(True)
-                o = lvxattn.cross_attention(q_, k, v, comm=s.comm, algorithm=s.algorithm,
-                                            q_ranges=q_ranges, scale=s.scale)
-                outputs, grads = (o,), (do,)
-            # Every rank must run the attention backward (it is collective), even if it
-            # needs no gradient itself; so no early exit above this line.
-            wanted = [t for t in (x_, wk_, wv_) if t.requires_grad]
-            if not attention_state:
-                wanted = [q_] + wanted
-            found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True) if wanted else []
-        found = list(found)
-        if not attention_state:
-            dq = found.pop(0)
+        # Collective: every rank runs it, even one that needs no gradient itself.
+        dq, dk, dv = lvxattn.backward_raw(q, k.detach(), v.detach(), o, lse, do, comm=s.comm,
+                                          algorithm=s.algorithm, q_ranges=q_ranges, scale=s.scale)
+        wanted = [t for t in (x_, wk_, wv_) if t.requires_grad]
+        found = list(torch.autograd.grad((k, v), wanted, (dk.to(k.dtype), dv.to(v.dtype)))) if wanted else []
         dx = found.pop(0) if need_x else None
         dwk = found.pop(0) if need_wk else None
         dwv = found.pop(0) if need_wv else None
