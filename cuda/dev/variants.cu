@@ -25,6 +25,8 @@ using Bwd16 = BwdTraits<128, 16>;
 using Fwd4w64 = FwdTraits<128, 4, 64>;
 using Bwd8w64 = BwdTraits<128, 64, 8>;
 using Bwd8w32 = BwdTraits<128, 32, 8>;
+using Bwd4w64 = BwdTraits<128, 64, 4>;
+using Bwd8w64NoDq = BwdTraits<128, 64, 8, false>;
 
 __global__ void fill_random(T* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -142,8 +144,7 @@ int main() {
     FWD_VARIANT("fwd 8w BN64 (lib)", FwdConfig<128>::Traits, 1)
     FWD_VARIANT("fwd 8w BN64 nosplit", FwdConfig<128>::Traits, 0)
     FWD_VARIANT("fwd 4w BN64", Fwd4w64, 2)
-    FWD_VARIANT("fwd 4w BN32", Fwd4w32, 2)
-    FWD_VARIANT("fwd 8w BN32", Fwd8w32, 2)
+
     // Backward (lse from the forward above).
     BwdParams bp{};
     bp.q = q; bp.k = k; bp.v = v; bp.dout = dout; bp.lse = lse; bp.dl = dl; bp.B = 1; bp.Lq = s.Lq;
@@ -152,10 +153,9 @@ int main() {
     bp.dq = dq; bp.dk = dk; bp.dv = dv;
     auto zero = [&] { fill_value<<<256, 256>>>(dq, nq, 0.f); fill_value<<<1024, 256>>>(dk, nkv, 0.f); fill_value<<<1024, 256>>>(dv, nkv, 0.f); };
 #define BWD_VARIANT(NAME, TR) { float ms = median_ms([&] { zero(); run_bwd<TR>(bp); }); report(NAME, ms, 2.5 * flops, false); }
-    BWD_VARIANT("bwd BM64 (lib)", BwdConfig<128>::Traits)
-    BWD_VARIANT("bwd BM32", Bwd32)
-    BWD_VARIANT("bwd 8w BM64", Bwd8w64)
-    BWD_VARIANT("bwd 8w BM32", Bwd8w32)
+    BWD_VARIANT("bwd 8w BM64 (lib)", BwdConfig<128>::Traits)
+    BWD_VARIANT("bwd 4w BM64", Bwd4w64)
+    BWD_VARIANT("bwd 8w BM64 no dQ (diag)", Bwd8w64NoDq)
     float ms_zero = median_ms([&] { zero(); });
     std::printf("%36s %9.3f  (fills included above)\n", "zero dq/dk/dv", ms_zero);
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)o, (void*)o_ref, (void*)dq, (void*)lse,

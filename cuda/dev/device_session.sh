@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One device call: CMake build of the whole project with the CUDA backend (checks
+# cuda/CMakeLists.txt), the GPU pytest file through the public API, the playground
+# (+ tile variants) and the SDPA comparison. Logs go to $OUT. Usage: SHA=... cuda/dev/device_session.sh
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-/tmp/lvx_out}
+cd "$root"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+if [ "${CMAKE_BUILD:-1}" = 1 ]; then
+  start=$(date +%s)
+  cmake -S . -B /tmp/lvx_build -DLVX_PYTHON=ON -DLVX_TESTS=OFF -DLVX_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >"$out/cmake.log" 2>&1 &&
+    cmake --build /tmp/lvx_build -j16 >>"$out/cmake.log" 2>&1
+  echo "cmake build rc=$? in $(( $(date +%s) - start )) s"; tail -3 "$out/cmake.log"
+  rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r python/lvxattn /tmp/pkg/ && cp /tmp/lvx_build/_core*.so /tmp/pkg/lvxattn/
+  PYTHONPATH=/tmp/pkg timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/python/test_gpu_kernels.py 2>&1 | tee "$out/pytest_gpu.log" | tail -15
+fi
+(cd cuda && BUILD=/tmp/b JOBS=16 VARIANTS=${VARIANTS:-1} timeout 300 dev/run_playground.sh 2>&1 | tee "$out/playground_variants.log" | grep -v "^\(bf16\|f16\|f32\) ")
+timeout 250 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so --out "$out/gpu_kernels.csv" \
+  --reps 15 --sha "${SHA:-unknown}" 2>&1 | tee "$out/bench.log"
