@@ -157,6 +157,43 @@ def check_flags(args: argparse.Namespace, world: int) -> None:
                          f"({args.kv_heads}) divisible by the number of ranks ({world})")
 
 
+class LossNotFinite(FloatingPointError):
+    """The (allreduced, hence agreed) loss is NaN or infinite: every rank stops alike."""
+
+
+class MasterWeights:
+    """fp32 copies of fp16/bf16 weights for the optimizer, so small updates and Adam's
+    eps do not vanish in 16 bits; ``step`` moves grads in, steps, and copies back."""
+
+    def __init__(self, model, make_optimizer):
+        import torch
+
+        self.params = list(model.parameters())
+        self.wide = self.params[0].dtype != torch.float32 if self.params else False
+        self.masters = ([p.detach().float().clone().requires_grad_(True) for p in self.params]
+                        if self.wide else self.params)
+        self.optimizer = make_optimizer(self.masters)
+
+    def step(self) -> None:
+        import torch
+
+        if self.wide:
+            for master, p in zip(self.masters, self.params):
+                master.grad = None if p.grad is None else p.grad.float()
+        self.optimizer.step()
+        if self.wide:
+            with torch.no_grad():
+                for master, p in zip(self.masters, self.params):
+                    p.copy_(master)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+        if self.wide:
+            for master in self.masters:
+                master.grad = None
+
+
 def check_core() -> None:
     import lvxattn
 
@@ -350,6 +387,9 @@ def run_job(args: argparse.Namespace) -> int:
 
     try:
         report = train(args, comm, shard, device, dtype)
+    except LossNotFinite as exc:   # the loss is allreduced: all ranks are here together
+        _say_error(comm, str(exc))
+        return 1
     except Exception:  # noqa: BLE001 - one failing rank must not leave the others in a collective
         _say_error(comm, "step failed:\n" + traceback.format_exc())
         comm.Abort(1)
@@ -376,7 +416,7 @@ def train(args: argparse.Namespace, comm, shard, device, dtype) -> dict:
     rank, world = comm.Get_rank(), comm.Get_size()
     meta = shard.meta
     model = build_model(args, meta, comm, device, dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    optimizer = MasterWeights(model, lambda params: torch.optim.AdamW(params, lr=args.lr))
     text = shard.text.to(device)
     visual = shard.visual.to(device)
     q_ranges = None if shard.q_ranges is None else shard.q_ranges.to(device)
@@ -394,7 +434,7 @@ def train(args: argparse.Namespace, comm, shard, device, dtype) -> dict:
             comm.Barrier()
             synchronize()
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             with measure_saved(model) as meter:
                 out = model(text, visual, q_ranges)
                 loss = synthetic_loss(out, global_elements)
@@ -407,7 +447,7 @@ def train(args: argparse.Namespace, comm, shard, device, dtype) -> dict:
             saved_bytes = meter.bytes
             loss_value = comm.allreduce(float(loss.detach()))
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                raise LossNotFinite(f"loss is {loss_value} at step {step}; try a smaller --lr or fp32")
             losses.append(loss_value)
             per_step_attention.append(recorder.totals)
             bar.update(1, postfix=f"loss {loss_value:.4g}")

@@ -215,3 +215,17 @@ def test_progress_bar_renders_and_is_silent_when_disabled():
     with Progress(4, "steps", stream=quiet, enabled=False) as bar:
         bar.update(4)
     assert quiet.getvalue() == ""
+
+
+def test_master_weights_keep_updates_too_small_for_bf16():
+    model = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    optimizer = cli.MasterWeights(model, lambda params: torch.optim.SGD(params, lr=1e-3))
+    for _ in range(10):   # each update (1e-3) is below bf16's spacing at 1.0 (2^-7)
+        model.weight.grad = torch.ones_like(model.weight)
+        optimizer.step()
+        optimizer.zero_grad()
+    master = optimizer.masters[0]
+    assert master.dtype == torch.float32 and float(master) == pytest.approx(0.99, abs=1e-6)
+    assert float(model.weight) == float(master.to(torch.bfloat16)) < 1.0
