@@ -184,7 +184,16 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
   check_agree(all, "dtype", &Descriptor::dtype, show_dtype);
   check_agree(all, "algorithm", &Descriptor::algorithm, show_algorithm);
   check_agree(all, "scale", &Descriptor::scale);
-  check_agree(all, "q_ranges presence", &Descriptor::has_ranges, show_bool);
+  // A rank without query rows may pass no q_ranges; the others must agree.
+  {
+    std::vector<Descriptor> view = all;
+    int32_t first = -1;
+    for (const auto& d : view)
+      if (d.Lq > 0 && first < 0) first = d.has_ranges;
+    for (auto& d : view)
+      if (d.Lq == 0) d.has_ranges = first < 0 ? 0 : first;
+    check_agree(view, "q_ranges presence", &Descriptor::has_ranges, show_bool);
+  }
   check_agree(all, "device type", &Descriptor::device, show_device);
 
   Plan p;
@@ -196,7 +205,8 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
   p.D = l.D;
   p.dtype = l.dtype;
   p.scale = l.scale;
-  p.has_ranges = l.has_ranges;
+  p.has_ranges = false;
+  for (const auto& d : all) p.has_ranges = p.has_ranges || (d.Lq > 0 && d.has_ranges);
   for (int r = 0; r < size_; ++r) {
     p.lq.push_back(all[r].Lq);
     p.lkv.push_back(all[r].Lkv);

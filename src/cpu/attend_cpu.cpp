@@ -230,7 +230,7 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
       const int64_t hq = g * G + h;
       for (int64_t i = 0; i < nq; ++i) {
         float l = l_all[h * kTq + i];
-        if (!(l > 0.f)) continue;
+        if (l == 0.f) continue;  // saw no key (NaN inputs give NaN l and propagate)
         float* orow = o_all + (h * kTq + i) * Dp;
         float inv = 1.f / l;
         for (int64_t c = 0; c < D; ++c) orow[c] *= inv;

@@ -1,0 +1,145 @@
+"""lvx, ring and ulysses under MPI against the float64 single-process reference:
+P = 1..world size (sub-communicators), uneven shards with ranks that own no
+query or no KV rows, GQA, both MLLM mask styles, B > 1, fp32 and bf16; exact
+byte counts; shapes that change between calls.
+
+Run with: mpirun -n 4 python -m pytest --with-mpi -m mpi tests/python/test_distributed.py
+"""
+
+import pytest
+import torch
+
+import lvxattn
+from dist_util import gather_rows, shard, sub_comm, uneven_split
+from reference import TOL, attention, rel_err
+
+mpi = pytest.importorskip("mpi4py.MPI")
+WORLD = mpi.COMM_WORLD
+
+
+def run_and_check(comm, algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask, zero_q=None, zero_kv=None, seed=0):
+    P, rank = comm.size, comm.rank
+    gen = torch.Generator().manual_seed(seed)  # same global problem on every rank
+    q = torch.randn(B, Lq, Hq, D, generator=gen).to(dtype)
+    k = torch.randn(B, Lkv, Hkv, D, generator=gen).to(dtype)
+    v = torch.randn(B, Lkv, Hkv, D, generator=gen).to(dtype)
+    do = torch.randn(B, Lq, Hq, D, generator=gen).to(dtype)
+    ranges = None
+    if mask is not None:
+        ranges = lvxattn.masks.interleaved_ranges(B, Lq, Lkv, num_images=4, style=mask)
+    lq = uneven_split(Lq, P, zero_q, seed)
+    lkv = uneven_split(Lkv, P, zero_kv, seed + 1)
+
+    ql = shard(q, lq, rank).requires_grad_()
+    kl = shard(k, lkv, rank).requires_grad_()
+    vl = shard(v, lkv, rank).requires_grad_()
+    rl = None if ranges is None else shard(ranges, lq, rank)
+    o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm, q_ranges=rl)
+    o.backward(shard(do, lq, rank))
+
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    o_ref, lse_ref = attention(qr, kr, vr, ranges)
+    o_ref.backward(do.double())
+    tol = TOL[dtype]
+    errs = {
+        "o": rel_err(gather_rows(comm, o), o_ref),
+        "lse": rel_err(gather_rows(comm, lse, dim=2), lse_ref),
+        "dq": rel_err(gather_rows(comm, ql.grad), qr.grad),
+        "dk": rel_err(gather_rows(comm, kl.grad), kr.grad),
+        "dv": rel_err(gather_rows(comm, vl.grad), vr.grad),
+    }
+    bad = {name: e for name, e in errs.items() if not e < (tol / 10 if name == "lse" else tol * 2)}
+    assert not bad, f"{algorithm} P={P} lq={lq} lkv={lkv}: {bad}"
+    return lq, lkv
+
+
+CASES = [
+    # algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask
+    ("lvx", 1, 40, 300, 8, 2, 32, torch.float32, None),
+    ("lvx", 3, 23, 150, 4, 4, 64, torch.bfloat16, "all_previous"),
+    ("lvx", 2, 31, 211, 8, 2, 32, torch.float32, "latest"),
+    ("ring", 1, 40, 300, 8, 2, 32, torch.float32, "all_previous"),
+    ("ring", 3, 23, 150, 4, 4, 64, torch.bfloat16, None),
+    ("ring", 2, 31, 211, 8, 2, 32, torch.float32, "latest"),
+    ("ulysses", 2, 29, 190, 12, 12, 32, torch.float32, "all_previous"),
+    ("ulysses", 1, 40, 256, 24, 12, 32, torch.bfloat16, "latest"),
+]
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[7]}-{c[8]}".replace("torch.", "") for c in CASES])
+def test_algorithms_match_reference_at_every_rank_count(case):
+    algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask = case
+    for P in range(1, WORLD.size + 1):
+        if algorithm == "ulysses" and (Hq % P or Hkv % P):
+            continue
+        with sub_comm(WORLD, P) as comm:
+            if comm is None:
+                continue
+            run_and_check(comm, algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask, seed=P)
+            if P >= 2:  # a rank with no query rows and another with no KV rows
+                run_and_check(comm, algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask,
+                              zero_q=0, zero_kv=P - 1, seed=10 + P)
+
+
+def expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, has_ranges):
+    """Bytes this rank sends, from DESIGN.md's table, block by block."""
+    blk = lambda rows, t: rows[(rank - t) % P]  # block held at step t
+    rng = 8 * B if has_ranges else 0
+    if algorithm == "lvx" and phase == "forward":
+        return sum(blk(lq, t) * (B * Hq * D * es + rng) for t in range(P - 1)) + \
+               sum(blk(lq, t) * 4 * (B * Hq * D + B * Hq) for t in range(P))
+    if algorithm == "lvx":
+        return sum(blk(lq, t) * (2 * B * Hq * D * es + 8 * B * Hq + rng) for t in range(P - 1)) + \
+               sum(blk(lq, t) * 4 * B * Hq * D for t in range(P))
+    if phase == "forward":
+        return sum(blk(lkv, t) * 2 * B * Hkv * D * es for t in range(P - 1))
+    return sum(blk(lkv, t) * 2 * B * Hkv * D * es for t in range(P - 1)) + \
+        sum(blk(lkv, t) * 8 * B * Hkv * D for t in range(P))
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bytes_sent_match_the_formula_and_lvx_sends_less(dtype):
+    comm, P, rank = WORLD, WORLD.size, WORLD.rank
+    B, Hq, Hkv, D = 1, 4, 4, 16
+    Lq, Lkv = 24, 24 * 8  # Lkv·Hkv = 8·Lq·Hq: lvx must move fewer bytes
+    lq, lkv = uneven_split(Lq, P, None, 2), uneven_split(Lkv, P, None, 3)
+    es = torch.tensor([], dtype=dtype).element_size()
+    sent = {}
+    for algorithm in ("lvx", "ring"):
+        gen = torch.Generator().manual_seed(7)
+        q = torch.randn(B, lq[rank], Hq, D, generator=gen).to(dtype).requires_grad_()
+        k = torch.randn(B, lkv[rank], Hkv, D, generator=gen).to(dtype).requires_grad_()
+        v = torch.randn(B, lkv[rank], Hkv, D, generator=gen).to(dtype).requires_grad_()
+        ranges = torch.zeros(B, lq[rank], 2, dtype=torch.int32)
+        ranges[..., 1] = Lkv
+        lvxattn.cross_attention(q, k, v, comm=comm, algorithm=algorithm, q_ranges=ranges).sum().backward()
+        stats = lvxattn.last_stats()
+        assert stats["algorithm"] == algorithm
+        for phase in ("forward", "backward"):
+            want = expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, True)
+            assert stats[phase]["bytes_sent"] == want, (algorithm, phase)
+            total = comm.allreduce(stats[phase]["bytes_sent"])
+            assert comm.allreduce(stats[phase]["bytes_recv"]) == total
+            sent[algorithm, phase] = total
+            assert stats[phase]["compute_s"] > 0 and stats[phase]["total_s"] >= stats[phase]["blocked_s"]
+    assert sent["lvx", "forward"] < sent["ring", "forward"]
+    assert sent["lvx", "backward"] < sent["ring", "backward"]
+
+
+@pytest.mark.mpi(min_size=2)
+def test_changing_shapes_and_algorithms_between_calls():
+    comm = WORLD
+    for n, (Lq, Lkv, D, algorithm) in enumerate([(9, 70, 32, "lvx"), (30, 20, 16, "ring"),
+                                                 (9, 70, 32, "ring"), (17, 333, 64, "lvx")]):
+        run_and_check(comm, algorithm, 2, Lq, Lkv, 4, 2, D, torch.float32, None, seed=100 + n)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_auto_reports_the_algorithm_it_ran():
+    comm = WORLD
+    q = torch.randn(1, 2, 4, 16)
+    k, v = torch.randn(1, 400, 4, 16), torch.randn(1, 400, 4, 16)
+    lvxattn.cross_attention(q, k, v, comm=comm, algorithm="auto")
+    assert lvxattn.last_stats()["algorithm"] in ("lvx", "ring", "ulysses")
