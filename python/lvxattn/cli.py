@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", type=_positive, default=2)
     run.add_argument("--heads", type=_positive, default=8, help="query heads Hq")
     run.add_argument("--kv-heads", type=_positive, default=2, help="key/value heads Hkv")
-    run.add_argument("--head-dim", type=_positive, default=32)
+    run.add_argument("--head-dim", type=_positive, default=64)
     run.add_argument("--visual-dim", type=_positive, help="required visual feature dim (checked against the file)")
     run.add_argument("--text-dim", type=_positive, help="required text hidden dim (checked against the file)")
     run.add_argument("--algorithm", choices=ALGORITHMS, default="lvx")

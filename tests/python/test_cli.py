@@ -125,6 +125,16 @@ def test_run_bad_input_fails_cleanly_on_every_rank(tmp_path, case, extra, messag
     assert "Traceback" not in result.stderr
 
 
+def test_run_without_gpu_says_so_on_every_rank(tmp_path, small_file):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = lvxattn_command("run", "--features", str(small_file), "--device", "cuda", "--no-progress")
+    assert result.returncode != 0
+    for rank in range(RANKS):
+        assert f"error (rank {rank}/{RANKS}): RuntimeError: --device cuda but torch sees no CUDA device" \
+            in result.stderr
+
+
 # ---------------------------------------------------------------------------
 # run: the job itself
 
