@@ -47,7 +47,7 @@ def ref_attention(q, k, v, q_ranges, scale):
 
 
 def rel_err(got, want):
-    got, want = got.double(), want.double()
+    got, want = got.detach().double(), want.detach().double()
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
