@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 
-import lvxattn
 from lvxattn import cli, data, masks
 from lvxattn.layers import CrossAttentionStack, measure_saved
 
