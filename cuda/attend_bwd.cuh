@@ -124,70 +124,101 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
     const T* q_tile = sQ + buf * BM * S;
     const T* do_tile = sdO + buf * BM * S;
 
-    // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 KV rows.
-    float s[BM / 8][4], dp[BM / 8][4];
+    // Sᵀ = K Qᵀ for the warp's 16 KV rows, then Pᵀ, packed to 16 bits at once: S and
+    // dP are never live together in fp32, which leaves registers for the pipeline.
+    uint32_t pa[BM / 16][4];
+    {
+      float s[BM / 8][4];
 #pragma unroll
-    for (int i = 0; i < BM / 8; ++i)
+      for (int i = 0; i < BM / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ka[4];
+        ldmatrix_x4(ka, sK + (warp * 16 + ra) * S + kk * 16 + ca);
+#pragma unroll
+        for (int np = 0; np < BM / 16; ++np) {
+          uint32_t qb[4];
+          ldmatrix_x4(qb, q_tile + (np * 16 + rb) * S + kk * 16 + cb);
+          mma16816<T>(s[2 * np], ka, qb[0], qb[1]);
+          mma16816<T>(s[2 * np + 1], ka, qb[2], qb[3]);
+        }
+      }
+#pragma unroll
+      for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qc = nb * 8 + 2 * t + (e & 1);
+          const float lse2 = sLse[buf][qc];
+          float pv = lse2 == -INFINITY ? 0.f : exp2f(s[nb][e] * p.scale_log2 - lse2);
+          if (need_mask) {
+            const int kv = kv_row0 + (e >> 1) * 8;
+            const int2 iv = sIv[buf][qc];
+            if (kv < iv.x || kv >= iv.y || kv >= Lkv) pv = 0.f;
+          }
+          s[nb][e] = pv;
+        }
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        pa[kk][0] = Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
+    }
+
+    // dV += Pᵀ dO.
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+#pragma unroll
+      for (int dp2 = 0; dp2 < D / 16; ++dp2) {
+        uint32_t ob[4];
+        ldmatrix_x4_trans(ob, do_tile + (kk * 16 + ra) * S + dp2 * 16 + ca);
+        mma16816<T>(dv[2 * dp2], pa[kk], ob[0], ob[1]);
+        mma16816<T>(dv[2 * dp2 + 1], pa[kk], ob[2], ob[3]);
+      }
+
+    // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − Dl) with Pᵀ as rounded for the dV product.
+    float dp[BM / 8][4];
+#pragma unroll
+    for (int i = 0; i < BM / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t ka[4], va[4];
-      ldmatrix_x4(ka, sK + (warp * 16 + ra) * S + kk * 16 + ca);
+      uint32_t va[4];
       ldmatrix_x4(va, sV + (warp * 16 + ra) * S + kk * 16 + ca);
 #pragma unroll
       for (int np = 0; np < BM / 16; ++np) {
-        uint32_t qb[4], ob[4];
-        ldmatrix_x4(qb, q_tile + (np * 16 + rb) * S + kk * 16 + cb);
+        uint32_t ob[4];
         ldmatrix_x4(ob, do_tile + (np * 16 + rb) * S + kk * 16 + cb);
-        mma16816<T>(s[2 * np], ka, qb[0], qb[1]);
-        mma16816<T>(s[2 * np + 1], ka, qb[2], qb[3]);
         mma16816<T>(dp[2 * np], va, ob[0], ob[1]);
         mma16816<T>(dp[2 * np + 1], va, ob[2], ob[3]);
       }
     }
-
-    // Pᵀ and dSᵀ (dSᵀ left in dp).
+    uint32_t da[BM / 16][4];
 #pragma unroll
-    for (int nb = 0; nb < BM / 8; ++nb)
+    for (int kk = 0; kk < BM / 16; ++kk)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qc = nb * 8 + 2 * t + (e & 1);
-        const float lse2 = sLse[buf][qc];
-        float pv = lse2 == -INFINITY ? 0.f : exp2f(s[nb][e] * p.scale_log2 - lse2);
-        if (need_mask) {
-          const int kv = kv_row0 + (e >> 1) * 8;
-          const int2 iv = sIv[buf][qc];
-          if (kv < iv.x || kv >= iv.y || kv >= Lkv) pv = 0.f;
-        }
-        s[nb][e] = pv;
-        dp[nb][e] = pv * (dp[nb][e] - sDl[buf][qc]);
+      for (int r = 0; r < 4; ++r) {
+        // register r of step kk holds columns nb = 2kk + (r >> 1), rows e = 2·(r & 1) + {0, 1}
+        const int nb = 2 * kk + (r >> 1), e0 = 2 * (r & 1);
+        const float2 pv = Pack2<T>::to_float2(pa[kk][r]);
+        const int qc = nb * 8 + 2 * t;
+        da[kk][r] = Pack2<T>::from(pv.x * (dp[nb][e0] - sDl[buf][qc]), pv.y * (dp[nb][e0 + 1] - sDl[buf][qc + 1]));
       }
 
-    // dV += Pᵀ dO and dK += dSᵀ Q (scale applied at the end).
+    // dSᵀ to shared memory for the dQ product; dK += dSᵀ Q (scale applied at the end).
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) {
-      uint32_t pa[4] = {Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]),
-                        Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      uint32_t da[4] = {Pack2<T>::from(dp[2 * kk][0], dp[2 * kk][1]), Pack2<T>::from(dp[2 * kk][2], dp[2 * kk][3]),
-                        Pack2<T>::from(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                        Pack2<T>::from(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-      // dSᵀ to shared memory for the dQ product.
       T* ds_row = sdS + (warp * 16 + g) * DS + kk * 16 + 2 * t;
-      *reinterpret_cast<uint32_t*>(ds_row) = da[0];
-      *reinterpret_cast<uint32_t*>(ds_row + 8 * DS) = da[1];
-      *reinterpret_cast<uint32_t*>(ds_row + 8) = da[2];
-      *reinterpret_cast<uint32_t*>(ds_row + 8 * DS + 8) = da[3];
+      *reinterpret_cast<uint32_t*>(ds_row) = da[kk][0];
+      *reinterpret_cast<uint32_t*>(ds_row + 8 * DS) = da[kk][1];
+      *reinterpret_cast<uint32_t*>(ds_row + 8) = da[kk][2];
+      *reinterpret_cast<uint32_t*>(ds_row + 8 * DS + 8) = da[kk][3];
 #pragma unroll
       for (int dp2 = 0; dp2 < D / 16; ++dp2) {
-        uint32_t ob[4], qb[4];
-        ldmatrix_x4_trans(ob, do_tile + (kk * 16 + ra) * S + dp2 * 16 + ca);
-        mma16816<T>(dv[2 * dp2], pa, ob[0], ob[1]);
-        mma16816<T>(dv[2 * dp2 + 1], pa, ob[2], ob[3]);
+        uint32_t qb[4];
         ldmatrix_x4_trans(qb, q_tile + (kk * 16 + ra) * S + dp2 * 16 + ca);
-        mma16816<T>(dk[2 * dp2], da, qb[0], qb[1]);
-        mma16816<T>(dk[2 * dp2 + 1], da, qb[2], qb[3]);
+        mma16816<T>(dk[2 * dp2], da[kk], qb[0], qb[1]);
+        mma16816<T>(dk[2 * dp2 + 1], da[kk], qb[2], qb[3]);
       }
     }
     __syncthreads();

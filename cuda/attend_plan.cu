@@ -6,15 +6,24 @@
 
 namespace lvx::cuda {
 
-bool tensor_core_head_dim(int D) { return D == 64 || D == 128; }
+bool tensor_core_head_dim(int D) { return D == 32 || D == 64 || D == 96 || D == 128; }
 
-int fwd_block_m(int D) { return D == 64 ? FwdConfig<64>::Traits::kBlockM : FwdConfig<128>::Traits::kBlockM; }
-int fwd_block_n(int D) { return D == 64 ? FwdConfig<64>::Traits::kBlockN : FwdConfig<128>::Traits::kBlockN; }
-// Resident blocks per SM (registers bound them: 4 warps fit twice, 8 warps once).
-int fwd_blocks_per_sm(int D) {
-  const int warps = D == 64 ? FwdConfig<64>::Traits::kWarps : FwdConfig<128>::Traits::kWarps;
-  return warps >= 8 ? 1 : 2;
+namespace {
+template <typename Fn>
+int by_head_dim(int D, Fn fn) {
+  switch (D) {
+    case 32: return fn(FwdConfig<32>::Traits{});
+    case 64: return fn(FwdConfig<64>::Traits{});
+    case 96: return fn(FwdConfig<96>::Traits{});
+    default: return fn(FwdConfig<128>::Traits{});
+  }
 }
+}  // namespace
+
+int fwd_block_m(int D) { return by_head_dim(D, [](auto tr) { return decltype(tr)::kBlockM; }); }
+int fwd_block_n(int D) { return by_head_dim(D, [](auto tr) { return decltype(tr)::kBlockN; }); }
+// Resident blocks per SM (registers bound them: 4 warps fit twice, 8 warps once).
+int fwd_blocks_per_sm(int D) { return by_head_dim(D, [](auto tr) { return decltype(tr)::kWarps >= 8 ? 1 : 2; }); }
 
 SplitPlan plan_fwd_splits(int B, int Lq, int Lkv, int Hq, int block_m, int block_n, int num_sms, int blocks_per_sm) {
   SplitPlan plan;

@@ -30,20 +30,28 @@ void check_shape(const StepShape& s) {
 }
 
 [[noreturn]] void unsupported_head_dim(int64_t D) {
-  LVX_FAIL(Status::unsupported, "CUDA attention supports head dims 64 and 128, got " + std::to_string(D));
+  LVX_FAIL(Status::unsupported, "CUDA attention supports head dims 32, 64, 96 and 128, got " + std::to_string(D));
+}
+
+template <typename T, typename Fn>
+void dispatch_head_dim(int64_t D, Fn&& fn) {
+  switch (D) {
+    case 32: return fn((T*)nullptr, std::integral_constant<int, 32>{});
+    case 64: return fn((T*)nullptr, std::integral_constant<int, 64>{});
+    case 96: return fn((T*)nullptr, std::integral_constant<int, 96>{});
+    case 128: return fn((T*)nullptr, std::integral_constant<int, 128>{});
+    default: unsupported_head_dim(D);
+  }
 }
 
 template <typename Fn>
 void dispatch(DType dtype, int64_t D, Fn&& fn) {
-  if (D != 64 && D != 128) unsupported_head_dim(D);
   switch (dtype) {
-    case DType::bf16: D == 64 ? fn((__nv_bfloat16*)nullptr, std::integral_constant<int, 64>{})
-                              : fn((__nv_bfloat16*)nullptr, std::integral_constant<int, 128>{}); break;
-    case DType::f16: D == 64 ? fn((__half*)nullptr, std::integral_constant<int, 64>{})
-                             : fn((__half*)nullptr, std::integral_constant<int, 128>{}); break;
-    case DType::f32: D == 64 ? fn((float*)nullptr, std::integral_constant<int, 64>{})
-                             : fn((float*)nullptr, std::integral_constant<int, 128>{}); break;
+    case DType::bf16: return dispatch_head_dim<__nv_bfloat16>(D, fn);
+    case DType::f16: return dispatch_head_dim<__half>(D, fn);
+    case DType::f32: return dispatch_head_dim<float>(D, fn);
   }
+  LVX_FAIL(Status::invalid_argument, "unknown dtype");
 }
 
 class CudaBackend final : public Backend {
@@ -120,7 +128,7 @@ class CudaBackend final : public Backend {
     p.o = a.o; p.lse = a.lse;
     p.splits = 1; p.split_len = p.Lkv;
     if (a.dtype != DType::f32) {
-      if (s.D != 64 && s.D != 128) unsupported_head_dim(s.D);
+      if (!cuda::tensor_core_head_dim((int)s.D)) unsupported_head_dim(s.D);
       const int D = (int)s.D;
       cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D),
                                                    cuda::fwd_block_n(D), num_sms_,

@@ -32,14 +32,19 @@ struct BwdTraits {
 };
 
 // Chosen per head dim; the playground compares alternatives before one lands here.
+// D = 128 was measured (experiments/KERNEL_NOTES.md); 32, 64 and 96 follow by analogy.
 template <int D> struct FwdConfig;
 // Resident blocks per SM of a forward configuration, for the split-KV planner.
+template <> struct FwdConfig<32> { using Traits = FwdTraits<32, 4, 64>; };
 template <> struct FwdConfig<64> { using Traits = FwdTraits<64, 4, 64>; };
+template <> struct FwdConfig<96> { using Traits = FwdTraits<96, 8, 64>; };
 // D=128: 8 warps x 64 KV rows ran 262-274 TFLOP/s on H200 against 223-232 for 4 warps
 // (experiments/KERNEL_NOTES.md); it holds one block per SM (223 registers).
 template <> struct FwdConfig<128> { using Traits = FwdTraits<128, 8, 64>; };
 template <int D> struct BwdConfig;
+template <> struct BwdConfig<32> { using Traits = BwdTraits<32, 64>; };
 template <> struct BwdConfig<64> { using Traits = BwdTraits<64, 64>; };
+template <> struct BwdConfig<96> { using Traits = BwdTraits<96, 64, 8>; };
 // D=128: 8 warps (128 KV rows per block) ran 5-10% faster than 4 on H200: half the
 // Q/dO tile loads and dQ atomics per KV row (experiments/KERNEL_NOTES.md).
 template <> struct BwdConfig<128> { using Traits = BwdTraits<128, 64, 8>; };

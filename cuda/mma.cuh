@@ -21,11 +21,17 @@ template <> struct Pack2<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
+  static __device__ __forceinline__ float2 to_float2(uint32_t x) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+  }
 };
 template <> struct Pack2<__half> {
   static __device__ __forceinline__ uint32_t from(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+  }
+  static __device__ __forceinline__ float2 to_float2(uint32_t x) {
+    return __half22float2(*reinterpret_cast<__half2*>(&x));
   }
 };
 

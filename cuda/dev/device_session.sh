@@ -18,5 +18,11 @@ if [ "${CMAKE_BUILD:-1}" = 1 ]; then
   PYTHONPATH=/tmp/pkg timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/python/test_gpu_kernels.py 2>&1 | tee "$out/pytest_gpu.log" | tail -15
 fi
 (cd cuda && BUILD=/tmp/b JOBS=16 VARIANTS=${VARIANTS:-1} timeout 300 dev/run_playground.sh 2>&1 | tee "$out/playground_variants.log" | grep -v "^\(bf16\|f16\|f32\) ")
+if [ "${NCU:-0}" = 1 ]; then
+  # Stall reasons of the library backward kernel (first shape), one launch.
+  timeout 150 ncu --section SpeedOfLight --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
+    -k regex:attend_bwd_kernel --launch-skip 2 --launch-count 1 /tmp/b/variants >"$out/ncu_bwd.txt" 2>&1
+  grep -E "Stall|Throughput|Occupancy|Issue|Registers|Pipe|Warp Cycles" "$out/ncu_bwd.txt" | head -40
+fi
 timeout 250 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so --out "$out/gpu_kernels.csv" \
   --reps 15 --sha "${SHA:-unknown}" 2>&1 | tee "$out/bench.log"

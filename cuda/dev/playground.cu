@@ -247,6 +247,9 @@ int main(int argc, char** argv) {
       {"split-KV short query", 1, 40, 4100, 2, 1, 128, 0, 0, 4100},
       {"split-KV masked", 2, 70, 3000, 2, 2, 64, 2, 0, 3000},
       {"empty rows all", 1, 20, 64, 2, 1, 64, 1, 64, 128},
+      {"D32 latest GQA", 2, 50, 200, 4, 2, 32, 2, 0, 200},
+      {"D96 random intervals", 1, 70, 300, 4, 1, 96, 3, 20, 400},
+      {"D96 split-KV", 1, 30, 2500, 2, 2, 96, 0, 0, 2500},
   };
   if (small) cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 70, 2, 2, 128, 0, 0, 70}};
   int fails = 0;

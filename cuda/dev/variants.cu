@@ -13,6 +13,7 @@
 #include "attend_bwd.cuh"
 #include "attend_dispatch.hpp"
 #include "attend_fwd.cuh"
+#include "dev/attend_bwd_v2.cuh"
 #include "cuda_check.hpp"
 
 using namespace lvx::cuda;
@@ -81,6 +82,19 @@ void run_fwd(FwdParams p, int num_sms, int blocks_per_sm, float* ws) {
 }
 
 template <typename Tr>
+void run_bwd_v2(const BwdParams& p) {
+  constexpr int smem = Tr::kSmemElems * 2;
+  static bool once = [] {
+    LVX_CUDA_CHECK(cudaFuncSetAttribute(attend_bwd_kernel_v2<T, Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)once;
+  dim3 grid((p.Lkv + Tr::kBlockN - 1) / Tr::kBlockN, p.Hkv, p.B);
+  attend_bwd_kernel_v2<T, Tr><<<grid, Tr::kThreads, smem>>>(p);
+  LVX_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Tr>
 void run_bwd(const BwdParams& p) {
   constexpr int smem = Tr::kSmemElems * 2;
   static bool once = [] {
@@ -143,7 +157,6 @@ int main() {
   }
     FWD_VARIANT("fwd 8w BN64 (lib)", FwdConfig<128>::Traits, 1)
     FWD_VARIANT("fwd 8w BN64 nosplit", FwdConfig<128>::Traits, 0)
-    FWD_VARIANT("fwd 4w BN64", Fwd4w64, 2)
 
     // Backward (lse from the forward above).
     BwdParams bp{};
@@ -153,9 +166,13 @@ int main() {
     bp.dq = dq; bp.dk = dk; bp.dv = dv;
     auto zero = [&] { fill_value<<<256, 256>>>(dq, nq, 0.f); fill_value<<<1024, 256>>>(dk, nkv, 0.f); fill_value<<<1024, 256>>>(dv, nkv, 0.f); };
 #define BWD_VARIANT(NAME, TR) { float ms = median_ms([&] { zero(); run_bwd<TR>(bp); }); report(NAME, ms, 2.5 * flops, false); }
-    BWD_VARIANT("bwd 8w BM64 (lib)", BwdConfig<128>::Traits)
-    BWD_VARIANT("bwd 4w BM64", Bwd4w64)
-    BWD_VARIANT("bwd 8w BM64 no dQ (diag)", Bwd8w64NoDq)
+    BWD_VARIANT("bwd 8w BM64 (lib, v3)", BwdConfig<128>::Traits)
+    BWD_VARIANT("bwd 8w BM32 (v3)", Bwd8w32)
+    BWD_VARIANT("bwd 8w BM64 no dQ (v3 diag)", Bwd8w64NoDq)
+    {
+      float ms = median_ms([&] { zero(); run_bwd_v2<BwdConfig<128>::Traits>(bp); });
+      report("bwd 8w BM64 (v2)", ms, 2.5 * flops, false);
+    }
     float ms_zero = median_ms([&] { zero(); });
     std::printf("%36s %9.3f  (fills included above)\n", "zero dq/dk/dv", ms_zero);
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)o, (void*)o_ref, (void*)dq, (void*)lse,
