@@ -11,6 +11,9 @@
 #include "error.hpp"
 #include "mpi_check.hpp"
 #include "transport_mpi.hpp"
+#ifdef LVX_HAVE_CUDA
+#include "gpu/gpu_transport.hpp"
+#endif
 
 namespace lvx {
 
@@ -100,8 +103,9 @@ Context::Context(MPI_Comm comm, const ContextOptions& options) {
     LVX_MPI_CHECK(MPI_Comm_size(comm_, &size_));
     set_error_rank(rank_);
   }
+  int dev = -1;
   if (options.device == DeviceKind::cuda) {
-    int dev = options.device_index;
+    dev = options.device_index;
     if (dev < 0) dev = comm_ != MPI_COMM_NULL ? local_rank(comm_) : 0;
     backend_ = make_cuda_backend(dev);
   } else {
@@ -114,15 +118,23 @@ Context::Context(MPI_Comm comm, const ContextOptions& options) {
     backend_ = make_cpu_backend(threads);
   }
   workspace_ = std::make_unique<Workspace>(*backend_);
-  if (comm_ != MPI_COMM_NULL && size_ > 1) {
-    if (options.transport == "nccl")
-      LVX_FAIL(Status::unsupported, "transport 'nccl' is not available in this build");
-    if (options.transport != "auto" && options.transport != "mpi")
-      LVX_FAIL(Status::invalid_argument, "transport must be 'auto', 'mpi' or 'nccl', got '" + options.transport + "'");
-    if (backend_->kind() != DeviceKind::cpu)
-      LVX_FAIL(Status::unsupported, "GPU buffers need a GPU transport, which this build lacks");
+  const std::string& choice = options.transport;
+  if (choice != "auto" && choice != "mpi" && choice != "nccl")
+    LVX_FAIL(Status::invalid_argument, "transport must be 'auto', 'mpi' or 'nccl', got '" + choice + "'");
+  if (comm_ == MPI_COMM_NULL || size_ == 1) return;
+  if (backend_->kind() == DeviceKind::cpu) {
+    if (choice == "nccl") LVX_FAIL(Status::invalid_argument, "transport 'nccl' needs CUDA tensors");
     transport_ = make_mpi_transport(comm_, *backend_);
+    return;
   }
+#ifdef LVX_HAVE_CUDA
+  if (choice == "nccl" || (choice == "auto" && nccl_built()))
+    transport_ = make_nccl_transport(comm_, *backend_, dev);
+  else
+    transport_ = make_mpi_device_transport(comm_, *backend_, dev, mpi_is_cuda_aware());
+#else
+  LVX_FAIL(Status::unsupported, "GPU buffers need the CUDA build of lvxattn");
+#endif
 }
 
 Context::~Context() {

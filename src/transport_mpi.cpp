@@ -27,9 +27,6 @@ class MpiTransport final : public Transport {
   std::string name() const override { return "mpi"; }
 
   int post(const std::vector<Message>& sends, const std::vector<Message>& recvs) override {
-    // The buffers may have been written by backend work still in flight (device memory
-    // with a CUDA-aware MPI): finish it before MPI reads or overwrites them.
-    if (backend_.kind() != DeviceKind::cpu) backend_.synchronize();
     std::vector<MPI_Request> reqs;
     reqs.reserve(sends.size() + recvs.size());
     for (const auto& m : recvs) {

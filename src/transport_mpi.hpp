@@ -1,5 +1,5 @@
-// MPI transport for buffers the CPU can address (host memory, or device memory
-// with a CUDA-aware MPI): nonblocking Isend/Irecv, one request group per post.
+// MPI transport for host memory (the CPU backend): nonblocking Isend/Irecv, one
+// request group per post. Device buffers use gpu/transport_mpi_device.cpp.
 #pragma once
 
 #include <mpi.h>

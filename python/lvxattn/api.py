@@ -169,7 +169,9 @@ def _plan(q, k, v, comm, algorithm, q_ranges, scale, transport):
 
 def _use_stream(call: _Call):
     if call.device.type == "cuda":
-        call.ctx.set_stream(torch.cuda.current_stream(call.device).cuda_stream)
+        # torch's default stream has handle 0, which CUDA reads as the legacy default
+        # stream only when spelled cudaStreamLegacy (1).
+        call.ctx.set_stream(torch.cuda.current_stream(call.device).cuda_stream or 1)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:

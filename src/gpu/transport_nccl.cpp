@@ -1,0 +1,148 @@
+// NCCL transport: each post is one ncclGroupStart/End of sends and receives on
+// a communication stream that first waits (an event) for the compute stream to
+// reach the post; wait() makes the compute stream wait for the group. The host
+// never blocks. Blocked time is the compute stream's stall, read from events
+// around each wait when the phase ends.
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "backend.hpp"
+#include "cuda_check.hpp"
+#include "gpu/gpu_transport.hpp"
+#include "mpi_check.hpp"
+
+#define LVX_NCCL_CHECK(call)                                                                 \
+  do {                                                                                       \
+    ncclResult_t lvx_nccl_rc_ = (call);                                                      \
+    if (lvx_nccl_rc_ != ncclSuccess)                                                         \
+      ::lvx::raise_error(::lvx::Status::nccl, __FILE__, __LINE__,                            \
+                         std::string(#call) + ": " + ncclGetErrorString(lvx_nccl_rc_) + " (" + \
+                             ncclGetLastError(nullptr) + ")");                              \
+  } while (0)
+
+namespace lvx {
+
+namespace {
+
+class NcclTransport final : public Transport {
+ public:
+  NcclTransport(MPI_Comm comm, Backend& backend, int device) : backend_(backend), device_(device) {
+    // NVLink multicast (NVLS) stays off unless the user asked for it.
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
+    int rank = 0, size = 1;
+    LVX_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    LVX_MPI_CHECK(MPI_Comm_size(comm, &size));
+    ncclUniqueId id;
+    if (rank == 0) LVX_NCCL_CHECK(ncclGetUniqueId(&id));
+    LVX_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm));
+    LVX_CUDA_CHECK(cudaSetDevice(device_));
+    LVX_NCCL_CHECK(ncclCommInitRank(&comm_, size, id, rank));
+    LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
+  }
+  ~NcclTransport() override {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(comm_stream_);
+    for (auto& s : stalls_) {
+      cudaEventDestroy(s.first);
+      cudaEventDestroy(s.second);
+    }
+    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+    for (auto& [t, e] : open_) cudaEventDestroy(e);
+    cudaStreamDestroy(comm_stream_);
+    ncclCommDestroy(comm_);
+  }
+
+  std::string name() const override { return "nccl"; }
+
+  int post(const std::vector<Message>& sends, const std::vector<Message>& recvs) override {
+    cudaEvent_t ready = event(), done = event();
+    LVX_CUDA_CHECK(cudaEventRecord(ready, stream()));
+    LVX_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ready, 0));
+    LVX_NCCL_CHECK(ncclGroupStart());
+    for (const Message& m : recvs) {
+      if (m.bytes) LVX_NCCL_CHECK(ncclRecv(m.buf, m.bytes, ncclChar, m.peer, comm_, comm_stream_));
+      counters.bytes_recv += m.bytes;
+    }
+    for (const Message& m : sends) {
+      if (m.bytes) LVX_NCCL_CHECK(ncclSend(m.buf, m.bytes, ncclChar, m.peer, comm_, comm_stream_));
+      counters.bytes_sent += m.bytes;
+    }
+    LVX_NCCL_CHECK(ncclGroupEnd());
+    LVX_CUDA_CHECK(cudaEventRecord(done, comm_stream_));
+    free_.push_back(ready);  // reusable: a recorded event may be re-recorded
+    const int ticket = next_ticket_++;
+    open_.emplace(ticket, done);
+    return ticket;
+  }
+
+  void wait(int ticket) override {
+    auto it = open_.find(ticket);
+    if (it == open_.end()) return;
+    // The compute stream's stall = time between "compute reached the wait" and
+    // "the transfer is done"; two timing events around the wait measure it.
+    auto [before, after] = stall_pair();
+    LVX_CUDA_CHECK(cudaEventRecord(before, stream()));
+    LVX_CUDA_CHECK(cudaStreamWaitEvent(stream(), it->second, 0));
+    LVX_CUDA_CHECK(cudaEventRecord(after, stream()));
+    free_.push_back(it->second);
+    open_.erase(it);
+  }
+
+  void wait_all() override {
+    while (!open_.empty()) wait(open_.begin()->first);
+    // Close the phase's blocked-time account (needs the events to have completed).
+    LVX_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    for (size_t i = 0; i < used_stalls_; ++i) {
+      float ms = 0;
+      LVX_CUDA_CHECK(cudaEventElapsedTime(&ms, stalls_[i].first, stalls_[i].second));
+      counters.blocked_s += ms * 1e-3;
+    }
+    used_stalls_ = 0;
+  }
+
+ private:
+  cudaStream_t stream() const { return static_cast<cudaStream_t>(backend_.stream()); }
+  cudaEvent_t event() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    LVX_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+  }
+  std::pair<cudaEvent_t, cudaEvent_t> stall_pair() {
+    if (used_stalls_ == stalls_.size()) {
+      cudaEvent_t a, b;
+      LVX_CUDA_CHECK(cudaEventCreate(&a));
+      LVX_CUDA_CHECK(cudaEventCreate(&b));
+      stalls_.emplace_back(a, b);
+    }
+    return stalls_[used_stalls_++];
+  }
+
+  Backend& backend_;
+  int device_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t comm_stream_ = nullptr;
+  std::vector<cudaEvent_t> free_;
+  std::map<int, cudaEvent_t> open_;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> stalls_;
+  size_t used_stalls_ = 0;
+  int next_ticket_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_nccl_transport(MPI_Comm comm, Backend& backend, int device) {
+  return std::make_unique<NcclTransport>(comm, backend, device);
+}
+bool nccl_built() { return true; }
+
+}  // namespace lvx
