@@ -251,7 +251,9 @@ int main(int argc, char** argv) {
       {"D96 random intervals", 1, 70, 300, 4, 1, 96, 3, 20, 400},
       {"D96 split-KV", 1, 30, 2500, 2, 2, 96, 0, 0, 2500},
   };
-  if (small) cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 70, 2, 2, 128, 0, 0, 70}};
+  if (small)
+    cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 140, 4, 2, 128, 1, 0, 140},
+             {"small D96 split", 1, 9, 600, 1, 1, 96, 0, 0, 600}};
   int fails = 0;
   for (DType t : {DType::bf16, DType::f16, DType::f32})
     for (const Case& c : cases) fails += !run_case(*be, c, t);
