@@ -79,7 +79,40 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("cuda_built", &lvx::cuda_backend_built, "whether this build has the CUDA backend");
+  m.def("nccl_built", &lvx::nccl_transport_built, "whether this build has the NCCL transport");
   m.def("dtype_size", [](int t) { return lvx::dtype_size(static_cast<lvx::DType>(t)); });
+
+  m.def(
+      "predict",
+      [](const std::vector<int64_t>& lq, const std::vector<int64_t>& lkv, int rank, int64_t B, int64_t Hq,
+         int64_t Hkv, int64_t D, int dtype, bool has_ranges, const std::string& algorithm, double flops_per_s,
+         double bytes_per_s, double latency_s) {
+        LVX_REQUIRE(lq.size() == lkv.size() && !lq.empty(), "lq and lkv need one entry per rank");
+        lvx::Plan p;
+        p.P = static_cast<int>(lq.size());
+        p.rank = rank;
+        p.B = B;
+        p.Hq = Hq;
+        p.Hkv = Hkv;
+        p.D = D;
+        p.dtype = static_cast<lvx::DType>(dtype);
+        p.has_ranges = has_ranges;
+        p.lq = lq;
+        p.lkv = lkv;
+        lvx::finish_plan(p);
+        lvx::Prediction r = lvx::predict(parse_algorithm(algorithm), p, {flops_per_s, bytes_per_s, latency_s});
+        py::dict d;
+        d["forward_s"] = r.forward_s;
+        d["backward_s"] = r.backward_s;
+        d["forward_bytes"] = r.forward_bytes;
+        d["backward_bytes"] = r.backward_bytes;
+        d["feasible"] = r.feasible;
+        return d;
+      },
+      py::arg("lq"), py::arg("lkv"), py::arg("rank"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
+      py::arg("dtype"), py::arg("has_ranges"), py::arg("algorithm"), py::arg("flops_per_s"), py::arg("bytes_per_s"),
+      py::arg("latency_s"),
+      "Predicted seconds and bytes this rank sends for one algorithm (the model behind 'auto').");
 
   py::class_<lvx::Plan>(m, "Plan")
       .def_readonly("P", &lvx::Plan::P)

@@ -52,5 +52,7 @@ std::unique_ptr<Backend> make_cpu_backend(int threads);
 // Defined in cuda/ when built with LVX_CUDA; otherwise throws an "unsupported" error.
 std::unique_ptr<Backend> make_cuda_backend(int device);
 bool cuda_backend_built();
+// Whether the NCCL transport was built (needs CUDA and NCCL at build time).
+bool nccl_transport_built();
 
 }  // namespace lvx

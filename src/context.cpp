@@ -77,6 +77,14 @@ bool abort_on_error() {
 
 }  // namespace
 
+bool nccl_transport_built() {
+#ifdef LVX_HAVE_CUDA
+  return nccl_built();
+#else
+  return false;
+#endif
+}
+
 std::string check_ranges_host(const int32_t* ranges, int64_t rows, int64_t* max_end) {
   *max_end = 0;
   for (int64_t i = 0; i < rows; ++i) {

@@ -6,14 +6,14 @@ recomputed from the shared visual features in backward so longer inputs fit.
 """
 
 from ._core import InvalidArgumentError, LvxError, RankMismatchError, UnsupportedError, cuda_built
-from .api import (ALGORITHMS, backward_raw, context_for, cross_attention, cross_attention_forward,
+from .api import (ALGORITHMS, available_transports, backward_raw, context_for, cross_attention, cross_attention_forward,
                   last_stats)
 from . import masks
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "cross_attention", "cross_attention_forward", "backward_raw", "context_for",
+    "ALGORITHMS", "available_transports", "cross_attention", "cross_attention_forward", "backward_raw", "context_for",
     "last_stats", "masks", "cuda_built", "LvxError", "InvalidArgumentError", "RankMismatchError",
     "UnsupportedError",
 ]

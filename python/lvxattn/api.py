@@ -55,6 +55,11 @@ def _control_for(comm) -> _core.Context:
     return ctx
 
 
+def available_transports() -> tuple:
+    """Transports this build can use: "mpi" always, "nccl" when built with NCCL."""
+    return ("mpi", "nccl") if _core.nccl_built() else ("mpi",)
+
+
 def last_stats() -> dict:
     """What the last call on this process did: algorithm, transport, and per phase
     (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds."""

@@ -1,0 +1,146 @@
+"""Distributed benchmark: algorithms × shapes at the communicator's size.
+
+    mpirun -n 4 python experiments/bench_dist.py --device cuda --shapes 4096x65536x16x16x128:fp16 \\
+        --algorithms lvx,ring --transport nccl --csv experiments/results/dist_gpu.csv
+
+Every rank holds an even contiguous shard of both sequences. Each (shape,
+algorithm) is warmed up, then forward and backward are timed separately over
+--repeats iterations (a barrier and a device sync before each; the time of an
+iteration is the slowest rank's). Rank 0 prints medians with bytes sent, compute
+and blocked time per rank (from lvxattn.last_stats) and appends CSV rows with
+the device, transport, P, date and git sha.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+from mpi4py import MPI
+
+sys.path.insert(0, os.path.dirname(__file__))
+import lvxattn  # noqa: E402
+from common import metadata, print_table, write_csv  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_shape(text):
+    """LqxLkvxHqxHkvxD[:dtype] (global lengths)."""
+    dims, _, dtype = text.partition(":")
+    lq, lkv, hq, hkv, d = (int(x) for x in dims.split("x"))
+    return lq, lkv, hq, hkv, d, dtype or "fp32"
+
+
+def even(n, P, r):
+    return n * r // P, n * (r + 1) // P
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_one(comm, device, algorithm, transport, shape, repeats, warmup):
+    lq, lkv, hq, hkv, d, dtype_name = shape
+    P, r = comm.size, comm.rank
+    dtype = DTYPES[dtype_name]
+    q0, q1 = even(lq, P, r)
+    k0, k1 = even(lkv, P, r)
+    gen = torch.Generator(device=device).manual_seed(1 + r)
+    q = torch.randn(1, q1 - q0, hq, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+    k = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+    v = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+    do = torch.randn(1, q1 - q0, hq, d, device=device, dtype=dtype, generator=gen)
+    fwd, bwd, stats = [], [], None
+    for it in range(warmup + repeats):
+        q.grad = k.grad = v.grad = None
+        comm.Barrier()
+        sync(device)
+        t0 = time.perf_counter()
+        o = lvxattn.cross_attention(q, k, v, comm=comm, algorithm=algorithm, transport=transport)
+        sync(device)
+        t1 = time.perf_counter()
+        f_stats = lvxattn.last_stats()["forward"]
+        comm.Barrier()
+        sync(device)
+        t2 = time.perf_counter()
+        o.backward(do)
+        sync(device)
+        t3 = time.perf_counter()
+        if it >= warmup:
+            fwd.append(comm.allreduce(t1 - t0, op=MPI.MAX))
+            bwd.append(comm.allreduce(t3 - t2, op=MPI.MAX))
+            stats = lvxattn.last_stats()
+            stats["forward"] = f_stats
+    return fwd, bwd, stats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--algorithms", default="lvx,ring,ulysses")
+    ap.add_argument("--transport", default="auto")
+    ap.add_argument("--shapes", default="512x32768x8x8x64:fp32",
+                    help="comma-separated LqxLkvxHqxHkvxD[:dtype], global lengths")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0: torch's default)")
+    ap.add_argument("--csv", default="")
+    ap.add_argument("--tag", default="", help="free text stored in the CSV (e.g. the machine kind)")
+    args = ap.parse_args()
+
+    comm = MPI.COMM_WORLD
+    P, rank = comm.size, comm.rank
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", rank)))
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    meta = metadata(args.device)
+    rows = []
+    for shape_text in args.shapes.split(","):
+        shape = parse_shape(shape_text)
+        lq, lkv, hq, hkv, d, dtype_name = shape
+        for algorithm in args.algorithms.split(","):
+            if algorithm == "ulysses" and (hq % P or hkv % P):
+                continue
+            fwd, bwd, stats = bench_one(comm, device, algorithm, args.transport, shape, args.repeats, args.warmup)
+            f, b = stats["forward"], stats["backward"]
+            sent = comm.allreduce(f["bytes_sent"] + b["bytes_sent"], op=MPI.MAX)
+            blocked_f = comm.allreduce(f["blocked_s"], op=MPI.MAX)
+            blocked_b = comm.allreduce(b["blocked_s"], op=MPI.MAX)
+            compute_f = comm.allreduce(f["compute_s"], op=MPI.MAX)
+            compute_b = comm.allreduce(b["compute_s"], op=MPI.MAX)
+            fm, bm = statistics.median(fwd), statistics.median(bwd)
+            flops = 4.0 * hq * lq * lkv * d
+            rows.append({
+                **meta, "tag": args.tag, "P": P, "device_kind": args.device,
+                "transport": stats["transport"], "algorithm": stats["algorithm"],
+                "Lq": lq, "Lkv": lkv, "Hq": hq, "Hkv": hkv, "D": d, "dtype": dtype_name,
+                "fwd_ms": fm * 1e3, "bwd_ms": bm * 1e3, "fwdbwd_ms": (fm + bm) * 1e3,
+                "fwd_blocked_ms": blocked_f * 1e3, "bwd_blocked_ms": blocked_b * 1e3,
+                "fwd_compute_ms": compute_f * 1e3, "bwd_compute_ms": compute_b * 1e3,
+                "blocked_frac": (blocked_f + blocked_b) / max(fm + bm, 1e-12),
+                "max_rank_mib_sent": sent / 2**20,
+                "tflops_total": 3.5 * flops / (fm + bm) / 1e12,
+                "repeats": args.repeats,
+            })
+    if rank == 0:
+        print(f"{meta['device']} ×{P}, git {meta['git_sha']}, transport {rows[0]['transport'] if rows else '-'}")
+        print_table(rows, ["P", "algorithm", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D", "fwd_ms", "bwd_ms",
+                           "fwdbwd_ms", "max_rank_mib_sent", "fwd_blocked_ms", "bwd_blocked_ms",
+                           "blocked_frac", "tflops_total"])
+        if args.csv:
+            write_csv(args.csv, rows)
+
+
+if __name__ == "__main__":
+    main()
