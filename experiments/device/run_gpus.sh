@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One call on a lent multi-GPU machine: build the package with the CUDA backend
+# (and NCCL when present), run the GPU tests on 1, 2 and all GPUs, then the
+# distributed benchmarks (P = 1, 2, N; every transport) and the recompute scale
+# run. Logs and CSVs go to $OUT. Steps are independent: one failing does not stop
+# the rest. Usage: STEPS="build test bench recompute" experiments/device/run_gpus.sh
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-/tmp/lvx_out}
+steps=${STEPS:-build test bench recompute}
+cd "$root"
+mkdir -p "$out"
+NGPU=$(nvidia-smi -L | wc -l)
+nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpus.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+MPIRUN="mpirun --oversubscribe --bind-to none -x PYTHONPATH -x NCCL_NVLS_ENABLE -x PYTHONUNBUFFERED"
+
+if [[ " $steps " == *" build "* ]]; then
+  nccl_lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null | head -1)
+  [ -n "$nccl_lib" ] || nccl_lib=$(python3 -c "import glob,site; print((glob.glob(site.getsitepackages()[0]+'/nvidia/nccl/lib/libnccl.so*') or [''])[0])")
+  echo "NCCL library: ${nccl_lib:-none}"
+  start=$(date +%s)
+  cmake -S . -B /tmp/lvx_build -DLVX_PYTHON=ON -DLVX_TESTS=OFF -DLVX_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" ${nccl_lib:+-DNCCL_LIBRARY=$nccl_lib} >"$out/cmake.log" 2>&1 &&
+    cmake --build /tmp/lvx_build -j16 >>"$out/cmake.log" 2>&1
+  echo "build rc=$? in $(( $(date +%s) - start )) s"; grep -E "lvxattn:|error" "$out/cmake.log" | head
+fi
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r python/lvxattn /tmp/pkg/ && cp /tmp/lvx_build/_core*.so /tmp/pkg/lvxattn/
+export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
+python3 -c "import lvxattn, torch, mpi4py; print('lvxattn', lvxattn.available_transports(), 'cuda', lvxattn.cuda_built(), 'torch', torch.__version__, 'mpi4py', mpi4py.__version__)"
+
+if [[ " $steps " == *" test "* ]]; then
+  for n in $NGPU 2 1; do
+    timeout 200 $MPIRUN -n $n python3 -m pytest -q -x -p no:cacheprovider --with-mpi -m "mpi and gpu" \
+      tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
+    echo "gpu distributed tests n=$n rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_dist_n$n.log" | sort | uniq -c | head -5
+  done
+fi
+
+if [[ " $steps " == *" bench "* ]]; then
+  SHAPES=${SHAPES:-4096x65536x16x16x128:fp16,1024x131072x16x16x128:fp16,8192x32768x16x16x128:fp16,2048x262144x16x16x128:fp16,2048x131072x32x8x128:bf16}
+  csv="$out/dist_gpu.csv"
+  for n in 1 2 $NGPU; do
+    timeout 240 $MPIRUN -n $n python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
+      --algorithms lvx,ring --transport nccl --repeats ${REPEATS:-7} --csv "$csv" --tag "P=$n" 2>&1 | tail -12
+  done
+  timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
+    --algorithms ulysses --transport nccl --repeats 5 --csv "$csv" 2>&1 | tail -7
+  timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda \
+    --shapes 4096x65536x16x16x128:fp16,2048x131072x32x8x128:bf16 --algorithms lvx,ring --transport mpi \
+    --repeats 5 --csv "$csv" 2>&1 | tail -5
+fi
+
+if [[ " $steps " == *" recompute "* ]]; then
+  timeout 200 python3 experiments/bench_recompute.py --csv "$out/bench_recompute.csv" \
+    --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
+  timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_recompute.py --csv "$out/bench_recompute.csv" \
+    --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
+fi
