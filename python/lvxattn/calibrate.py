@@ -1,0 +1,261 @@
+"""Calibration of the cost model behind ``algorithm="auto"``: this machine's attention
+kernel rate and the link's bandwidth and latency, measured once and cached.
+
+Call it once per communicator and device, on every rank, before using "auto"::
+
+    import lvxattn.calibrate
+    lvxattn.calibrate.apply(comm, "cuda")      # collective over comm; a few seconds the first time
+    o = lvxattn.cross_attention(q, k, v, comm=comm, algorithm="auto")
+
+What is measured (the model: ``src/cost_model.cpp``):
+
+- kernel rate: one local forward and backward of a mid-size problem through
+  ``cross_attention(comm=None)``, on every rank at once (ranks that share a node
+  share its cores or memory bandwidth, as in a real run); the slowest rank counts.
+  Flops: 4·B·Hq·Lq·Lkv·D forward, 2.5× that backward. The model takes one rate, so
+  ``flops_per_s`` is the forward+backward rate; the phases' own rates are kept too.
+- link: between rank 0 and the last rank (under block mapping the hop that crosses
+  nodes, which paces a ring). CPU: an mpi4py ping-pong of numpy buffers. CUDA: the
+  library's own transport, timing a 2-rank ``ring`` forward with one query row per
+  rank at two K/V block sizes (one message per forward): the difference gives the
+  bandwidth, the small one the per-message latency (launch overheads included).
+
+The cache is one JSON file per host and device, ``calibration-<host>-<device>.json``
+under ``$LVX_CACHE_DIR`` (default ``~/.cache/lvxattn``), one entry per (dtype,
+transport, ranks per node, nodes, threads). ``force=True`` measures again. ``auto``
+uses rank 0's parameters, so rank 0's cache decides on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import time
+from typing import Optional
+
+import torch
+
+from . import api
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The problem timed for the kernel rate: (Lq, Lkv, H, D) per device type.
+KERNEL_SHAPE = {"cpu": (256, 4096, 8, 64), "cuda": (1024, 16384, 16, 128)}
+PING_BYTES = (8, 4 << 20)  # latency, bandwidth
+LINK_ROWS = {"cuda": (64, 65536)}  # K/V rows per rank for the two library exchanges (Hkv=8, D=128)
+
+
+def cache_dir() -> str:
+    return os.environ.get("LVX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "lvxattn")
+
+
+def device_label(device: torch.device | str) -> str:
+    """A file-name-safe name of the device model: the GPU name, or the CPU model."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        name = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-") or device.type
+
+
+def cache_path(device: torch.device | str = "cpu") -> str:
+    return os.path.join(cache_dir(), f"calibration-{socket.gethostname()}-{device_label(device)}.json")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def polite_barrier(comm, poll_s: float = 0.002) -> None:
+    """A barrier that sleeps while it waits: idle ranks must not take cores from
+    ranks that are being timed (MPI's own barrier spins)."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(poll_s)
+
+
+def measure_kernel(device: torch.device | str = "cpu", dtype: str = "fp32", shape=None, repeats: int = 3) -> dict:
+    """Forward, backward and combined flops/s of one local attention on this process."""
+    device = torch.device(device)
+    lq, lkv, h, d = shape or KERNEL_SHAPE[device.type]
+    dt = DTYPES[dtype]
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, n, h, d, device=device, dtype=dt, generator=gen).requires_grad_()
+               for n in (lq, lkv, lkv))
+    do = torch.randn(1, lq, h, d, device=device, dtype=dt, generator=gen)
+    fwd, bwd = [], []
+    for it in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        o = api.cross_attention(q, k, v)
+        _sync(device)
+        t1 = time.perf_counter()
+        o.backward(do)
+        _sync(device)
+        t2 = time.perf_counter()
+        if it:  # the first is a warm-up
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    flops = 4.0 * h * lq * lkv * d
+    tf, tb = statistics.median(fwd), statistics.median(bwd)
+    return {"fwd_flops_per_s": flops / tf, "bwd_flops_per_s": 2.5 * flops / tb,
+            "flops_per_s": 3.5 * flops / (tf + tb)}
+
+
+def _ping_pong(comm, peer: int, nbytes: int, repeats: int) -> float:
+    """One-way seconds for a message of nbytes between this rank and peer (median)."""
+    import numpy as np
+    buf = np.zeros(max(nbytes, 1), dtype=np.uint8)
+    times = []
+    for it in range(repeats + 2):
+        t0 = time.perf_counter()
+        if comm.rank == 0:
+            comm.Send(buf, dest=peer, tag=7)
+            comm.Recv(buf, source=peer, tag=7)
+        else:
+            comm.Recv(buf, source=0, tag=7)
+            comm.Send(buf, dest=0, tag=7)
+        if it >= 2:
+            times.append((time.perf_counter() - t0) / 2)
+    return statistics.median(times)
+
+
+def measure_link_mpi(comm, repeats: int = 20) -> dict:
+    """Bandwidth and latency between rank 0 and the last rank, host buffers over MPI."""
+    peer = comm.size - 1
+    out = None
+    if comm.rank in (0, peer):
+        t_small = _ping_pong(comm, peer, PING_BYTES[0], repeats)
+        t_big = _ping_pong(comm, peer, PING_BYTES[1], max(3, repeats // 4))
+        out = {"latency_s": t_small,
+               "bytes_per_s": (PING_BYTES[1] - PING_BYTES[0]) / max(t_big - t_small, 1e-9)}
+    polite_barrier(comm)
+    return comm.bcast(out, root=0)
+
+
+def measure_link_library(comm, device: torch.device, transport: str = "auto", dtype: str = "bf16",
+                         repeats: int = 5) -> dict:
+    """Bandwidth and latency of the library's own transport between rank 0 and the
+    last rank: 2-rank ring forwards whose one message is the peer's K and V block."""
+    from mpi4py import MPI
+    peer = comm.size - 1
+    pair = comm.Split(0 if comm.rank in (0, peer) else MPI.UNDEFINED, comm.rank)
+    out = None
+    if pair != MPI.COMM_NULL:
+        hkv, d, dt = 8, 128, DTYPES[dtype]
+        points = []
+        for rows in LINK_ROWS.get(device.type, (64, 16384)):
+            q = torch.randn(1, 1, hkv, d, device=device, dtype=dt)
+            k = torch.randn(1, rows, hkv, d, device=device, dtype=dt)
+            times = []
+            for it in range(repeats + 1):
+                pair.Barrier()
+                _sync(device)
+                t0 = time.perf_counter()
+                api.cross_attention(q, k, k, comm=pair, algorithm="ring", transport=transport)
+                _sync(device)
+                if it:
+                    times.append(pair.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+            points.append((api.last_stats()["forward"]["bytes_sent"], statistics.median(times)))
+        (b0, t0), (b1, t1) = points
+        out = {"latency_s": t0, "bytes_per_s": (b1 - b0) / max(t1 - t0, 1e-9)}
+        # The pair's communicator stays alive: contexts are cached by its handle.
+    polite_barrier(comm)
+    return comm.bcast(out, root=0)
+
+
+def _entry_key(comm, device: torch.device, dtype: str, transport: str) -> str:
+    from mpi4py import MPI
+    per_node, nodes = 1, 1
+    if comm is not None:
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        per_node, nodes = node.size, comm.allreduce(1 if node.rank == 0 else 0)
+        node.Free()
+    return f"{device.type}:{dtype}:{transport}:ranks_per_node={per_node}:nodes={nodes}:threads={torch.get_num_threads()}"
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def calibrate(comm=None, device: torch.device | str = "cpu", dtype: Optional[str] = None,
+              transport: str = "auto", force: bool = False) -> dict:
+    """The cost parameters of this machine: from the cache, or measured (collective
+    over ``comm``) and stored. Returns ``{flops_per_s, bytes_per_s, latency_s, ...}``."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    dtype = dtype or ("bf16" if device.type == "cuda" else "fp32")
+    key = _entry_key(comm, device, dtype, transport)
+    rank = 0 if comm is None else comm.rank
+    path = cache_path(device)
+    entry = None
+    if rank == 0 and not force:
+        entry = _load(path).get(key)
+    if comm is not None:
+        entry = comm.bcast(entry, root=0)
+    if entry is not None:
+        return entry
+
+    if comm is not None:
+        polite_barrier(comm)
+    kernel = measure_kernel(device, dtype)
+    if comm is not None:  # the slowest rank paces every ring step
+        kernel = {name: comm.allreduce(value, op=_min_op()) for name, value in kernel.items()}
+    if comm is None or comm.size < 2:
+        link = {"bytes_per_s": 1e15, "latency_s": 0.0}  # nothing travels
+    elif device.type == "cpu":
+        link = measure_link_mpi(comm)
+    else:
+        link = measure_link_library(comm, device, transport)
+    entry = {**kernel, **link, "key": key, "host": socket.gethostname(), "device": device_label(device),
+             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if rank == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cache = _load(path)
+        cache[key] = entry
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cache, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    return entry
+
+
+def _min_op():
+    from mpi4py import MPI
+    return MPI.MIN
+
+
+def set_cost_params(comm, device: torch.device | str, transport: str, params: dict) -> None:
+    """Gives ``params`` to the contexts that plan and run calls on (comm, device,
+    transport). With a communicator the plan (and so the choice of ``auto``) is made
+    by the per-communicator control context, so it gets them too."""
+    args = (float(params["flops_per_s"]), float(params["bytes_per_s"]), float(params["latency_s"]))
+    api.context_for(comm, device, transport).set_cost_params(*args)
+    if comm is not None:
+        api._control_for(comm).set_cost_params(*args)
+
+
+def apply(comm=None, device: torch.device | str = "cpu", transport: str = "auto", dtype: Optional[str] = None,
+          force: bool = False) -> dict:
+    """Calibrates (or reads the cache) and sets the cost parameters used by
+    ``algorithm="auto"`` on this communicator and device. Collective; returns them."""
+    params = calibrate(comm, device, dtype, transport, force)
+    set_cost_params(comm, device, transport, params)
+    return params
