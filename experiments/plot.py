@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 MARKERS = {"lvx": "o", "ring": "s", "ulysses": "^"}
 POINT_KEY = ("P", "scaling", "requested", "transport", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D", "device")
@@ -83,6 +84,7 @@ def plot_time_vs_lkv(rows, path) -> bool:
             line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS.get(alg, "x"), label=alg)
             ax.plot([p[0] for p in pts], [p[2] for p in pts], ls=":", color=line.get_color())
         ax.set(xscale="log", yscale="log", xlabel="Lkv (global)", ylabel="forward+backward ms", title=label)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.title.set_fontsize(8)
         ax.legend(fontsize=8, title="dotted: predicted", title_fontsize=7)
     fig.suptitle(f"time vs visual length, P={P}, {rows[0]['device']}", fontsize=9)
@@ -131,15 +133,18 @@ def plot_scaling(rows, path) -> bool:
         for r in rows:
             if r["scaling"] == scaling and r["requested"] != "auto":
                 per = (r["Lq"] // r["P"], r["Lkv"] // r["P"]) if scaling == "weak" else (r["Lq"], r["Lkv"])
-                groups[(per, r["Hq"], r["Hkv"], r["D"], r["dtype"], r["transport"], r["algorithm"])].append(r)
-        groups = {k: v for k, v in groups.items() if len({r["P"] for r in v}) > 1}
+                # no transport in the key: at P = 1 there is none
+                groups[(per, r["Hq"], r["Hkv"], r["D"], r["dtype"], r["algorithm"])].append(r)
+        counts = {k: len({r["P"] for r in v}) for k, v in groups.items()}
+        most = max(counts.values(), default=0)
+        groups = {k: v for k, v in groups.items() if counts[k] == most and most > 1}
         if groups:
             panels.append((scaling, groups))
     if not panels:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (scaling, groups) in zip(axes[0], panels):
-        for (per, hq, hkv, d, dt, tr, alg), rs in sorted(groups.items()):
+        for (per, hq, hkv, d, dt, alg), rs in sorted(groups.items()):
             rs.sort(key=lambda r: r["P"])
             what = "per rank " if scaling == "weak" else ""
             ax.plot([r["P"] for r in rs], [r["fwdbwd_ms"] for r in rs], marker=MARKERS.get(alg, "x"),
