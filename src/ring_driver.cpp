@@ -29,14 +29,15 @@ void run_ring(ScheduleEnv& env, ComputeTimer& timer, const RingSpec& spec) {
 
   std::vector<const void*> cur(spec.inputs.size());
   for (size_t k = 0; k < spec.inputs.size(); ++k) cur[k] = spec.inputs[k].own;
-  int recv_acc = -1, send_acc[2] = {-1, -1};
-
+  // Per step at most two groups, posted in the same order on every rank so that
+  // transports without tags (NCCL) match them pairwise: the prefetch, then the
+  // accumulator hop (this step's partial out, the next step's accumulator in).
+  // The two directions of a hop share one group: a receive queued ahead of a
+  // send on a stream would wait on the ring all the way round.
+  int hop = -1;
   for (int t = 0; t < p.P; ++t) {
     const int i = ring_block(p, t), ib = ring_block(p, t + 1);
     const int nb = (t + 1) % 2, cb = t % 2;
-    int next_recv_acc = -1;
-    if (acc_bytes)
-      next_recv_acc = tr.post({}, {{pv, inc_buf[nb], spec.rows[ib] * spec.acc_row_bytes, spec.acc_tag}});
     int prefetch = -1;
     if (t < p.P - 1) {
       std::vector<Message> sends, recvs;
@@ -48,19 +49,19 @@ void run_ring(ScheduleEnv& env, ComputeTimer& timer, const RingSpec& spec) {
       }
       prefetch = tr.post(sends, recvs);
     }
-    if (send_acc[cb] >= 0) tr.wait(send_acc[cb]);  // the partial buffer is free again
     timer.begin();
     spec.compute(i, cur, acc_bytes ? acc_buf[cb] : nullptr);
     timer.end();
     if (acc_bytes) {
       if (t > 0) {
-        tr.wait(recv_acc);
+        tr.wait(hop);  // brings this step's accumulator; frees acc_buf[nb] for the next step
         timer.begin();
         spec.combine(i, acc_buf[cb], inc_buf[cb]);
         timer.end();
       }
-      send_acc[cb] = tr.post({{nx, acc_buf[cb], spec.rows[i] * spec.acc_row_bytes, spec.acc_tag}}, {});
-      recv_acc = next_recv_acc;
+      // At t = P−1 the partial goes home to its owner, and this rank's own arrives.
+      hop = tr.post({{nx, acc_buf[cb], spec.rows[i] * spec.acc_row_bytes, spec.acc_tag}},
+                    {{pv, inc_buf[nb], spec.rows[ib] * spec.acc_row_bytes, spec.acc_tag}});
     }
     if (prefetch >= 0) {
       tr.wait(prefetch);
@@ -70,7 +71,7 @@ void run_ring(ScheduleEnv& env, ComputeTimer& timer, const RingSpec& spec) {
     env.stats.steps++;
   }
   if (acc_bytes) {
-    tr.wait(recv_acc);
+    tr.wait(hop);
     timer.begin();
     spec.finish(inc_buf[p.P % 2]);
     timer.end();

@@ -4,11 +4,10 @@
 // optional accumulator follows its inputs one step behind:
 //
 //   step t on rank r holds block i = (r − t) mod P
-//     post  receive of the accumulator for step t+1     (from r−1)
 //     post  send of block i / receive of block i−1       (prefetch, overlapped)
 //     issue compute(i) into a fresh partial accumulator  (no communication needed)
-//     wait  incoming accumulator of block i; combine it into the partial
-//     post  send of the partial to r+1                    (at t = P−1 it goes home)
+//     wait  the previous hop: block i's accumulator; combine it into the partial
+//     post  the hop: partial to r+1 (at t = P−1 it goes home), next one from r−1
 //
 // so each transfer overlaps the next step's compute. After P steps a rank has
 // received its own block's finished accumulator.

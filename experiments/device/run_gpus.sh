@@ -20,8 +20,9 @@ fi
 MPIRUN="mpirun --oversubscribe --bind-to none -x PYTHONPATH -x NCCL_NVLS_ENABLE -x PYTHONUNBUFFERED"
 
 if [[ " $steps " == *" build "* ]]; then
-  nccl_lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null | head -1)
-  [ -n "$nccl_lib" ] || nccl_lib=$(python3 -c "import glob,site; print((glob.glob(site.getsitepackages()[0]+'/nvidia/nccl/lib/libnccl.so*') or [''])[0])")
+  # The NCCL torch loads (its pip package) first: one libnccl.so.2 per process.
+  nccl_lib=$(python3 -c "import glob,site; print((sorted(glob.glob(site.getsitepackages()[0]+'/nvidia/nccl/lib/libnccl.so*')) or [''])[0])")
+  [ -n "$nccl_lib" ] || nccl_lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null | head -1)
   echo "NCCL library: ${nccl_lib:-none}"
   start=$(date +%s)
   cmake -S . -B /tmp/lvx_build -DLVX_PYTHON=ON -DLVX_TESTS=OFF -DLVX_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
@@ -34,8 +35,8 @@ export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import lvxattn, torch, mpi4py; print('lvxattn', lvxattn.available_transports(), 'cuda', lvxattn.cuda_built(), 'torch', torch.__version__, 'mpi4py', mpi4py.__version__)"
 
 if [[ " $steps " == *" test "* ]]; then
-  for n in $NGPU 2 1; do
-    timeout 200 $MPIRUN -n $n python3 -m pytest -q -x -p no:cacheprovider --with-mpi -m "mpi and gpu" \
+  for n in ${TEST_RANKS:-$NGPU 2 1}; do
+    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -x -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
       tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
     echo "gpu distributed tests n=$n rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_dist_n$n.log" | sort | uniq -c | head -5
   done
@@ -44,14 +45,14 @@ fi
 if [[ " $steps " == *" bench "* ]]; then
   SHAPES=${SHAPES:-4096x65536x16x16x128:fp16,1024x131072x16x16x128:fp16,8192x32768x16x16x128:fp16,2048x262144x16x16x128:fp16,2048x131072x32x8x128:bf16}
   csv="$out/dist_gpu.csv"
-  for n in 1 2 $NGPU; do
+  for n in ${BENCH_RANKS:-1 2 $NGPU}; do
     timeout 240 $MPIRUN -n $n python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
       --algorithms lvx,ring --transport nccl --repeats ${REPEATS:-7} --csv "$csv" --tag "P=$n" 2>&1 | tail -12
   done
-  timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
+  [ "${EXTRA:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
     --algorithms ulysses --transport nccl --repeats 5 --csv "$csv" 2>&1 | tail -7
   timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda \
-    --shapes 4096x65536x16x16x128:fp16,2048x131072x32x8x128:bf16 --algorithms lvx,ring --transport mpi \
+    --shapes ${MPI_SHAPES:-4096x65536x16x16x128:fp16,2048x131072x32x8x128:bf16} --algorithms lvx,ring --transport mpi \
     --repeats 5 --csv "$csv" 2>&1 | tail -5
 fi
 

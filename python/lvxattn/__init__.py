@@ -5,6 +5,10 @@ query-side blocks around a ring of ranks, overlapped with compute; K/V can be
 recomputed from the shared visual features in backward so longer inputs fit.
 """
 
+# torch first: it loads the CUDA, cuDNN and NCCL libraries the extension then shares
+# (an NCCL of the same soname loaded earlier from elsewhere would break torch).
+import torch  # noqa: F401
+
 from ._core import InvalidArgumentError, LvxError, RankMismatchError, UnsupportedError, cuda_built
 from .api import (ALGORITHMS, available_transports, backward_raw, context_for, cross_attention, cross_attention_forward,
                   last_stats)
