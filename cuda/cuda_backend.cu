@@ -171,6 +171,13 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override { LVX_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void release_cached() override {
+    if (!workspace_) return;
+    LVX_CUDA_CHECK(cudaFreeAsync(workspace_, stream_));
+    LVX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+  }
   void* stream() const override { return stream_; }
   // Null selects the backend's own stream (lvx.h). CUDA's legacy default stream is
   // cudaStreamLegacy (0x1): callers holding torch's default stream (handle 0) pass that.

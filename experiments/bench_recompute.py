@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from mpi4py import MPI
 
+import lvxattn
 from lvxattn import cli, data, masks
 from lvxattn.layers import CrossAttentionStack, measure_saved
 
@@ -163,6 +164,9 @@ class Bench:
         finally:
             model.zero_grad(set_to_none=True)
             gc.collect()
+            # The library's own buffers grow to the largest trial so far: free them so a
+            # trial (and the next mode) starts from the same empty device.
+            lvxattn.empty_cache()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         fits = self.comm.allreduce(result is not None, op=MPI.LAND)
@@ -201,6 +205,7 @@ class Bench:
                 high = mid
         del model
         gc.collect()
+        lvxattn.empty_cache()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return best

@@ -153,6 +153,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("size", &lvx::Context::size)
       .def_property_readonly("transport", &lvx::Context::transport_name)
       .def_property_readonly("backend", [](lvx::Context& c) { return c.backend().describe(); })
+      .def("release_buffers", &lvx::Context::release_buffers, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("buffer_bytes", &lvx::Context::buffer_bytes)
       .def("set_stream", [](lvx::Context& c, uintptr_t s) { c.backend().set_stream(ptr<void>(s)); })
       .def("set_cost_params",
            [](lvx::Context& c, double flops, double bw, double lat) { c.cost_params = {flops, bw, lat}; })

@@ -38,6 +38,8 @@ class Backend {
   virtual void merge_lse(const MergeLse& a) = 0;
 
   virtual void synchronize() = 0;
+  // Frees memory the backend keeps between calls (after finishing its work).
+  virtual void release_cached() {}
   // The CUDA stream work is issued on (cudaStream_t), or null for the CPU.
   virtual void* stream() const { return nullptr; }
   virtual void set_stream(void* /*stream*/) {}

@@ -160,6 +160,13 @@ Context::~Context() {
   if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
 }
 
+void Context::release_buffers() {
+  if (transport_) transport_->wait_all();
+  backend_->synchronize();
+  workspace_->clear();
+  backend_->release_cached();
+}
+
 std::string Context::transport_name() const { return transport_ ? transport_->name() : "none"; }
 
 Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {

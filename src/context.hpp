@@ -45,6 +45,10 @@ class Context {
   void forward(const Plan& plan, const ForwardIO& io);
   void backward(const Plan& plan, const BackwardIO& io);
 
+  // Frees the buffers kept between calls (they grow to the largest call so far).
+  void release_buffers();
+  size_t buffer_bytes() const { return workspace_->bytes_held(); }
+
   const PhaseStats& forward_stats() const { return fwd_stats_; }
   const PhaseStats& backward_stats() const { return bwd_stats_; }
   const Plan& last_plan() const { return last_plan_; }

@@ -60,6 +60,35 @@ def available_transports() -> tuple:
     return ("mpi", "nccl") if _core.nccl_built() else ("mpi",)
 
 
+def empty_cache() -> None:
+    """Frees the buffers every context keeps between calls (they grow to the largest
+    call so far; on a GPU they live outside torch's allocator). Local, not collective."""
+    for ctx in _contexts.values():
+        ctx.release_buffers()
+
+
+_totals: dict = {}
+
+
+def reset_stats() -> None:
+    """Zeroes the running totals returned by total_stats()."""
+    _totals.clear()
+
+
+def total_stats() -> dict:
+    """Per phase sums over all calls since reset_stats(): bytes sent/received, compute,
+    blocked and total seconds, and the number of calls."""
+    return {phase: dict(values) for phase, values in _totals.items()}
+
+
+def _account(phase: str) -> None:
+    stats = _last_context.stats()[phase]
+    acc = _totals.setdefault(phase, {"calls": 0})
+    acc["calls"] += 1
+    for key in ("bytes_sent", "bytes_recv", "compute_s", "blocked_s", "total_s"):
+        acc[key] = acc.get(key, 0) + stats[key]
+
+
 def last_stats() -> dict:
     """What the last call on this process did: algorithm, transport, and per phase
     (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds."""
@@ -191,6 +220,7 @@ def _run_forward(call: _Call, q, k, v, q_ranges):
     _use_stream(call)
     call.ctx.forward(call.plan, _ptr(q), _ptr(k), _ptr(v), _ptr(q_ranges), _ptr(o), _ptr(lse))
     _last_context = call.ctx
+    _account("forward")
     return o, lse
 
 
@@ -201,6 +231,7 @@ def _run_backward(call: _Call, q, k, v, q_ranges, o, lse, dout):
     call.ctx.backward(call.plan, _ptr(q), _ptr(k), _ptr(v), _ptr(q_ranges), _ptr(o), _ptr(lse),
                       _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv))
     _last_context = call.ctx
+    _account("backward")
     return dq, dk, dv
 
 
