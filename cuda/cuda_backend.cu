@@ -228,5 +228,6 @@ class CudaBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
 bool cuda_backend_built() { return true; }
+bool cuda_head_dim_supported(int64_t D) { return D == 32 || D == 64 || D == 96 || D == 128; }
 
 }  // namespace lvx

@@ -79,6 +79,7 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("cuda_built", &lvx::cuda_backend_built, "whether this build has the CUDA backend");
+  m.def("cuda_head_dim_supported", &lvx::cuda_head_dim_supported, py::arg("D"));
   m.def("nccl_built", &lvx::nccl_transport_built, "whether this build has the NCCL transport");
   m.def("dtype_size", [](int t) { return lvx::dtype_size(static_cast<lvx::DType>(t)); });
 

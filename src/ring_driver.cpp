@@ -1,9 +1,30 @@
 #include "ring_driver.hpp"
 
+#include <cstdlib>
+#include <string>
+
+#include "error.hpp"
+
 namespace lvx::sched {
+
+namespace {
+
+// LVX_INJECT_FAULT=rank:step makes that rank fail at that ring step: how the
+// tests check that a failure mid-ring ends the job instead of hanging it.
+int injected_fault_step(int rank) {
+  const char* v = std::getenv("LVX_INJECT_FAULT");
+  if (!v) return -1;
+  const std::string s(v);
+  const size_t colon = s.find(':');
+  if (colon == std::string::npos || std::atoi(s.substr(0, colon).c_str()) != rank) return -1;
+  return std::atoi(s.c_str() + colon + 1);
+}
+
+}  // namespace
 
 void run_ring(ScheduleEnv& env, ComputeTimer& timer, const RingSpec& spec) {
   const Plan& p = env.plan;
+  const int fault_step = injected_fault_step(p.rank);
   Transport& tr = *env.transport;
   const int nx = next_rank(p), pv = prev_rank(p);
   int64_t max_rows = 0;
@@ -38,6 +59,7 @@ void run_ring(ScheduleEnv& env, ComputeTimer& timer, const RingSpec& spec) {
   for (int t = 0; t < p.P; ++t) {
     const int i = ring_block(p, t), ib = ring_block(p, t + 1);
     const int nb = (t + 1) % 2, cb = t % 2;
+    if (t == fault_step) LVX_FAIL(Status::internal, "fault injected at ring step " + std::to_string(t));
     int prefetch = -1;
     if (t < p.P - 1) {
       std::vector<Message> sends, recvs;

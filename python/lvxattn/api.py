@@ -134,6 +134,11 @@ def _local_checks(q, k, v, q_ranges, scale, algorithm):
         raise ValueError(f"query heads ({Hq}) must be a positive multiple of KV heads ({Hkv})")
     if not 1 <= D <= _MAX_HEAD_DIM:
         raise ValueError(f"head dim must be in [1, {_MAX_HEAD_DIM}], got {D}")
+    if q.device.type == "cuda":
+        if not _core.cuda_built():
+            raise ValueError("q, k and v are CUDA tensors but this build of lvxattn has no CUDA backend")
+        if not _core.cuda_head_dim_supported(D):
+            raise ValueError(f"head dim {D} is not built for the CUDA backend (supported: 32, 64, 96, 128)")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if scale is None:
