@@ -385,6 +385,10 @@ def run_job(args: argparse.Namespace) -> int:
         _say_error(comm, str(exc))
         return EXIT_BAD_INPUT
 
+    if args.algorithm == "auto":
+        # The cost model behind "auto" uses this machine's measured rates (cached).
+        from . import calibrate
+        calibrate.apply(comm, device)
     try:
         report = train(args, comm, shard, device, dtype)
     except LossNotFinite as exc:   # the loss is allreduced: all ranks are here together
