@@ -232,3 +232,25 @@ def test_soak_long_no_memory_growth():
 def test_soak_distributed_no_memory_growth():
     growth = soak(200, WORLD)
     assert max(WORLD.allgather(growth)) < 8.0
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not torch.cuda.is_available() or not lvxattn.cuda_built(), reason="needs a CUDA GPU")
+def test_soak_gpu_no_device_memory_growth():
+    """1000 forward+backward calls: torch's allocated bytes and the library's cached
+    buffers stay flat after warm-up."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    args = {n: t.to(dev, torch.bfloat16).requires_grad_() for n, t in good(B=1, Lq=64, Lkv=1024, Hq=8, Hkv=2,
+                                                                              D=64).items()}
+    ctx = lvxattn.context_for(None, dev)
+    for i in range(1000):
+        if i == 50:
+            torch.cuda.synchronize(dev)
+            start, start_buffers = torch.cuda.memory_allocated(dev), ctx.buffer_bytes
+        for t in args.values():
+            t.grad = None
+        lvxattn.cross_attention(**args).float().sum().backward()
+    torch.cuda.synchronize(dev)
+    assert torch.cuda.memory_allocated(dev) - start < 1 << 20
+    assert ctx.buffer_bytes == start_buffers
