@@ -279,29 +279,21 @@ void Context::run_collective(const char* what, Fn&& fn) {
 }
 
 void Context::forward(const Plan& plan, const ForwardIO& io) {
+  if (plan.algorithm == Algorithm::automatic) LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
   last_plan_ = plan;
   ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, fwd_stats_};
-  run_collective("forward", [&] {
-    switch (plan.algorithm) {
-      case Algorithm::lvx: lvx_forward(env, io); break;
-      case Algorithm::ring: ring_forward(env, io); break;
-      case Algorithm::ulysses: ulysses_forward(env, io); break;
-      default: LVX_FAIL(Status::internal, "unresolved algorithm");
-    }
-  });
+  static constexpr void (*kSchedules[])(ScheduleEnv&, const ForwardIO&) = {lvx_forward, ring_forward,
+                                                                          ulysses_forward};
+  run_collective("forward", [&] { (plan.P == 1 ? single_rank_forward : kSchedules[int(plan.algorithm)])(env, io); });
 }
 
 void Context::backward(const Plan& plan, const BackwardIO& io) {
+  if (plan.algorithm == Algorithm::automatic) LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
   last_plan_ = plan;
   ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, bwd_stats_};
-  run_collective("backward", [&] {
-    switch (plan.algorithm) {
-      case Algorithm::lvx: lvx_backward(env, io); break;
-      case Algorithm::ring: ring_backward(env, io); break;
-      case Algorithm::ulysses: ulysses_backward(env, io); break;
-      default: LVX_FAIL(Status::internal, "unresolved algorithm");
-    }
-  });
+  static constexpr void (*kSchedules[])(ScheduleEnv&, const BackwardIO&) = {lvx_backward, ring_backward,
+                                                                           ulysses_backward};
+  run_collective("backward", [&] { (plan.P == 1 ? single_rank_backward : kSchedules[int(plan.algorithm)])(env, io); });
 }
 
 }  // namespace lvx

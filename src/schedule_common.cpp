@@ -128,4 +128,19 @@ void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype,
 }
 
 }  // namespace sched
+
+void single_rank_forward(ScheduleEnv& env, const ForwardIO& io) {
+  sched::PhaseScope phase(env);
+  const Plan& p = env.plan;
+  sched::local_forward(env.backend, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
+  phase.finish();
+}
+
+void single_rank_backward(ScheduleEnv& env, const BackwardIO& io) {
+  sched::PhaseScope phase(env);
+  const Plan& p = env.plan;
+  sched::local_backward(env.backend, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
+  phase.finish();
+}
+
 }  // namespace lvx

@@ -20,11 +20,6 @@ void lvx_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.P == 1) {
-    local_forward(be, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
-    phase.finish();
-    return;
-  }
   const size_t es = dtype_size(p.dtype);
   const int64_t o_row = p.B * p.Hq * p.D, lse_row = p.B * p.Hq;  // elements per Q row
   RingSpec spec;
@@ -70,11 +65,6 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.P == 1) {
-    local_backward(be, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
-    phase.finish();
-    return;
-  }
   const size_t es = dtype_size(p.dtype);
   const int64_t q_row = p.B * p.Hq * p.D, lse_row = p.B * p.Hq;
   const int64_t n_kv = p.B * p.lkv[p.rank] * p.Hkv * p.D;

@@ -17,11 +17,6 @@ void ring_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.P == 1) {
-    local_forward(be, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
-    phase.finish();
-    return;
-  }
   const size_t es = dtype_size(p.dtype);
   const int64_t n_o = p.B * p.lq[p.rank] * p.Hq * p.D;
   const bool direct = p.dtype == DType::f32;
@@ -63,11 +58,6 @@ void ring_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.P == 1) {
-    local_backward(be, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
-    phase.finish();
-    return;
-  }
   const size_t es = dtype_size(p.dtype);
   const int64_t n_q = p.B * p.lq[p.rank] * p.Hq * p.D;
   const int64_t kv_elems_row = p.B * p.Hkv * p.D;

@@ -178,11 +178,6 @@ void ulysses_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.P == 1) {
-    local_forward(be, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
-    phase.finish();
-    return;
-  }
   const HeadSharded hs = head_sharded(p);
   const size_t es = dtype_size(p.dtype), row = p.D * es;
   const StepShape& s = hs.shape;
@@ -213,11 +208,6 @@ void ulysses_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.P == 1) {
-    local_backward(be, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
-    phase.finish();
-    return;
-  }
   const HeadSharded hs = head_sharded(p);
   const size_t es = dtype_size(p.dtype), row = p.D * es;
   const StepShape& s = hs.shape;

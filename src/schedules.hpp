@@ -48,6 +48,10 @@ struct ScheduleEnv {
   PhaseStats& stats;
 };
 
+// One rank: plain local attention, whatever the algorithm.
+void single_rank_forward(ScheduleEnv& env, const ForwardIO& io);
+void single_rank_backward(ScheduleEnv& env, const BackwardIO& io);
+// The schedules below need P > 1.
 void lvx_forward(ScheduleEnv& env, const ForwardIO& io);
 void lvx_backward(ScheduleEnv& env, const BackwardIO& io);
 void ring_forward(ScheduleEnv& env, const ForwardIO& io);
