@@ -19,9 +19,10 @@ struct RingCost {
 double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc_travels) {
   const double t_in = r.step_bytes_in / c.bytes_per_s + c.latency_s;
   const double t_acc = acc_travels ? r.step_bytes_acc / c.bytes_per_s + c.latency_s : 0.0;
-  // Inputs prefetch under compute; the accumulator hop follows the step's compute.
+  // P − 1 steps overlap a prefetch and an accumulator hop with compute; the last
+  // step has no prefetch, and its hop (home to the owner) cannot overlap anything.
   const double step = std::max(r.step_compute, std::max(t_in, t_acc));
-  return p.P * step + t_acc;
+  return (p.P - 1) * step + std::max(r.step_compute, t_acc) + t_acc;
 }
 
 }  // namespace
