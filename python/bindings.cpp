@@ -38,6 +38,16 @@ py::dict phase_dict(const lvx::PhaseStats& s) {
   return d;
 }
 
+py::dict prediction_dict(const lvx::Prediction& r) {
+  py::dict d;
+  d["forward_s"] = r.forward_s;
+  d["backward_s"] = r.backward_s;
+  d["forward_bytes"] = r.forward_bytes;
+  d["backward_bytes"] = r.backward_bytes;
+  d["feasible"] = r.feasible;
+  return d;
+}
+
 lvx::Algorithm parse_algorithm(const std::string& a) {
   if (a == "lvx") return lvx::Algorithm::lvx;
   if (a == "ring") return lvx::Algorithm::ring;
@@ -101,14 +111,7 @@ PYBIND11_MODULE(_core, m) {
         p.lq = lq;
         p.lkv = lkv;
         lvx::finish_plan(p);
-        lvx::Prediction r = lvx::predict(parse_algorithm(algorithm), p, {flops_per_s, bytes_per_s, latency_s});
-        py::dict d;
-        d["forward_s"] = r.forward_s;
-        d["backward_s"] = r.backward_s;
-        d["forward_bytes"] = r.forward_bytes;
-        d["backward_bytes"] = r.backward_bytes;
-        d["feasible"] = r.feasible;
-        return d;
+        return prediction_dict(lvx::predict(parse_algorithm(algorithm), p, {flops_per_s, bytes_per_s, latency_s}));
       },
       py::arg("lq"), py::arg("lkv"), py::arg("rank"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
       py::arg("dtype"), py::arg("has_ranges"), py::arg("algorithm"), py::arg("flops_per_s"), py::arg("bytes_per_s"),
@@ -217,14 +220,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "predict",
           [](lvx::Context& c, const lvx::Plan& plan, const std::string& algorithm) {
-            lvx::Prediction p = lvx::predict(parse_algorithm(algorithm), plan, c.cost_params);
-            py::dict d;
-            d["forward_s"] = p.forward_s;
-            d["backward_s"] = p.backward_s;
-            d["forward_bytes"] = p.forward_bytes;
-            d["backward_bytes"] = p.backward_bytes;
-            d["feasible"] = p.feasible;
-            return d;
+            return prediction_dict(lvx::predict(parse_algorithm(algorithm), plan, c.cost_params));
           },
           py::arg("plan"), py::arg("algorithm"));
 }
