@@ -159,13 +159,14 @@ def _local_checks(q, k, v, q_ranges, scale, algorithm):
         if tuple(q_ranges.shape) != (B, Lq, 2):
             raise ValueError(f"q_ranges must have shape [B, Lq, 2] = {(B, Lq, 2)}, got {tuple(q_ranges.shape)}")
         if q_ranges.numel():
-            begin, end = q_ranges[..., 0], q_ranges[..., 1]
-            lo = int(begin.min())
+            begin, end = q_ranges[..., 0].long(), q_ranges[..., 1].long()
+            # One host read for all three checks (a single sync on a GPU).
+            lo, reversed_rows, max_end = torch.stack(
+                [begin.min(), (end < begin).sum(), end.max()]).tolist()
             if lo < 0:
                 raise ValueError(f"q_ranges begin must be >= 0, got {lo}")
-            if bool((end < begin).any()):
+            if reversed_rows:
                 raise ValueError("q_ranges must have begin <= end in every row")
-            max_end = int(end.max())
             if max_end > 2**31 - 1:
                 raise ValueError("q_ranges end does not fit in int32")
         q_ranges = q_ranges.to(device=q.device, dtype=torch.int32).contiguous()

@@ -120,7 +120,7 @@ inline void merge_row(float* o, float* lse, const float* ob, float lse_b, int64_
 
 // Scratch of one worker, grown on demand and reused across calls.
 struct Scratch {
-  std::vector<float> a, b, c, d, e, f, g, h;
+  std::vector<float> a, b, c, d, e, f, g, dq;
   static float* need(std::vector<float>& v, size_t n) {
     if (v.size() < n) v.resize(n);
     return v.data();
@@ -146,10 +146,17 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
   const int64_t tiles_per_chunk = ceil_div(kv_tiles, chunks);
   chunks = ceil_div(kv_tiles, tiles_per_chunk);
   const int64_t rows_q = s.B * s.Lq * s.Hq;
-  std::vector<float> part_o, part_lse;
+  // Split-KV partials live in the calling thread's scratch: grown once, then reused.
+  // (Workers see these through the pointers: a thread_local named inside the
+  // lambda would be each worker's own, empty copy.)
+  static thread_local std::vector<float> part_o_store, part_lse_store;
+  float* part_o = nullptr;
+  float* part_lse = nullptr;
   if (chunks > 1) {
-    part_o.assign(chunks * rows_q * Dp, 0.f);
-    part_lse.assign(chunks * rows_q, kNegInf);
+    if (part_o_store.size() < size_t(chunks * rows_q * Dp)) part_o_store.resize(chunks * rows_q * Dp);
+    part_lse_store.assign(chunks * rows_q, kNegInf);  // rows a chunk never reaches stay empty
+    part_o = part_o_store.data();
+    part_lse = part_lse_store.data();
   }
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
@@ -240,7 +247,7 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
         if (chunks == 1) {
           merge_row(a.o + row * D, a.lse + lrow, orow, lse_b, D);
         } else {
-          std::copy(orow, orow + D, part_o.data() + (chunk * rows_q + row) * Dp);
+          std::copy(orow, orow + D, part_o + (chunk * rows_q + row) * Dp);
           part_lse[chunk * rows_q + row] = lse_b;
         }
       }
@@ -254,7 +261,7 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
         const int64_t row = (b * s.Lq + i) * s.Hq + hq;
         const int64_t lrow = (b * s.Hq + hq) * s.Lq + i;
         for (int64_t c = 0; c < chunks; ++c)
-          merge_row(a.o + row * D, a.lse + lrow, part_o.data() + (c * rows_q + row) * Dp,
+          merge_row(a.o + row * D, a.lse + lrow, part_o + (c * rows_q + row) * Dp,
                     part_lse[c * rows_q + row], D);
       }
     });
@@ -271,8 +278,8 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
   const int64_t items = s.B * s.Hkv * kv_tiles;
   const int workers = pool.size();
   const int64_t rows_q = s.B * s.Lq * s.Hq;
-  std::vector<std::vector<float>> dq_part(workers);
-  std::vector<char> touched(workers, 0);
+  // Each worker accumulates dQ in its own scratch (no atomics); summed at the end.
+  std::vector<float*> dq_part(workers, nullptr);
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -284,13 +291,13 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
     const int64_t g = (item / kv_tiles) % s.Hkv;
     const int64_t b = item / kv_tiles / s.Hkv;
     const int64_t j0 = jt * kTk, nk = std::min(kTk, s.Lkv - j0);
-    if (!touched[worker]) {
-      dq_part[worker].assign(rows_q * Dp, 0.f);
-      touched[worker] = 1;
-    }
-    float* dq_w = dq_part[worker].data();
-
     Scratch& sc = worker_scratch(worker);
+    if (!dq_part[worker]) {
+      dq_part[worker] = Scratch::need(sc.dq, rows_q * Dp);
+      std::fill(dq_part[worker], dq_part[worker] + rows_q * Dp, 0.f);
+    }
+    float* dq_w = dq_part[worker];
+
     float* kt = Scratch::need(sc.a, kTk * Dp);
     float* vt = Scratch::need(sc.b, kTk * Dp);
     float* dk = Scratch::need(sc.c, kTk * Dp);
@@ -370,8 +377,8 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
 
   pool.parallel_for(s.B * s.Lq, [&](int64_t row_block, int) {
     for (int w = 0; w < workers; ++w) {
-      if (!touched[w]) continue;
-      const float* src = dq_part[w].data() + row_block * s.Hq * Dp;
+      if (!dq_part[w]) continue;
+      const float* src = dq_part[w] + row_block * s.Hq * Dp;
       float* dst = a.dq + row_block * s.Hq * D;
       for (int64_t h = 0; h < s.Hq; ++h)
         for (int64_t c = 0; c < D; ++c) dst[h * D + c] += src[h * Dp + c];
