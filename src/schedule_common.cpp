@@ -1,7 +1,6 @@
 // Pieces shared by the schedules: plan bookkeeping, phase timing, and the
 // single-device attention used for P == 1 and inside ulysses.
 #include <algorithm>
-#include <limits>
 
 #include "schedules.hpp"
 
@@ -41,8 +40,6 @@ void finish_plan(Plan& p) {
 }
 
 namespace sched {
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 PhaseScope::PhaseScope(ScheduleEnv& e) : env(e), timer(e.backend) {
   env.backend.reset_marks();

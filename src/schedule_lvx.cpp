@@ -4,17 +4,11 @@
 // Backward: Q, dO, LSE, Dl (+ q_ranges) are prefetched; the fp32 dQ accumulator
 // follows and returns to its owner; dK, dV accumulate where K, V live. O is
 // never sent: its owner computes Dl = rowsum(dO ∘ O) once.
-#include <limits>
-
 #include "ring_driver.hpp"
 
 namespace lvx {
 
 using namespace sched;
-
-namespace {
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-}
 
 void lvx_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;

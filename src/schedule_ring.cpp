@@ -1,17 +1,11 @@
 // Ring Attention: Q stays; K and V rotate around the ring, prefetched one step
 // ahead. Backward: K, V rotate and their fp32 dK/dV accumulator follows one step
 // behind, ending on the K/V owner; dQ accumulates where Q lives.
-#include <limits>
-
 #include "ring_driver.hpp"
 
 namespace lvx {
 
 using namespace sched;
-
-namespace {
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-}
 
 void ring_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;

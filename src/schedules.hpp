@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "backend.hpp"
 #include "plan.hpp"
@@ -61,6 +62,8 @@ void ulysses_backward(ScheduleEnv& env, const BackwardIO& io);
 
 // Shared pieces (schedule_common.cpp).
 namespace sched {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();  // an empty LSE
 
 constexpr int kTagQ = 11, kTagRanges = 12, kTagAcc = 13, kTagLse = 14, kTagDout = 15,
               kTagDl = 16, kTagK = 17, kTagV = 18, kTagDk = 19, kTagDv = 20, kTagA2A = 21;

@@ -43,6 +43,15 @@ def context_for(comm=None, device: torch.device | str = "cpu", transport: str = 
     return ctx
 
 
+def set_cost_params(flops_per_s: float, bytes_per_s: float, latency_s: float, comm=None,
+                    device: torch.device | str = "cpu", transport: str = "auto") -> None:
+    """The rates ``algorithm="auto"`` predicts with, given to the context that makes
+    the plans: with a communicator that is its planning context (rank 0's values
+    decide for all ranks), without one the device context itself."""
+    ctx = context_for(None, device, transport) if comm is None else _control_for(comm)
+    ctx.set_cost_params(float(flops_per_s), float(bytes_per_s), float(latency_s))
+
+
 def _control_for(comm) -> _core.Context:
     """A per-communicator CPU context that only makes plans: its allgather runs
     before any device context exists, so ranks that disagree on the device or

@@ -243,13 +243,9 @@ def _min_op():
 
 
 def set_cost_params(comm, device: torch.device | str, transport: str, params: dict) -> None:
-    """Gives ``params`` to the contexts that plan and run calls on (comm, device,
-    transport). With a communicator the plan (and so the choice of ``auto``) is made
-    by the per-communicator control context, so it gets them too."""
-    args = (float(params["flops_per_s"]), float(params["bytes_per_s"]), float(params["latency_s"]))
-    api.context_for(comm, device, transport).set_cost_params(*args)
-    if comm is not None:
-        api._control_for(comm).set_cost_params(*args)
+    """Gives ``params`` to the context that plans calls on (comm, device, transport)."""
+    api.set_cost_params(params["flops_per_s"], params["bytes_per_s"], params["latency_s"], comm=comm,
+                        device=device, transport=transport)
 
 
 def apply(comm=None, device: torch.device | str = "cpu", transport: str = "auto", dtype: Optional[str] = None,
