@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One call on a lent multi-GPU machine: build the package with the CUDA backend
 # (and NCCL when present), run the GPU tests on 1, 2 and all GPUs, then the
-# distributed benchmarks (P = 1, 2, N; every transport) and the recompute scale
-# run. Logs and CSVs go to $OUT. Steps are independent: one failing does not stop
-# the rest. Usage: STEPS="build test bench recompute" experiments/device/run_gpus.sh
+# distributed benchmarks (P = 1, 2, N; every transport), the recompute scale run,
+# the peak-memory breakdown, the GPU sweep and the GPU soak test. Logs and CSVs go
+# to $OUT. Steps are independent: one failing does not stop the rest. A step list
+# without "build" reuses /tmp/lvx_build when an earlier call on the same machine
+# left it there. Usage:
+#   STEPS="build test bench recompute memprofile sweep soak" experiments/device/run_gpus.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
@@ -19,7 +22,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 MPIRUN="mpirun --oversubscribe --bind-to none -x PYTHONPATH -x NCCL_NVLS_ENABLE -x PYTHONUNBUFFERED"
 
-if [[ " $steps " == *" build "* ]]; then
+if [[ " $steps " == *" build "* ]] || ! ls /tmp/lvx_build/_core*.so >/dev/null 2>&1; then
   # The NCCL torch loads (its pip package) first: one libnccl.so.2 per process.
   nccl_lib=$(python3 -c "import glob,site; print((sorted(glob.glob(site.getsitepackages()[0]+'/nvidia/nccl/lib/libnccl.so*')) or [''])[0])")
   [ -n "$nccl_lib" ] || nccl_lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null | head -1)
@@ -56,9 +59,28 @@ if [[ " $steps " == *" bench "* ]]; then
     --repeats 5 --csv "$csv" 2>&1 | tail -5
 fi
 
+RECOMPUTE_ARGS=${RECOMPUTE_ARGS:---text-len 512 --start 262144 --granularity 131072 --trial-timeout 60}
+if [[ " $steps " == *" memprofile "* ]]; then
+  for mode in no-recompute recompute; do
+    timeout 120 python3 experiments/profile_memory.py --mode $mode --length ${PROFILE_LEN:-262144} \
+      $RECOMPUTE_ARGS 2>&1 | tail -20 | tee "$out/profile_memory_$mode.txt"
+  done
+fi
+
 if [[ " $steps " == *" recompute "* ]]; then
-  timeout 200 python3 experiments/bench_recompute.py --csv "$out/bench_recompute.csv" \
-    --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
-  timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_recompute.py --csv "$out/bench_recompute.csv" \
-    --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
+  for n in ${RECOMPUTE_RANKS:-1 $NGPU}; do
+    timeout ${RECOMPUTE_TIMEOUT:-200} $MPIRUN -n $n python3 experiments/bench_recompute.py $RECOMPUTE_ARGS \
+      --csv "$out/bench_recompute.csv" --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
+  done
+fi
+
+if [[ " $steps " == *" sweep "* ]]; then
+  LVX_CACHE_DIR="$out/cache" timeout $(( ${SWEEP_LIMIT:-200} + 120 )) $MPIRUN -n $NGPU -x LVX_CACHE_DIR="$out/cache" \
+    python3 experiments/sweep.py experiments/configs/gpu.toml --device cuda --time-limit ${SWEEP_LIMIT:-200} \
+    --csv "$out/sweep_gpu.csv" >"$out/sweep_gpu.log" 2>&1
+  echo "sweep rc=$?"; tail -30 "$out/sweep_gpu.log"
+fi
+
+if [[ " $steps " == *" soak "* ]]; then
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/python/test_reliability.py -k soak_gpu 2>&1 | tail -3
 fi
