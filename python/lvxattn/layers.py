@@ -224,7 +224,11 @@ class SavedTensorMeter:
         key = storage.data_ptr()
         if key and key not in self._excluded:
             self._seen[key] = storage.nbytes()
-        return t
+        # A detached alias: the node then holds no Python object whose grad_fn is the
+        # node itself. Returning ``t`` makes such a cycle for every saved output, which
+        # Python's collector cannot see, so a forward that raises (out of memory)
+        # leaked its whole graph and the activations with it.
+        return t.detach()
 
     @property
     def bytes(self) -> int:

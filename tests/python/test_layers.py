@@ -159,6 +159,33 @@ def test_recompute_saves_k_and_v_of_every_layer():
     assert abs((without - with_recompute) - want) <= 0.1 * want, (without, with_recompute, want)
 
 
+@pytest.mark.parametrize("recompute", [True, False])
+@pytest.mark.parametrize("where", ["_run_forward", "_run_backward"])
+def test_a_step_that_raises_under_the_meter_frees_its_activations(monkeypatch, recompute, where):
+    """An out-of-memory mid-step must not leave the graph (and the visual features)
+    alive: a search for the largest length that fits depends on it."""
+    import gc
+    import weakref
+    import lvxattn.api
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    model, text, visual, q_ranges, _ = make_problem(2, 1, 6, 64, "latest")
+    model.recompute = recompute
+    visual = visual.clone().requires_grad_()
+    alive = weakref.ref(visual)
+    monkeypatch.setattr(lvxattn.api, where, out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with measure_saved(model):
+            out = model(text, visual, q_ranges)
+        out.sum().backward()
+    del visual
+    out = None
+    gc.collect()
+    assert alive() is None
+
+
 # ---------------------------------------------------------------------------
 # Several ranks: communicators of 1, 2 and 3 ranks cut from COMM_WORLD
 
