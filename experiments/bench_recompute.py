@@ -230,6 +230,9 @@ def device_name(device) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # An out-of-memory inside the library is an expected outcome here: raise it on
+    # every rank (equal shapes fail alike) instead of ending the job.
+    os.environ.setdefault("LVX_ON_ERROR", "raise")
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     device = cli.pick_device(args.device, comm)

@@ -15,7 +15,9 @@ recompute path saves exactly that much less (DESIGN.md, Explicit recompute).
 ``CrossAttentionStack(recompute=True)`` runs each layer's K/V projection and the
 distributed attention inside ``RecomputedKvAttention``: it saves X (one storage,
 shared by all layers), Q, O and LSE, frees K and V, and rebuilds them from X in
-backward. ``recompute=False`` is plain autograd and keeps K and V per layer.
+backward. ``recompute=False`` runs the same projection as an autograd Function
+(``KvProjection``) that keeps K and V per layer. Both share one memory-lean backward
+(``kv_backward``), so measured peaks differ only by what recompute drops.
 """
 
 from __future__ import annotations
@@ -43,28 +45,37 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return normed.to(x.dtype) * weight
 
 
-class UnitRmsNorm(torch.autograd.Function):
-    """Weightless RMSNorm over the last axis that saves its output, not its input.
+# Rows of D handled at once by the fp32 parts of the K norm, so its working set is
+# bounded (a few tens of MiB) whatever the visual length.
+NORM_CHUNK_ROWS = 1 << 16
 
-    y = x * r with r = (mean(x^2) + eps)^-1/2, so dx = r * (dy - y * mean(dy * y)).
-    Saving y (which attention saves anyway: same storage) and r ([..., 1] fp32)
-    instead of x keeps no second copy of the pre-norm K.
-    """
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = _widened(x)
-        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-        y = (x32 * rstd).to(x.dtype)
-        ctx.save_for_backward(y, rstd)
-        return y
+def _unit_rms_norm_(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """In place: every row (last axis) of ``t`` becomes ``row * r`` with
+    ``r = (mean(row^2) + eps)^-1/2``, computed in (at least) fp32 chunk by chunk.
+    Returns ``r`` as ``[..., 1]`` in the widened dtype."""
+    flat = t.view(-1, t.shape[-1])
+    rstd = torch.empty(flat.shape[0], 1, dtype=torch.promote_types(t.dtype, torch.float32), device=t.device)
+    for start in range(0, flat.shape[0], NORM_CHUNK_ROWS):
+        rows = flat[start:start + NORM_CHUNK_ROWS]
+        wide = _widened(rows)
+        r = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+        rstd[start:start + NORM_CHUNK_ROWS] = r
+        rows.copy_(wide * r)
+    return rstd.view(*t.shape[:-1], 1)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        y, rstd = ctx.saved_tensors
-        y32, dy32 = _widened(y), _widened(dy)
-        dx = rstd * (dy32 - y32 * (dy32 * y32).mean(-1, keepdim=True))
-        return dx.to(dy.dtype), None
+
+def _unit_rms_norm_backward(y: torch.Tensor, rstd: torch.Tensor, dy: torch.Tensor,
+                            out: torch.Tensor) -> torch.Tensor:
+    """``dx = r * (dy - y * mean(dy * y))`` for ``y = x * r``, chunked, into ``out``
+    (which may be ``dy`` itself)."""
+    d = y.shape[-1]
+    yf, dyf, rf, of = y.reshape(-1, d), dy.reshape(-1, d), rstd.reshape(-1, 1), out.view(-1, d)
+    for start in range(0, yf.shape[0], NORM_CHUNK_ROWS):
+        sl = slice(start, start + NORM_CHUNK_ROWS)
+        y32, dy32 = _widened(yf[sl]), _widened(dyf[sl])
+        of[sl] = rf[sl] * (dy32 - y32 * (dy32 * y32).mean(-1, keepdim=True))
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,28 +87,75 @@ class AttentionSettings:
     scale: float | None = None
 
 
-def project_kv(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, kv_heads: int, head_dim: int,
-               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """K = rms_norm_D(X Wk) (weightless, see module doc), V = X Wv, both ``[B, L, Hkv, D]``."""
+def kv_forward(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, kv_heads: int, head_dim: int,
+               eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K = rms_norm_D(X Wk) (weightless, see module doc) and V = X Wv, both
+    ``[B, L, Hkv, D]``, plus the norm's ``rstd`` ``[B, L, Hkv, 1]`` (fp32). No autograd."""
     batch, length, _ = x.shape
-    k = nn.functional.linear(x, wk).view(batch, length, kv_heads, head_dim)
-    v = nn.functional.linear(x, wv).view(batch, length, kv_heads, head_dim)
-    return UnitRmsNorm.apply(k, eps), v
+    with torch.no_grad():
+        k = nn.functional.linear(x, wk).view(batch, length, kv_heads, head_dim)
+        rstd = _unit_rms_norm_(k, eps)
+        v = nn.functional.linear(x, wv).view(batch, length, kv_heads, head_dim)
+    return k, v, rstd
+
+
+def kv_backward(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: torch.Tensor, rstd: torch.Tensor,
+                dk: torch.Tensor, dv: torch.Tensor, needs: tuple[bool, bool, bool],
+                dk_is_scratch: bool = False) -> tuple[torch.Tensor | None, ...]:
+    """(dX, dWk, dWv) of ``kv_forward`` from dK, dV, each None where ``needs`` says so.
+
+    Written for memory: the norm's backward runs in fp32 chunks (over dK itself when
+    ``dk_is_scratch``), and dX is one product plus one in-place product-add, so the
+    largest transient is dX itself."""
+    need_x, need_wk, need_wv = needs
+    batch, length, dim = x.shape
+    dk_pre = _unit_rms_norm_backward(k, rstd, dk, dk if dk_is_scratch else torch.empty_like(dk))
+    dk2 = dk_pre.reshape(batch * length, -1)
+    dv2 = dv.reshape(batch * length, -1)
+    x2 = x.reshape(batch * length, dim)
+    dx = None
+    if need_x:
+        dx = torch.mm(dk2, wk)
+        dx.addmm_(dv2, wv)
+        dx = dx.view(batch, length, dim)
+    dwk = torch.mm(dk2.t(), x2) if need_wk else None
+    dwv = torch.mm(dv2.t(), x2) if need_wv else None
+    return dx, dwk, dwv
+
+
+class KvProjection(torch.autograd.Function):
+    """``kv_forward`` under autograd, keeping K (and V, through the attention) for
+    backward: the path without recompute. It shares ``kv_backward`` with the
+    recompute path, so the two differ only in what they keep."""
+
+    @staticmethod
+    def forward(ctx, x, wk, wv, kv_heads: int, head_dim: int, eps: float):
+        k, v, rstd = kv_forward(x, wk, wv, kv_heads, head_dim, eps)
+        ctx.save_for_backward(x, wk, wv, k, rstd)
+        return k, v
+
+    @staticmethod
+    def backward(ctx, dk, dv):
+        x, wk, wv, k, rstd = ctx.saved_tensors
+        dk = torch.zeros_like(k) if dk is None else dk.to(k.dtype)
+        dv = torch.zeros_like(k) if dv is None else dv.to(k.dtype)
+        dx, dwk, dwv = kv_backward(x, wk, wv, k, rstd, dk, dv, tuple(ctx.needs_input_grad[:3]))
+        return dx, dwk, dwv, None, None, None
 
 
 class RecomputedKvAttention(torch.autograd.Function):
     """``cross_attention(Q, K(X), V(X))`` that keeps X instead of K and V for backward.
 
     Forward saves Q, X, O, LSE (and the weight handles); backward rebuilds K, V from X
-    under autograd, runs the attention backward on the saved O and LSE
-    (``lvxattn.backward_raw``), and pushes dK, dV back through the projection to dX,
-    dWk, dWv. X's gradients from all layers are summed by autograd.
+    (``kv_forward``), runs the attention backward on the saved O and LSE
+    (``lvxattn.backward_raw``), and turns dK, dV into dX, dWk, dWv (``kv_backward``).
+    X's gradients from all layers are summed by autograd.
     """
 
     @staticmethod
     def forward(ctx, q, x, wk, wv, q_ranges, kv_heads: int, head_dim: int, eps: float,
                 settings: AttentionSettings):
-        k, v = project_kv(x, wk, wv, kv_heads, head_dim, eps)
+        k, v, _ = kv_forward(x, wk, wv, kv_heads, head_dim, eps)
         o, lse = lvxattn.cross_attention_forward(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
                                                  q_ranges=q_ranges, scale=settings.scale)
         del k, v  # the point of this Function: K and V die here
@@ -109,23 +167,15 @@ class RecomputedKvAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, x, wk, wv, q_ranges, o, lse = ctx.saved_tensors
-        kv_heads, head_dim, eps = ctx.kv_shape
         s = ctx.settings
-        need_q, need_x, need_wk, need_wv = ctx.needs_input_grad[:4]
-        with torch.enable_grad():
-            x_ = x.detach().requires_grad_(need_x)
-            wk_ = wk.detach().requires_grad_(need_wk)
-            wv_ = wv.detach().requires_grad_(need_wv)
-            k, v = project_kv(x_, wk_, wv_, kv_heads, head_dim, eps)
+        k, v, rstd = kv_forward(x, wk, wv, *ctx.kv_shape)
         # Collective: every rank runs it, even one that needs no gradient itself.
-        dq, dk, dv = lvxattn.backward_raw(q, k.detach(), v.detach(), o, lse, do, comm=s.comm,
-                                          algorithm=s.algorithm, q_ranges=q_ranges, scale=s.scale)
-        wanted = [t for t in (x_, wk_, wv_) if t.requires_grad]
-        found = list(torch.autograd.grad((k, v), wanted, (dk.to(k.dtype), dv.to(v.dtype)))) if wanted else []
-        dx = found.pop(0) if need_x else None
-        dwk = found.pop(0) if need_wk else None
-        dwv = found.pop(0) if need_wv else None
-        return (dq if need_q else None), dx, dwk, dwv, None, None, None, None, None
+        dq, dk, dv = lvxattn.backward_raw(q, k, v, o, lse, do, comm=s.comm, algorithm=s.algorithm,
+                                          q_ranges=q_ranges, scale=s.scale)
+        del v
+        dx, dwk, dwv = kv_backward(x, wk, wv, k, rstd, dk.to(k.dtype), dv.to(k.dtype),
+                                   tuple(ctx.needs_input_grad[1:4]), dk_is_scratch=True)
+        return (dq if ctx.needs_input_grad[0] else None), dx, dwk, dwv, None, None, None, None, None
 
 
 class CrossAttention(nn.Module):
@@ -168,7 +218,7 @@ class CrossAttention(nn.Module):
             o = RecomputedKvAttention.apply(q, x, self.k_proj, self.v_proj, q_ranges, self.kv_heads,
                                             self.head_dim, self.eps, settings)
         else:
-            k, v = project_kv(x, self.k_proj, self.v_proj, self.kv_heads, self.head_dim, self.eps)
+            k, v = KvProjection.apply(x, self.k_proj, self.v_proj, self.kv_heads, self.head_dim, self.eps)
             o = lvxattn.cross_attention(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
                                         q_ranges=q_ranges, scale=settings.scale)
         batch, length = h.shape[:2]
