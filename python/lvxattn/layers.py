@@ -99,14 +99,55 @@ def kv_forward(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, kv_heads: in
     return k, v, rstd
 
 
+class VisualGrad:
+    """The gradient of the visual features X, summed in place over the layers.
+
+    Left to autograd, every layer's dX is a new tensor that the engine then adds to
+    its running sum: two X-sized buffers at once, on top of X. Here each layer adds
+    its ``dK Wk + dV Wv`` straight into one buffer (``addmm_``), and ``SharedVisual``
+    hands the sum to autograd once all layers are done."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+
+    def add(self, dk2: torch.Tensor, wk: torch.Tensor, dv2: torch.Tensor, wv: torch.Tensor) -> None:
+        if self.sum is None:
+            self.sum = torch.mm(dk2, wk)
+        else:
+            self.sum.addmm_(dk2, wk)
+        self.sum.addmm_(dv2, wv)
+
+    def take(self, shape) -> torch.Tensor | None:
+        total, self.sum = self.sum, None
+        return None if total is None else total.view(shape)
+
+
+class SharedVisual(torch.autograd.Function):
+    """Identity on X whose backward returns what the layers added to ``VisualGrad``
+    (plus any gradient that reached X's alias through autograd)."""
+
+    @staticmethod
+    def forward(ctx, x, grad: VisualGrad):
+        ctx.grad, ctx.shape = grad, x.shape
+        ctx.set_materialize_grads(False)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dx):
+        total = ctx.grad.take(ctx.shape)
+        if dx is not None:
+            total = dx if total is None else total.add_(dx)
+        return total, None
+
+
 def kv_backward(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: torch.Tensor, rstd: torch.Tensor,
                 dk: torch.Tensor, dv: torch.Tensor, needs: tuple[bool, bool, bool],
-                dk_is_scratch: bool = False) -> tuple[torch.Tensor | None, ...]:
+                dk_is_scratch: bool = False, visual_grad: VisualGrad | None = None) -> tuple[torch.Tensor | None, ...]:
     """(dX, dWk, dWv) of ``kv_forward`` from dK, dV, each None where ``needs`` says so.
 
     Written for memory: the norm's backward runs in fp32 chunks (over dK itself when
-    ``dk_is_scratch``), and dX is one product plus one in-place product-add, so the
-    largest transient is dX itself."""
+    ``dk_is_scratch``); dX is one product plus one in-place product-add, added into
+    ``visual_grad`` when given (dX is then returned as None)."""
     need_x, need_wk, need_wv = needs
     batch, length, dim = x.shape
     dk_pre = _unit_rms_norm_backward(k, rstd, dk, dk if dk_is_scratch else torch.empty_like(dk))
@@ -114,10 +155,12 @@ def kv_backward(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: torch.Te
     dv2 = dv.reshape(batch * length, -1)
     x2 = x.reshape(batch * length, dim)
     dx = None
-    if need_x:
-        dx = torch.mm(dk2, wk)
-        dx.addmm_(dv2, wv)
-        dx = dx.view(batch, length, dim)
+    if need_x and visual_grad is not None:
+        visual_grad.add(dk2, wk, dv2, wv)
+    elif need_x:
+        # Not a view: autograd adds into a non-view gradient in place, into a view by copy.
+        dx = torch.matmul(dk_pre.view(batch, length, -1), wk)
+        dx.view(batch * length, dim).addmm_(dv2, wv)
     dwk = torch.mm(dk2.t(), x2) if need_wk else None
     dwv = torch.mm(dv2.t(), x2) if need_wv else None
     return dx, dwk, dwv
@@ -129,9 +172,10 @@ class KvProjection(torch.autograd.Function):
     recompute path, so the two differ only in what they keep."""
 
     @staticmethod
-    def forward(ctx, x, wk, wv, kv_heads: int, head_dim: int, eps: float):
+    def forward(ctx, x, wk, wv, kv_heads: int, head_dim: int, eps: float, visual_grad: VisualGrad | None):
         k, v, rstd = kv_forward(x, wk, wv, kv_heads, head_dim, eps)
         ctx.save_for_backward(x, wk, wv, k, rstd)
+        ctx.visual_grad = visual_grad
         return k, v
 
     @staticmethod
@@ -139,8 +183,9 @@ class KvProjection(torch.autograd.Function):
         x, wk, wv, k, rstd = ctx.saved_tensors
         dk = torch.zeros_like(k) if dk is None else dk.to(k.dtype)
         dv = torch.zeros_like(k) if dv is None else dv.to(k.dtype)
-        dx, dwk, dwv = kv_backward(x, wk, wv, k, rstd, dk, dv, tuple(ctx.needs_input_grad[:3]))
-        return dx, dwk, dwv, None, None, None
+        dx, dwk, dwv = kv_backward(x, wk, wv, k, rstd, dk, dv, tuple(ctx.needs_input_grad[:3]),
+                                   visual_grad=ctx.visual_grad)
+        return dx, dwk, dwv, None, None, None, None
 
 
 class RecomputedKvAttention(torch.autograd.Function):
@@ -154,14 +199,14 @@ class RecomputedKvAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, x, wk, wv, q_ranges, kv_heads: int, head_dim: int, eps: float,
-                settings: AttentionSettings):
+                settings: AttentionSettings, visual_grad: VisualGrad | None):
         k, v, _ = kv_forward(x, wk, wv, kv_heads, head_dim, eps)
         o, lse = lvxattn.cross_attention_forward(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
                                                  q_ranges=q_ranges, scale=settings.scale)
         del k, v  # the point of this Function: K and V die here
         ctx.save_for_backward(q, x, wk, wv, q_ranges, o, lse)
         ctx.kv_shape = (kv_heads, head_dim, eps)
-        ctx.settings = settings
+        ctx.settings, ctx.visual_grad = settings, visual_grad
         return o
 
     @staticmethod
@@ -174,8 +219,9 @@ class RecomputedKvAttention(torch.autograd.Function):
                                           q_ranges=q_ranges, scale=s.scale)
         del v
         dx, dwk, dwv = kv_backward(x, wk, wv, k, rstd, dk.to(k.dtype), dv.to(k.dtype),
-                                   tuple(ctx.needs_input_grad[1:4]), dk_is_scratch=True)
-        return (dq if ctx.needs_input_grad[0] else None), dx, dwk, dwv, None, None, None, None, None
+                                   tuple(ctx.needs_input_grad[1:4]), dk_is_scratch=True,
+                                   visual_grad=ctx.visual_grad)
+        return (dq if ctx.needs_input_grad[0] else None), dx, dwk, dwv, None, None, None, None, None, None
 
 
 class CrossAttention(nn.Module):
@@ -212,13 +258,16 @@ class CrossAttention(nn.Module):
         return (rms_norm(q, self.q_norm, self.eps) * self.k_norm).contiguous()
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, q_ranges: torch.Tensor | None = None,
-                settings: AttentionSettings = AttentionSettings(), recompute: bool = True) -> torch.Tensor:
+                settings: AttentionSettings = AttentionSettings(), recompute: bool = True,
+                visual_grad: VisualGrad | None = None) -> torch.Tensor:
+        """``visual_grad``: when X is ``SharedVisual``'s output, the sum its dX goes into."""
         q = self.queries(h)
         if recompute:
             o = RecomputedKvAttention.apply(q, x, self.k_proj, self.v_proj, q_ranges, self.kv_heads,
-                                            self.head_dim, self.eps, settings)
+                                            self.head_dim, self.eps, settings, visual_grad)
         else:
-            k, v = KvProjection.apply(x, self.k_proj, self.v_proj, self.kv_heads, self.head_dim, self.eps)
+            k, v = KvProjection.apply(x, self.k_proj, self.v_proj, self.kv_heads, self.head_dim, self.eps,
+                                      visual_grad)
             o = lvxattn.cross_attention(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
                                         q_ranges=q_ranges, scale=settings.scale)
         batch, length = h.shape[:2]
@@ -247,9 +296,12 @@ class CrossAttentionStack(nn.Module):
 
     def forward(self, text: torch.Tensor, visual: torch.Tensor,
                 q_ranges: torch.Tensor | None = None) -> torch.Tensor:
-        h = text
+        h, visual_grad = text, None
+        if visual.requires_grad and torch.is_grad_enabled():
+            visual_grad = VisualGrad()
+            visual = SharedVisual.apply(visual, visual_grad)
         for layer in self.layers:
-            h = layer(h, visual, q_ranges, self.settings, self.recompute)
+            h = layer(h, visual, q_ranges, self.settings, self.recompute, visual_grad)
         return h
 
 

@@ -117,7 +117,7 @@ def test_kv_projection_gradient_float64(length, kv_heads, head_dim, chunk, seed)
     old = layers.NORM_CHUNK_ROWS
     layers.NORM_CHUNK_ROWS = chunk
     try:
-        torch.autograd.gradcheck(lambda a, b, c: KvProjection.apply(a, b, c, kv_heads, head_dim, EPS), (x, wk, wv))
+        torch.autograd.gradcheck(lambda a, b, c: KvProjection.apply(a, b, c, kv_heads, head_dim, EPS, None), (x, wk, wv))
     finally:
         layers.NORM_CHUNK_ROWS = old
 
