@@ -10,8 +10,8 @@ transport and dtype the cost model is calibrated on that sub-communicator
 (``lvxattn.calibrate``, cached per machine) and given to its contexts, so
 ``algorithm = "auto"`` can be swept as well. Each point is timed like
 ``bench_dist.py`` (warm-up, then the median over repeats of the slowest rank's
-forward and backward) and predicted with ``lvxattn._core.predict`` (forward with the
-calibrated forward rate, backward with the backward rate). Rank 0 prints a table and
+forward and backward) and predicted with ``lvxattn._core.predict`` (the calibrated
+step costs of each phase). Rank 0 prints a table and
 appends one CSV row per point, with the git sha, date, device, MPI library,
 transport, shapes, measured and predicted times and bytes (max over ranks).
 
@@ -102,10 +102,9 @@ def predict(comm, point: dict, algorithm: str, params: dict) -> dict:
     P, r = comm.size, comm.rank
     args = (even_counts(point["Lq"], P), even_counts(point["Lkv"], P), r, 1, point["Hq"], point["Hkv"],
             point["D"], DTYPE_CODES[point["dtype"]], False, algorithm)
-    fwd = _core.predict(*args, params["fwd_flops_per_s"], params["bytes_per_s"], params["latency_s"])
-    bwd = _core.predict(*args, params["bwd_flops_per_s"], params["bytes_per_s"], params["latency_s"])
-    return {"forward_s": fwd["forward_s"], "backward_s": bwd["backward_s"],
-            "forward_bytes": fwd["forward_bytes"], "backward_bytes": fwd["backward_bytes"]}
+    pred = _core.predict(*args, params["flops_per_s"], params["bytes_per_s"], params["latency_s"],
+                         params.get("kernel") or [])
+    return {k: pred[k] for k in ("forward_s", "backward_s", "forward_bytes", "backward_bytes")}
 
 
 def run_point(comm, device, point: dict, params: dict, repeats: int, warmup: int) -> dict:

@@ -38,6 +38,24 @@ py::dict phase_dict(const lvx::PhaseStats& s) {
   return d;
 }
 
+// flops/s, bandwidth, latency and the optional calibrated step costs: 8 numbers,
+// forward then backward, each (s_per_flop, s_per_kv_elem, s_per_q_elem, s_per_step).
+lvx::CostParams make_cost_params(double flops_per_s, double bytes_per_s, double latency_s,
+                                 const std::vector<double>& kernel) {
+  LVX_REQUIRE(flops_per_s > 0 && bytes_per_s > 0 && latency_s >= 0,
+              "cost parameters: flops_per_s and bytes_per_s must be > 0 and latency_s >= 0");
+  LVX_REQUIRE(kernel.empty() || kernel.size() == 8,
+              "cost parameters: kernel takes 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
+              "s_per_q_elem, s_per_step), got " + std::to_string(kernel.size()));
+  for (double v : kernel) LVX_REQUIRE(v >= 0, "cost parameters: kernel terms must be >= 0");
+  lvx::CostParams c{flops_per_s, bytes_per_s, latency_s, {}, {}};
+  if (!kernel.empty()) {
+    c.fwd = {kernel[0], kernel[1], kernel[2], kernel[3]};
+    c.bwd = {kernel[4], kernel[5], kernel[6], kernel[7]};
+  }
+  return c;
+}
+
 py::dict prediction_dict(const lvx::Prediction& r) {
   py::dict d;
   d["forward_s"] = r.forward_s;
@@ -97,7 +115,7 @@ PYBIND11_MODULE(_core, m) {
       "predict",
       [](const std::vector<int64_t>& lq, const std::vector<int64_t>& lkv, int rank, int64_t B, int64_t Hq,
          int64_t Hkv, int64_t D, int dtype, bool has_ranges, const std::string& algorithm, double flops_per_s,
-         double bytes_per_s, double latency_s) {
+         double bytes_per_s, double latency_s, const std::vector<double>& kernel) {
         LVX_REQUIRE(lq.size() == lkv.size() && !lq.empty(), "lq and lkv need one entry per rank");
         lvx::Plan p;
         p.P = static_cast<int>(lq.size());
@@ -111,11 +129,12 @@ PYBIND11_MODULE(_core, m) {
         p.lq = lq;
         p.lkv = lkv;
         lvx::finish_plan(p);
-        return prediction_dict(lvx::predict(parse_algorithm(algorithm), p, {flops_per_s, bytes_per_s, latency_s}));
+        return prediction_dict(lvx::predict(parse_algorithm(algorithm), p,
+                                            make_cost_params(flops_per_s, bytes_per_s, latency_s, kernel)));
       },
       py::arg("lq"), py::arg("lkv"), py::arg("rank"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
       py::arg("dtype"), py::arg("has_ranges"), py::arg("algorithm"), py::arg("flops_per_s"), py::arg("bytes_per_s"),
-      py::arg("latency_s"),
+      py::arg("latency_s"), py::arg("kernel") = std::vector<double>{},
       "Predicted seconds and bytes this rank sends for one algorithm (the model behind 'auto').");
 
   py::class_<lvx::Plan>(m, "Plan")
@@ -160,8 +179,12 @@ PYBIND11_MODULE(_core, m) {
       .def("release_buffers", &lvx::Context::release_buffers, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("buffer_bytes", &lvx::Context::buffer_bytes)
       .def("set_stream", [](lvx::Context& c, uintptr_t s) { c.backend().set_stream(ptr<void>(s)); })
-      .def("set_cost_params",
-           [](lvx::Context& c, double flops, double bw, double lat) { c.cost_params = {flops, bw, lat}; })
+      .def(
+          "set_cost_params",
+          [](lvx::Context& c, double flops, double bw, double lat, const std::vector<double>& kernel) {
+            c.cost_params = make_cost_params(flops, bw, lat, kernel);
+          },
+          py::arg("flops_per_s"), py::arg("bytes_per_s"), py::arg("latency_s"), py::arg("kernel") = std::vector<double>{})
       .def(
           "plan",
           [](lvx::Context& c, int64_t B, int64_t Lq, int64_t Lkv, int64_t Hq, int64_t Hkv, int64_t D, int dtype,

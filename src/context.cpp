@@ -25,6 +25,7 @@ struct Descriptor {
   int32_t dtype, algorithm, has_ranges, has_error, device;
   float scale;
   double flops_per_s, bytes_per_s, latency_s;
+  KernelCost kernel_fwd, kernel_bwd;
   char error[240];
 };
 
@@ -186,6 +187,8 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
   mine.flops_per_s = cost_params.flops_per_s;
   mine.bytes_per_s = cost_params.bytes_per_s;
   mine.latency_s = cost_params.latency_s;
+  mine.kernel_fwd = cost_params.fwd;
+  mine.kernel_bwd = cost_params.bwd;
   mine.has_error = !local_error.empty();
   std::snprintf(mine.error, sizeof mine.error, "%s", local_error.c_str());
 
@@ -249,7 +252,7 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
                    std::to_string(p.lkv_total));
   Algorithm a = l.algorithm;
   if (a == Algorithm::automatic) {
-    CostParams c{all[0].flops_per_s, all[0].bytes_per_s, all[0].latency_s};
+    CostParams c{all[0].flops_per_s, all[0].bytes_per_s, all[0].latency_s, all[0].kernel_fwd, all[0].kernel_bwd};
     a = choose_algorithm(p, c);
   }
   if (a == Algorithm::ulysses && (p.Hq % p.P || p.Hkv % p.P))

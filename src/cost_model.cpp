@@ -27,16 +27,24 @@ double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc
 
 }  // namespace
 
+double step_seconds(const KernelCost& k, double flops_per_s, double flops, double q_elems, double kv_elems) {
+  const double per_flop = k.s_per_flop > 0 ? k.s_per_flop : 1.0 / flops_per_s;
+  return flops * per_flop + kv_elems * k.s_per_kv_elem + q_elems * k.s_per_q_elem + k.s_per_step;
+}
+
 Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
   Prediction out;
   const double es = static_cast<double>(dtype_size(p.dtype));
   const int P = p.P;
   const int r = p.rank;
+  // One ring step (or the whole problem when P = 1): the largest blocks pace it.
   const double fl_fwd = attn_flops(p, p.lq_max, p.lkv_max);
-  const double rate = c.flops_per_s;
+  const double q_el = double(p.B) * p.lq_max * p.Hq * p.D, kv_el = double(p.B) * p.lkv_max * p.Hkv * p.D;
+  const double c_fwd = step_seconds(c.fwd, c.flops_per_s, fl_fwd, q_el, kv_el);
+  const double c_bwd = step_seconds(c.bwd, c.flops_per_s, 2.5 * fl_fwd, q_el, kv_el);
   if (P == 1) {
-    out.forward_s = fl_fwd / rate;
-    out.backward_s = 2.5 * fl_fwd / rate;
+    out.forward_s = c_fwd;
+    out.backward_s = c_bwd;
     return out;
   }
   auto sum_blocks = [&](const std::vector<int64_t>& rows, double row_bytes, int steps) {
@@ -53,16 +61,16 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
       const double in_b = 2 * q_row * es + 8.0 * lse_row + rng, acc_b = 4.0 * q_row;
       out.forward_bytes = static_cast<uint64_t>(sum_blocks(p.lq, in_f, P - 1) + sum_blocks(p.lq, acc_f, P) + 0.5);
       out.backward_bytes = static_cast<uint64_t>(sum_blocks(p.lq, in_b, P - 1) + sum_blocks(p.lq, acc_b, P) + 0.5);
-      out.forward_s = ring_time(p, c, {fl_fwd / rate, p.lq_max * in_f, p.lq_max * acc_f}, true);
-      out.backward_s = ring_time(p, c, {2.5 * fl_fwd / rate, p.lq_max * in_b, p.lq_max * acc_b}, true);
+      out.forward_s = ring_time(p, c, {c_fwd, p.lq_max * in_f, p.lq_max * acc_f}, true);
+      out.backward_s = ring_time(p, c, {c_bwd, p.lq_max * in_b, p.lq_max * acc_b}, true);
       break;
     }
     case Algorithm::ring: {
       const double in = 2 * kv_row * es, acc_b = 8.0 * kv_row;
       out.forward_bytes = static_cast<uint64_t>(sum_blocks(p.lkv, in, P - 1));
       out.backward_bytes = static_cast<uint64_t>(sum_blocks(p.lkv, in, P - 1) + sum_blocks(p.lkv, acc_b, P));
-      out.forward_s = ring_time(p, c, {fl_fwd / rate, p.lkv_max * in, 0}, false);
-      out.backward_s = ring_time(p, c, {2.5 * fl_fwd / rate, p.lkv_max * in, p.lkv_max * acc_b}, true);
+      out.forward_s = ring_time(p, c, {c_fwd, p.lkv_max * in, 0}, false);
+      out.backward_s = ring_time(p, c, {c_bwd, p.lkv_max * in, p.lkv_max * acc_b}, true);
       break;
     }
     case Algorithm::ulysses: {
@@ -82,10 +90,13 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
                              rows_out + (lq_other * q_row + 2 * lkv_other * kv_row) * es / P;
       out.forward_bytes = static_cast<uint64_t>(f_bytes + 0.5);
       out.backward_bytes = static_cast<uint64_t>(b_bytes + 0.5);
+      // One local attention over all rows with H/P heads.
       const double fl = attn_flops(p, p.lq_total, p.lkv_total) / P;
+      const double hq_el = double(p.B) * p.lq_total * p.Hq * p.D / P;
+      const double hkv_el = double(p.B) * p.lkv_total * p.Hkv * p.D / P;
       const double lat = 4 * (P - 1) * c.latency_s;
-      out.forward_s = fl / rate + f_bytes / c.bytes_per_s + lat;
-      out.backward_s = 2.5 * fl / rate + b_bytes / c.bytes_per_s + lat;
+      out.forward_s = step_seconds(c.fwd, c.flops_per_s, fl, hq_el, hkv_el) + f_bytes / c.bytes_per_s + lat;
+      out.backward_s = step_seconds(c.bwd, c.flops_per_s, 2.5 * fl, hq_el, hkv_el) + b_bytes / c.bytes_per_s + lat;
       break;
     }
     case Algorithm::automatic: break;

@@ -44,12 +44,15 @@ def context_for(comm=None, device: torch.device | str = "cpu", transport: str = 
 
 
 def set_cost_params(flops_per_s: float, bytes_per_s: float, latency_s: float, comm=None,
-                    device: torch.device | str = "cpu", transport: str = "auto") -> None:
+                    device: torch.device | str = "cpu", transport: str = "auto", kernel=None) -> None:
     """The rates ``algorithm="auto"`` predicts with, given to the context that makes
     the plans: with a communicator that is its planning context (rank 0's values
-    decide for all ranks), without one the device context itself."""
+    decide for all ranks), without one the device context itself. ``kernel``: the
+    calibrated step costs (8 numbers, see ``lvxattn.calibrate``); without them a
+    step costs its flops at ``flops_per_s``."""
     ctx = context_for(None, device, transport) if comm is None else _control_for(comm)
-    ctx.set_cost_params(float(flops_per_s), float(bytes_per_s), float(latency_s))
+    ctx.set_cost_params(float(flops_per_s), float(bytes_per_s), float(latency_s),
+                        [float(x) for x in (kernel or [])])
 
 
 def _control_for(comm) -> _core.Context:

@@ -9,11 +9,16 @@ Call it once per communicator and device, on every rank, before using "auto"::
 
 What is measured (the model: ``src/cost_model.cpp``):
 
-- kernel rate: one local forward and backward of a mid-size problem through
-  ``cross_attention(comm=None)``, on every rank at once (ranks that share a node
-  share its cores or memory bandwidth, as in a real run); the slowest rank counts.
-  Flops: 4·B·Hq·Lq·Lkv·D forward, 2.5× that backward. The model takes one rate, so
-  ``flops_per_s`` is the forward+backward rate; the phases' own rates are kept too.
+- kernel: local forwards and backwards through ``cross_attention(comm=None)`` at a
+  few shapes that vary Lq and Lkv apart (``KERNEL_SHAPES``), on every rank at once
+  (ranks that share a node share its cores or memory bandwidth, as in a real run);
+  the slowest rank counts. Per phase, a fit of the step time to
+  ``flops·a + (B·Lkv·Hkv·D)·b + (B·Lq·Hq·D)·c + d`` (non-negative terms, relative
+  residuals) gives the model's ``kernel`` costs: on a GPU a step whose query block is
+  short is far from flops-bound (K/V tiles and dK/dV are read and written once per
+  step whatever Lq is), and the fit carries that. Flops: 4·B·Hq·Lq·Lkv·D forward,
+  2.5× that backward. ``flops_per_s`` (and the phases' ``fwd_/bwd_flops_per_s``) are
+  the rates at the first shape, for reports and for a model without ``kernel``.
 - link: between rank 0 and the last rank (under block mapping the hop that crosses
   nodes, which paces a ring). CPU: an mpi4py ping-pong of numpy buffers. CUDA: the
   library's own transport, timing a 2-rank ``ring`` forward with one query row per
@@ -41,8 +46,15 @@ import torch
 from . import api
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# The problem timed for the kernel rate: (Lq, Lkv, H, D) per device type.
-KERNEL_SHAPE = {"cpu": (256, 4096, 8, 64), "cuda": (1024, 16384, 16, 128)}
+# The problems timed for the kernel costs, (Lq, Lkv, H, D) per device type: the first
+# sets the reported rates; the others vary Lq and Lkv apart so the fit can tell the
+# flops from the per-row terms.
+KERNEL_SHAPES = {
+    "cpu": [(256, 4096, 8, 64), (32, 4096, 8, 64), (256, 512, 8, 64), (32, 512, 8, 64)],
+    "cuda": [(1024, 16384, 16, 128), (256, 32768, 16, 128), (4096, 4096, 16, 128), (256, 4096, 16, 128),
+             (2048, 65536, 16, 128), (8192, 16384, 16, 128)],
+}
+MODEL_VERSION = 2  # part of the cache key: entries of an older model are measured again
 PING_BYTES = (8, 4 << 20)  # latency, bandwidth
 LINK_ROWS = {"cuda": (64, 65536)}  # K/V rows per rank for the two library exchanges (Hkv=8, D=128)
 
@@ -86,10 +98,10 @@ def polite_barrier(comm, poll_s: float = 0.002) -> None:
         time.sleep(poll_s)
 
 
-def measure_kernel(device: torch.device | str = "cpu", dtype: str = "fp32", shape=None, repeats: int = 3) -> dict:
-    """Forward, backward and combined flops/s of one local attention on this process."""
+def time_kernel(device: torch.device | str, dtype: str, shape, repeats: int = 3) -> tuple[float, float]:
+    """Median forward and backward seconds of one local attention of ``shape``."""
     device = torch.device(device)
-    lq, lkv, h, d = shape or KERNEL_SHAPE[device.type]
+    lq, lkv, h, d = shape
     dt = DTYPES[dtype]
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(1, n, h, d, device=device, dtype=dt, generator=gen).requires_grad_()
@@ -108,10 +120,56 @@ def measure_kernel(device: torch.device | str = "cpu", dtype: str = "fp32", shap
         if it:  # the first is a warm-up
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
-    flops = 4.0 * h * lq * lkv * d
-    tf, tb = statistics.median(fwd), statistics.median(bwd)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
+def features(shape, phase: str) -> list[float]:
+    """The model's terms for one step of ``shape``: flops, K elements, Q elements, 1."""
+    lq, lkv, h, d = shape
+    flops = 4.0 * h * lq * lkv * d * (2.5 if phase == "bwd" else 1.0)
+    return [flops, float(lkv * h * d), float(lq * h * d), 1.0]
+
+
+def fit_step_costs(rows: list[list[float]], times: list[float]) -> list[float]:
+    """Non-negative coefficients of ``times ≈ rows · c``, fitted on relative residuals
+    (a term whose best value is negative is dropped and the rest refitted)."""
+    import numpy as np
+    a = np.asarray(rows, dtype=np.float64)
+    t = np.asarray(times, dtype=np.float64)
+    a, ones = a / t[:, None], np.ones_like(t)
+    active = list(range(a.shape[1]))
+    while True:
+        scale = np.abs(a[:, active]).max(axis=0)
+        sol, *_ = np.linalg.lstsq(a[:, active] / scale, ones, rcond=None)
+        sol = sol / scale
+        if (sol >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(sol)))
+    coef = [0.0] * a.shape[1]
+    for i, c in zip(active, sol):
+        coef[i] = max(float(c), 0.0)
+    return coef
+
+
+def measure_kernel(device: torch.device | str = "cpu", dtype: str = "fp32", shapes=None, repeats: int = 3,
+                   comm=None) -> dict:
+    """The step-cost fit and the rates at the first shape (slowest rank of ``comm``)."""
+    device = torch.device(device)
+    shapes = shapes or KERNEL_SHAPES[device.type]
+    measured = []
+    for shape in shapes:
+        tf, tb = time_kernel(device, dtype, shape, repeats)
+        if comm is not None:  # the slowest rank paces every ring step
+            tf, tb = comm.allreduce(tf, op=_max_op()), comm.allreduce(tb, op=_max_op())
+        measured.append((shape, tf, tb))
+    kernel = []
+    for phase, col in (("fwd", 1), ("bwd", 2)):
+        kernel += fit_step_costs([features(m[0], phase) for m in measured], [m[col] for m in measured])
+    shape, tf, tb = measured[0]
+    flops = features(shape, "fwd")[0]
     return {"fwd_flops_per_s": flops / tf, "bwd_flops_per_s": 2.5 * flops / tb,
-            "flops_per_s": 3.5 * flops / (tf + tb)}
+            "flops_per_s": 3.5 * flops / (tf + tb), "kernel": kernel,
+            "kernel_points": [[list(m[0]), m[1], m[2]] for m in measured]}
 
 
 def _ping_pong(comm, peer: int, nbytes: int, repeats: int) -> float:
@@ -183,7 +241,8 @@ def _entry_key(comm, device: torch.device, dtype: str, transport: str) -> str:
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         per_node, nodes = node.size, comm.allreduce(1 if node.rank == 0 else 0)
         node.Free()
-    return f"{device.type}:{dtype}:{transport}:ranks_per_node={per_node}:nodes={nodes}:threads={torch.get_num_threads()}"
+    return (f"{device.type}:{dtype}:{transport}:ranks_per_node={per_node}:nodes={nodes}"
+            f":threads={torch.get_num_threads()}:model={MODEL_VERSION}")
 
 
 def _load(path: str) -> dict:
@@ -215,9 +274,9 @@ def calibrate(comm=None, device: torch.device | str = "cpu", dtype: Optional[str
 
     if comm is not None:
         polite_barrier(comm)
-    kernel = measure_kernel(device, dtype)
-    if comm is not None:  # the slowest rank paces every ring step
-        kernel = {name: comm.allreduce(value, op=_min_op()) for name, value in kernel.items()}
+    kernel = measure_kernel(device, dtype, comm=comm)
+    if comm is not None:  # one fit for all ranks: rank 0's (every rank timed the slowest)
+        kernel = comm.bcast(kernel, root=0)
     if comm is None or comm.size < 2:
         link = {"bytes_per_s": 1e15, "latency_s": 0.0}  # nothing travels
     elif device.type == "cpu":
@@ -237,15 +296,15 @@ def calibrate(comm=None, device: torch.device | str = "cpu", dtype: Optional[str
     return entry
 
 
-def _min_op():
+def _max_op():
     from mpi4py import MPI
-    return MPI.MIN
+    return MPI.MAX
 
 
 def set_cost_params(comm, device: torch.device | str, transport: str, params: dict) -> None:
     """Gives ``params`` to the context that plans calls on (comm, device, transport)."""
     api.set_cost_params(params["flops_per_s"], params["bytes_per_s"], params["latency_s"], comm=comm,
-                        device=device, transport=transport)
+                        device=device, transport=transport, kernel=params.get("kernel"))
 
 
 def apply(comm=None, device: torch.device | str = "cpu", transport: str = "auto", dtype: Optional[str] = None,

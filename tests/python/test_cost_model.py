@@ -69,10 +69,42 @@ def test_predicted_bytes_follow_the_design_table():
     assert not _core.predict(lq, lkv, 0, B, 6, 3, D, 2, False, "ulysses", 1e11, 1e9, 1e-6)["feasible"]
 
 
+def test_step_cost_fit_recovers_known_terms_and_keeps_them_non_negative():
+    shapes = [(1024, 16384, 16, 128), (256, 32768, 16, 128), (4096, 4096, 16, 128), (256, 4096, 16, 128),
+              (2048, 65536, 16, 128)]
+    want = [1 / 230e12, 2e-12, 5e-13, 3e-5]
+    rows = [calibrate.features(s, "bwd") for s in shapes]
+    got = calibrate.fit_step_costs(rows, [sum(a * b for a, b in zip(r, want)) for r in rows])
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, rel=1e-6)
+    # Times that only flops explain (plus noise that would make a term negative): no negative terms.
+    times = [r[0] / 200e12 * (1.02 if i % 2 else 0.99) for i, r in enumerate(rows)]
+    got = calibrate.fit_step_costs(rows, times)
+    assert min(got) >= 0 and got[0] == pytest.approx(1 / 200e12, rel=0.05)
+
+
+def test_predict_uses_the_calibrated_step_costs():
+    """P = 1: the step formula itself; P = 4 lvx, a free link: P steps of the block shape."""
+    fwd, bwd = [1e-12, 3e-12, 1e-12, 1e-5], [2e-12, 5e-12, 2e-12, 2e-5]
+    B, Hq, Hkv, D, lq, lkv = 1, 8, 2, 64, 256, 8192
+
+    def step(c, scale, q_rows, kv_rows):
+        return c[0] * scale * 4 * B * Hq * q_rows * kv_rows * D + c[1] * B * kv_rows * Hkv * D + \
+            c[2] * B * q_rows * Hq * D + c[3]
+
+    one = _core.predict([lq], [lkv], 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e9, 0.0, fwd + bwd)
+    assert one["forward_s"] == pytest.approx(step(fwd, 1.0, lq, lkv))
+    assert one["backward_s"] == pytest.approx(step(bwd, 2.5, lq, lkv))
+    four = _core.predict([lq // 4] * 4, [lkv // 4] * 4, 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e30, 0.0, fwd + bwd)
+    assert four["forward_s"] == pytest.approx(4 * step(fwd, 1.0, lq // 4, lkv // 4))
+    with pytest.raises(lvxattn.InvalidArgumentError, match="8 numbers"):
+        _core.predict([lq], [lkv], 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e9, 0.0, [1.0])
+
+
 def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("LVX_CACHE_DIR", str(tmp_path))
-    small = (32, 256, 2, 16)
-    monkeypatch.setitem(calibrate.KERNEL_SHAPE, "cpu", small)
+    small = [(32, 256, 2, 16), (8, 256, 2, 16), (32, 64, 2, 16), (8, 64, 2, 16)]
+    monkeypatch.setitem(calibrate.KERNEL_SHAPES, "cpu", small)
     params = calibrate.apply(None, "cpu")
     assert params["flops_per_s"] > 1e8 and params["fwd_flops_per_s"] > 1e8 and params["bwd_flops_per_s"] > 1e8
     path = calibrate.cache_path("cpu")
@@ -126,7 +158,7 @@ def test_apply_calibrates_collectively_and_every_rank_agrees(tmp_path_factory, m
     comm = _world()
     cache = comm.bcast(str(tmp_path_factory.mktemp("cal")) if comm.rank == 0 else None, root=0)
     monkeypatch.setenv("LVX_CACHE_DIR", cache)
-    monkeypatch.setitem(calibrate.KERNEL_SHAPE, "cpu", (32, 512, 2, 16))
+    monkeypatch.setitem(calibrate.KERNEL_SHAPES, "cpu", [(32, 512, 2, 16), (8, 512, 2, 16), (32, 64, 2, 16)])
     params = calibrate.apply(comm, "cpu")
     assert comm.allgather(params) == [params] * comm.size
     assert params["flops_per_s"] > 1e8 and params["bytes_per_s"] > 1e6 and 0 < params["latency_s"] < 1e-2
