@@ -39,14 +39,14 @@ py::dict phase_dict(const lvx::PhaseStats& s) {
 }
 
 // flops/s, bandwidth, latency and the optional calibrated step costs: 8 numbers,
-// forward then backward, each (s_per_flop, s_per_kv_elem, s_per_q_elem, s_per_step).
+// forward then backward, each (s_per_flop, s_per_kv_elem, s_per_q_elem, s_per_call).
 lvx::CostParams make_cost_params(double flops_per_s, double bytes_per_s, double latency_s,
                                  const std::vector<double>& kernel) {
   LVX_REQUIRE(flops_per_s > 0 && bytes_per_s > 0 && latency_s >= 0,
               "cost parameters: flops_per_s and bytes_per_s must be > 0 and latency_s >= 0");
   LVX_REQUIRE(kernel.empty() || kernel.size() == 8,
               "cost parameters: kernel takes 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
-              "s_per_q_elem, s_per_step), got " + std::to_string(kernel.size()));
+              "s_per_q_elem, s_per_call), got " + std::to_string(kernel.size()));
   for (double v : kernel) LVX_REQUIRE(v >= 0, "cost parameters: kernel terms must be >= 0");
   lvx::CostParams c{flops_per_s, bytes_per_s, latency_s, {}, {}};
   if (!kernel.empty()) {

@@ -29,7 +29,7 @@ double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc
 
 double step_seconds(const KernelCost& k, double flops_per_s, double flops, double q_elems, double kv_elems) {
   const double per_flop = k.s_per_flop > 0 ? k.s_per_flop : 1.0 / flops_per_s;
-  return flops * per_flop + kv_elems * k.s_per_kv_elem + q_elems * k.s_per_q_elem + k.s_per_step;
+  return flops * per_flop + kv_elems * k.s_per_kv_elem + q_elems * k.s_per_q_elem;
 }
 
 Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
@@ -43,8 +43,8 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
   const double c_fwd = step_seconds(c.fwd, c.flops_per_s, fl_fwd, q_el, kv_el);
   const double c_bwd = step_seconds(c.bwd, c.flops_per_s, 2.5 * fl_fwd, q_el, kv_el);
   if (P == 1) {
-    out.forward_s = c_fwd;
-    out.backward_s = c_bwd;
+    out.forward_s = c_fwd + c.fwd.s_per_call;
+    out.backward_s = c_bwd + c.bwd.s_per_call;
     return out;
   }
   auto sum_blocks = [&](const std::vector<int64_t>& rows, double row_bytes, int steps) {
@@ -101,6 +101,8 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
     }
     case Algorithm::automatic: break;
   }
+  out.forward_s += c.fwd.s_per_call;
+  out.backward_s += c.bwd.s_per_call;
   return out;
 }
 

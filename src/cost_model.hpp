@@ -10,12 +10,13 @@
 namespace lvx {
 
 // Seconds of one attention step of one phase on one rank:
-//   flops · s_per_flop + (B·Lkv·Hkv·D) · s_per_kv_elem + (B·Lq·Hq·D) · s_per_q_elem + s_per_step.
+//   flops · s_per_flop + (B·Lkv·Hkv·D) · s_per_kv_elem + (B·Lq·Hq·D) · s_per_q_elem,
+// plus s_per_call once per phase (the call's setup: plan, allocations, launches).
 // The row terms carry what does not shrink with the other length (K/V tiles loaded
-// and dK/dV written once per step, fills, merges); the last, launches and setup.
-// Backward flops are 2.5× forward flops. A zero s_per_flop means 1 / flops_per_s.
+// and dK/dV written once per step, fills, merges). Backward flops are 2.5× forward
+// flops. A zero s_per_flop means 1 / flops_per_s.
 struct KernelCost {
-  double s_per_flop = 0, s_per_kv_elem = 0, s_per_q_elem = 0, s_per_step = 0;
+  double s_per_flop = 0, s_per_kv_elem = 0, s_per_q_elem = 0, s_per_call = 0;
 };
 
 struct CostParams {
@@ -25,7 +26,8 @@ struct CostParams {
   KernelCost fwd, bwd;            // calibrated step costs (zeros: flops_per_s alone)
 };
 
-// Seconds of one step of B·Lq·Hq queries against B·Lkv·Hkv keys (D per head).
+// Seconds of one step of B·Lq·Hq queries against B·Lkv·Hkv keys (D per head),
+// without the per-call part.
 double step_seconds(const KernelCost& k, double flops_per_s, double flops, double q_elems, double kv_elems);
 
 struct Prediction {

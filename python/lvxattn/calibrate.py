@@ -12,9 +12,9 @@ What is measured (the model: ``src/cost_model.cpp``):
 - kernel: local forwards and backwards through ``cross_attention(comm=None)`` at a
   few shapes that vary Lq and Lkv apart (``KERNEL_SHAPES``), on every rank at once
   (ranks that share a node share its cores or memory bandwidth, as in a real run);
-  the slowest rank counts. Per phase, a fit of the step time to
+  the slowest rank counts. Per phase, a fit of the call time to
   ``flops·a + (B·Lkv·Hkv·D)·b + (B·Lq·Hq·D)·c + d`` (non-negative terms, relative
-  residuals) gives the model's ``kernel`` costs: on a GPU a step whose query block is
+  residuals) gives the model's ``kernel`` costs (a, b, c per ring step, d once per call): on a GPU a step whose query block is
   short is far from flops-bound (K/V tiles and dK/dV are read and written once per
   step whatever Lq is), and the fit carries that. Flops: 4·B·Hq·Lq·Lkv·D forward,
   2.5× that backward. ``flops_per_s`` (and the phases' ``fwd_/bwd_flops_per_s``) are
@@ -23,7 +23,8 @@ What is measured (the model: ``src/cost_model.cpp``):
   nodes, which paces a ring). CPU: an mpi4py ping-pong of numpy buffers. CUDA: the
   library's own transport, timing a 2-rank ``ring`` forward with one query row per
   rank at two K/V block sizes (one message per forward): the difference gives the
-  bandwidth, the small one the per-message latency (launch overheads included).
+  bandwidth; the small one less the same call without a communicator (which the
+  kernel fit's per-call part already counts) gives the per-message latency.
 
 The cache is one JSON file per host and device, ``calibration-<host>-<device>.json``
 under ``$LVX_CACHE_DIR`` (default ``~/.cache/lvxattn``), one entry per (dtype,
@@ -54,7 +55,7 @@ KERNEL_SHAPES = {
     "cuda": [(1024, 16384, 16, 128), (256, 32768, 16, 128), (4096, 4096, 16, 128), (256, 4096, 16, 128),
              (2048, 65536, 16, 128), (8192, 16384, 16, 128)],
 }
-MODEL_VERSION = 2  # part of the cache key: entries of an older model are measured again
+MODEL_VERSION = 3  # part of the cache key: entries of an older model are measured again
 PING_BYTES = (8, 4 << 20)  # latency, bandwidth
 LINK_ROWS = {"cuda": (64, 65536)}  # K/V rows per rank for the two library exchanges (Hkv=8, D=128)
 
@@ -214,21 +215,26 @@ def measure_link_library(comm, device: torch.device, transport: str = "auto", dt
     if pair != MPI.COMM_NULL:
         hkv, d, dt = 8, 128, DTYPES[dtype]
         points = []
+        local = None
         for rows in LINK_ROWS.get(device.type, (64, 16384)):
             q = torch.randn(1, 1, hkv, d, device=device, dtype=dt)
             k = torch.randn(1, rows, hkv, d, device=device, dtype=dt)
-            times = []
-            for it in range(repeats + 1):
-                pair.Barrier()
-                _sync(device)
-                t0 = time.perf_counter()
-                api.cross_attention(q, k, k, comm=pair, algorithm="ring", transport=transport)
-                _sync(device)
-                if it:
-                    times.append(pair.allreduce(time.perf_counter() - t0, op=MPI.MAX))
-            points.append((api.last_stats()["forward"]["bytes_sent"], statistics.median(times)))
+            for group in ([None] if local is None else []) + [pair]:
+                times = []
+                for it in range(repeats + 1):
+                    pair.Barrier()
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    api.cross_attention(q, k, k, comm=group, algorithm="ring", transport=transport)
+                    _sync(device)
+                    if it:
+                        times.append(pair.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+                if group is None:
+                    local = statistics.median(times)
+                else:
+                    points.append((api.last_stats()["forward"]["bytes_sent"], statistics.median(times)))
         (b0, t0), (b1, t1) = points
-        out = {"latency_s": t0, "bytes_per_s": (b1 - b0) / max(t1 - t0, 1e-9)}
+        out = {"latency_s": max(t0 - local, 1e-6), "bytes_per_s": (b1 - b0) / max(t1 - t0, 1e-9)}
         # The pair's communicator stays alive: contexts are cached by its handle.
     polite_barrier(comm)
     return comm.bcast(out, root=0)

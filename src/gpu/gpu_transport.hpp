@@ -1,6 +1,7 @@
 // Transports for buffers in GPU memory (built with the CUDA backend).
 #pragma once
 
+#include <cuda_runtime.h>
 #include <mpi.h>
 
 #include <memory>
@@ -23,5 +24,11 @@ bool mpi_is_cuda_aware();
 // communicator is bootstrapped over comm. Throws "unsupported" without NCCL.
 std::unique_ptr<Transport> make_nccl_transport(MPI_Comm comm, Backend& backend, int device);
 bool nccl_built();
+
+// A non-blocking stream for transfers, at the device's greatest priority unless
+// LVX_COMM_PRIORITY=normal: NCCL's kernels then take the next free SM ahead of
+// queued attention blocks instead of waiting for a whole kernel to drain, which is
+// what lets a large transfer overlap compute.
+cudaStream_t make_comm_stream();
 
 }  // namespace lvx

@@ -94,7 +94,7 @@ class MpiDeviceTransport final : public Transport {
   MpiDeviceTransport(MPI_Comm comm, Backend& backend, int device, bool cuda_aware)
       : comm_(comm), backend_(backend), device_(device), direct_(cuda_aware) {
     LVX_CUDA_CHECK(cudaSetDevice(device_));
-    LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    copy_stream_ = make_comm_stream();
   }
   ~MpiDeviceTransport() override {
     try {
@@ -308,6 +308,16 @@ bool mpi_is_cuda_aware() {
 #else
   return false;
 #endif
+}
+
+cudaStream_t make_comm_stream() {
+  int least = 0, greatest = 0;
+  LVX_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  const char* v = std::getenv("LVX_COMM_PRIORITY");
+  const bool high = !(v && std::strcmp(v, "normal") == 0);
+  cudaStream_t s = nullptr;
+  LVX_CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, high ? greatest : least));
+  return s;
 }
 
 std::unique_ptr<Transport> make_mpi_device_transport(MPI_Comm comm, Backend& backend, int device, bool cuda_aware) {

@@ -42,7 +42,7 @@ class NcclTransport final : public Transport {
     LVX_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm));
     LVX_CUDA_CHECK(cudaSetDevice(device_));
     LVX_NCCL_CHECK(ncclCommInitRank(&comm_, size, id, rank));
-    LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
+    comm_stream_ = make_comm_stream();
   }
   ~NcclTransport() override {
     cudaSetDevice(device_);

@@ -84,19 +84,21 @@ def test_step_cost_fit_recovers_known_terms_and_keeps_them_non_negative():
 
 
 def test_predict_uses_the_calibrated_step_costs():
-    """P = 1: the step formula itself; P = 4 lvx, a free link: P steps of the block shape."""
+    """P = 1: the step formula itself; P = 4 lvx, a free link: P steps of the block
+    shape, and the per-call part once."""
     fwd, bwd = [1e-12, 3e-12, 1e-12, 1e-5], [2e-12, 5e-12, 2e-12, 2e-5]
     B, Hq, Hkv, D, lq, lkv = 1, 8, 2, 64, 256, 8192
 
     def step(c, scale, q_rows, kv_rows):
         return c[0] * scale * 4 * B * Hq * q_rows * kv_rows * D + c[1] * B * kv_rows * Hkv * D + \
-            c[2] * B * q_rows * Hq * D + c[3]
+            c[2] * B * q_rows * Hq * D
 
     one = _core.predict([lq], [lkv], 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e9, 0.0, fwd + bwd)
-    assert one["forward_s"] == pytest.approx(step(fwd, 1.0, lq, lkv))
-    assert one["backward_s"] == pytest.approx(step(bwd, 2.5, lq, lkv))
+    assert one["forward_s"] == pytest.approx(step(fwd, 1.0, lq, lkv) + fwd[3])
+    assert one["backward_s"] == pytest.approx(step(bwd, 2.5, lq, lkv) + bwd[3])
     four = _core.predict([lq // 4] * 4, [lkv // 4] * 4, 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e30, 0.0, fwd + bwd)
-    assert four["forward_s"] == pytest.approx(4 * step(fwd, 1.0, lq // 4, lkv // 4))
+    assert four["forward_s"] == pytest.approx(4 * step(fwd, 1.0, lq // 4, lkv // 4) + fwd[3])
+    assert four["backward_s"] == pytest.approx(4 * step(bwd, 2.5, lq // 4, lkv // 4) + bwd[3])
     with pytest.raises(lvxattn.InvalidArgumentError, match="8 numbers"):
         _core.predict([lq], [lkv], 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e9, 0.0, [1.0])
 
