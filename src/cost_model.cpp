@@ -19,9 +19,10 @@ struct RingCost {
 double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc_travels) {
   const double t_in = r.step_bytes_in / c.bytes_per_s + c.latency_s;
   const double t_acc = acc_travels ? r.step_bytes_acc / c.bytes_per_s + c.latency_s : 0.0;
-  // P − 1 steps overlap a prefetch and an accumulator hop with compute; the last
-  // step has no prefetch, and its hop (home to the owner) cannot overlap anything.
-  const double step = std::max(r.step_compute, std::max(t_in, t_acc));
+  // P − 1 steps overlap a prefetch and an accumulator hop with compute; both go to
+  // the next rank over the same link, so their times add. The last step has no
+  // prefetch, and its hop (home to the owner) cannot overlap anything.
+  const double step = std::max(r.step_compute, t_in + t_acc);
   return (p.P - 1) * step + std::max(r.step_compute, t_acc) + t_acc;
 }
 
@@ -94,9 +95,14 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
       const double fl = attn_flops(p, p.lq_total, p.lkv_total) / P;
       const double hq_el = double(p.B) * p.lq_total * p.Hq * p.D / P;
       const double hkv_el = double(p.B) * p.lkv_total * p.Hkv * p.D / P;
-      const double lat = 4 * (P - 1) * c.latency_s;
-      out.forward_s = step_seconds(c.fwd, c.flops_per_s, fl, hq_el, hkv_el) + f_bytes / c.bytes_per_s + lat;
-      out.backward_s = step_seconds(c.bwd, c.flops_per_s, 2.5 * fl, hq_el, hkv_el) + b_bytes / c.bytes_per_s + lat;
+      // Each all-to-all is one round of P − 1 concurrent messages: forward Q, K, V
+      // out and O, LSE back; backward Q, K, V, dO, LSE, Dl out and dQ, dK, dV back
+      // (and q_ranges out in each).
+      const double rng_round = p.has_ranges ? 1.0 : 0.0;
+      out.forward_s = step_seconds(c.fwd, c.flops_per_s, fl, hq_el, hkv_el) + f_bytes / c.bytes_per_s +
+                      (5 + rng_round) * c.latency_s;
+      out.backward_s = step_seconds(c.bwd, c.flops_per_s, 2.5 * fl, hq_el, hkv_el) + b_bytes / c.bytes_per_s +
+                       (9 + rng_round) * c.latency_s;
       break;
     }
     case Algorithm::automatic: break;

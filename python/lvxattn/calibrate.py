@@ -19,12 +19,10 @@ What is measured (the model: ``src/cost_model.cpp``):
   step whatever Lq is), and the fit carries that. Flops: 4·B·Hq·Lq·Lkv·D forward,
   2.5× that backward. ``flops_per_s`` (and the phases' ``fwd_/bwd_flops_per_s``) are
   the rates at the first shape, for reports and for a model without ``kernel``.
-- link: between rank 0 and the last rank (under block mapping the hop that crosses
-  nodes, which paces a ring). CPU: an mpi4py ping-pong of numpy buffers. CUDA: the
-  library's own transport, timing a 2-rank ``ring`` forward with one query row per
-  rank at two K/V block sizes (one message per forward): the difference gives the
-  bandwidth; the small one less the same call without a communicator (which the
-  kernel fit's per-call part already counts) gives the per-message latency.
+- link. CPU: an mpi4py ping-pong of numpy buffers between rank 0 and the last rank
+  (under block mapping the hop that crosses nodes, which paces a ring). CUDA: the
+  library's own transport on the whole communicator, timing ``ring`` forwards with
+  one query row per rank at two K/V block sizes (``measure_link_library``).
 
 The cache is one JSON file per host and device, ``calibration-<host>-<device>.json``
 under ``$LVX_CACHE_DIR`` (default ``~/.cache/lvxattn``), one entry per (dtype,
@@ -55,7 +53,7 @@ KERNEL_SHAPES = {
     "cuda": [(1024, 16384, 16, 128), (256, 32768, 16, 128), (4096, 4096, 16, 128), (256, 4096, 16, 128),
              (2048, 65536, 16, 128), (8192, 16384, 16, 128)],
 }
-MODEL_VERSION = 3  # part of the cache key: entries of an older model are measured again
+MODEL_VERSION = 4  # part of the cache key: entries of an older model are measured again
 PING_BYTES = (8, 4 << 20)  # latency, bandwidth
 LINK_ROWS = {"cuda": (64, 65536)}  # K/V rows per rank for the two library exchanges (Hkv=8, D=128)
 
@@ -206,36 +204,39 @@ def measure_link_mpi(comm, repeats: int = 20) -> dict:
 
 def measure_link_library(comm, device: torch.device, transport: str = "auto", dtype: str = "bf16",
                          repeats: int = 5) -> dict:
-    """Bandwidth and latency of the library's own transport between rank 0 and the
-    last rank: 2-rank ring forwards whose one message is the peer's K and V block."""
+    """Per-link bandwidth and per-message latency of the library's own transport on
+    ``comm`` itself: NCCL, for one, gives each peer fewer channels as the communicator
+    grows, so a pair measured apart overstates what a ring of P gets. Ring forwards
+    with one query row and K/V blocks of two sizes on every rank send P − 1 messages
+    per rank one after another: the bytes and time between the two sizes give the
+    bandwidth; the small one less the same call without a communicator (which the
+    kernel fit's per-call part counts), over P − 1, the latency."""
     from mpi4py import MPI
-    peer = comm.size - 1
-    pair = comm.Split(0 if comm.rank in (0, peer) else MPI.UNDEFINED, comm.rank)
-    out = None
-    if pair != MPI.COMM_NULL:
-        hkv, d, dt = 8, 128, DTYPES[dtype]
-        points = []
-        local = None
-        for rows in LINK_ROWS.get(device.type, (64, 16384)):
-            q = torch.randn(1, 1, hkv, d, device=device, dtype=dt)
-            k = torch.randn(1, rows, hkv, d, device=device, dtype=dt)
-            for group in ([None] if local is None else []) + [pair]:
-                times = []
-                for it in range(repeats + 1):
-                    pair.Barrier()
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    api.cross_attention(q, k, k, comm=group, algorithm="ring", transport=transport)
-                    _sync(device)
-                    if it:
-                        times.append(pair.allreduce(time.perf_counter() - t0, op=MPI.MAX))
-                if group is None:
-                    local = statistics.median(times)
-                else:
-                    points.append((api.last_stats()["forward"]["bytes_sent"], statistics.median(times)))
-        (b0, t0), (b1, t1) = points
-        out = {"latency_s": max(t0 - local, 1e-6), "bytes_per_s": (b1 - b0) / max(t1 - t0, 1e-9)}
-        # The pair's communicator stays alive: contexts are cached by its handle.
+    hkv, d, dt = 8, 128, DTYPES[dtype]
+
+    def timed(group, q, k) -> float:
+        times = []
+        for it in range(repeats + 1):
+            comm.Barrier()
+            _sync(device)
+            t0 = time.perf_counter()
+            api.cross_attention(q, k, k, comm=group, algorithm="ring", transport=transport)
+            _sync(device)
+            if it:
+                times.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        return statistics.median(times)
+
+    points, local = [], None
+    for rows in LINK_ROWS.get(device.type, (64, 16384)):
+        q = torch.randn(1, 1, hkv, d, device=device, dtype=dt)
+        k = torch.randn(1, rows, hkv, d, device=device, dtype=dt)
+        if local is None:
+            local = timed(None, q, k)
+        t = timed(comm, q, k)
+        points.append((comm.allreduce(api.last_stats()["forward"]["bytes_sent"], op=MPI.MAX), t))
+    (b0, t0), (b1, t1) = points
+    out = {"latency_s": max((t0 - local) / max(comm.size - 1, 1), 1e-6),
+           "bytes_per_s": (b1 - b0) / max(t1 - t0, 1e-9)}
     polite_barrier(comm)
     return comm.bcast(out, root=0)
 
