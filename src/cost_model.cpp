@@ -19,10 +19,11 @@ struct RingCost {
 double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc_travels) {
   const double t_in = r.step_bytes_in / c.bytes_per_s + c.latency_s;
   const double t_acc = acc_travels ? r.step_bytes_acc / c.bytes_per_s + c.latency_s : 0.0;
-  // P − 1 steps overlap a prefetch and an accumulator hop with compute; both go to
-  // the next rank over the same link, so their times add. The last step has no
-  // prefetch, and its hop (home to the owner) cannot overlap anything.
-  const double step = std::max(r.step_compute, t_in + t_acc);
+  // P − 1 steps overlap a prefetch and an accumulator hop with compute. The two go
+  // to the next rank as separate transfers that run side by side (measured on NCCL:
+  // one transfer does not fill the link), so the longer one counts. The last step
+  // has no prefetch, and its hop (home to the owner) cannot overlap anything.
+  const double step = std::max(r.step_compute, std::max(t_in, t_acc));
   return (p.P - 1) * step + std::max(r.step_compute, t_acc) + t_acc;
 }
 
