@@ -116,6 +116,9 @@ def plot_speedup(rows, path) -> bool:
         sc = ax.scatter([p[0] for p in ps], [p[1] for p in ps], label=label, s=18)
         ax.scatter([p[0] for p in ps], [p[2] for p in ps], marker="_", s=60, color=sc.get_facecolor()[0])
     ax.axhline(1.0, color="gray", lw=0.8)
+    ys = [p[i] for ps in pts.values() for p in ps for i in (1, 2)]
+    if max(ys) / min(ys) > 20:  # a slow transport next to a fast one: ratios span decades
+        ax.set_yscale("log")
     ax.set(xscale="log", xlabel="Lkv·Hkv / (Lq·Hq)", ylabel="ring time / lvx time (fwd+bwd)",
            title=f"LV-XAttn speedup over Ring, {rows[0]['device']}")
     ax.title.set_fontsize(9)
@@ -126,6 +129,11 @@ def plot_speedup(rows, path) -> bool:
     return True
 
 
+def transport_family(transport: str) -> str:
+    """"mpi (host-staged)" and "mpi (CUDA-aware)" are both "mpi"."""
+    return transport.split(" ")[0]
+
+
 def plot_scaling(rows, path) -> bool:
     panels = []
     for scaling in ("strong", "weak"):
@@ -133,8 +141,12 @@ def plot_scaling(rows, path) -> bool:
         for r in rows:
             if r["scaling"] == scaling and r["requested"] != "auto":
                 per = (r["Lq"] // r["P"], r["Lkv"] // r["P"]) if scaling == "weak" else (r["Lq"], r["Lkv"])
-                # no transport in the key: at P = 1 there is none
-                groups[(per, r["Hq"], r["Hkv"], r["D"], r["dtype"], r["algorithm"])].append(r)
+                # The transport family is in the key; at P = 1 there is none, so that
+                # point starts every family's line.
+                families = [transport_family(r["transport"])] if r["P"] > 1 else \
+                    {transport_family(x["transport"]) for x in rows if x["P"] > 1} or {"none"}
+                for fam in families:
+                    groups[(per, r["Hq"], r["Hkv"], r["D"], r["dtype"], r["algorithm"], fam)].append(r)
         counts = {k: len({r["P"] for r in v}) for k, v in groups.items()}
         most = max(counts.values(), default=0)
         groups = {k: v for k, v in groups.items() if counts[k] == most and most > 1}
@@ -144,11 +156,11 @@ def plot_scaling(rows, path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (scaling, groups) in zip(axes[0], panels):
-        for (per, hq, hkv, d, dt, alg), rs in sorted(groups.items()):
+        for (per, hq, hkv, d, dt, alg, fam), rs in sorted(groups.items()):
             rs.sort(key=lambda r: r["P"])
             what = "per rank " if scaling == "weak" else ""
             ax.plot([r["P"] for r in rs], [r["fwdbwd_ms"] for r in rs], marker=MARKERS.get(alg, "x"),
-                    label=f"{alg} {what}{per[0]}x{per[1]} H{hq}/{hkv}")
+                    label=f"{alg} {what}{per[0]}x{per[1]} H{hq}/{hkv} {fam}")
         if scaling == "strong":
             ax.set(yscale="log")
         ax.set(xlabel="P (ranks)", ylabel="forward+backward ms", title=f"{scaling} scaling")
