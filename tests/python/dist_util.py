@@ -44,3 +44,24 @@ def shard(x, counts, rank, dim=1):
 def gather_rows(comm, x, dim=1):
     parts = comm.allgather(x.detach().cpu())
     return torch.cat(parts, dim=dim)
+
+
+def errors_against_reference(comm, global_inputs, ranges, o, lse, local_inputs):
+    """Relative errors of the gathered o, lse, dq, dk, dv of a distributed call
+    against the float64 reference of the whole problem.
+
+    global_inputs: (q, k, v, do) of the whole problem; local_inputs: this rank's
+    (q, k, v) shards after backward, holding their gradients."""
+    from reference import attention, rel_err
+    q, k, v, do = global_inputs
+    ql, kl, vl = local_inputs
+    qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))
+    o_ref, lse_ref = attention(qr, kr, vr, ranges)
+    o_ref.backward(do.double())
+    return {
+        "o": rel_err(gather_rows(comm, o), o_ref),
+        "lse": rel_err(gather_rows(comm, lse, dim=2), lse_ref),
+        "dq": rel_err(gather_rows(comm, ql.grad), qr.grad),
+        "dk": rel_err(gather_rows(comm, kl.grad), kr.grad),
+        "dv": rel_err(gather_rows(comm, vl.grad), vr.grad),
+    }
