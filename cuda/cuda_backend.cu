@@ -1,5 +1,6 @@
 // lvx::Backend on one CUDA device: every method issues work on one stream and returns
-// without waiting, except synchronize() and elapsed_s().
+// without waiting, except synchronize(), elapsed_s() and a set_stream() that changes
+// the stream.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -181,26 +182,40 @@ class CudaBackend final : public Backend {
   void* stream() const override { return stream_; }
   // Null selects the backend's own stream (lvx.h). CUDA's legacy default stream is
   // cudaStreamLegacy (0x1): callers holding torch's default stream (handle 0) pass that.
-  void set_stream(void* stream) override { stream_ = stream ? static_cast<cudaStream_t>(stream) : own_stream_; }
+  // Calls return without waiting for their work, and the buffers a context keeps
+  // are reused by the next call: work still queued on the old stream finishes first.
+  void set_stream(void* stream) override {
+    cudaStream_t next = stream ? static_cast<cudaStream_t>(stream) : own_stream_;
+    if (next != stream_) LVX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    stream_ = next;
+  }
 
   int mark() override {
-    if (marks_ == events_.size()) {
+    int id;
+    if (!free_marks_.empty()) {
+      id = free_marks_.back();
+      free_marks_.pop_back();
+    } else {
       cudaEvent_t e;
       LVX_CUDA_CHECK(cudaEventCreate(&e));
       events_.push_back(e);
+      id = (int)events_.size() - 1;
     }
-    LVX_CUDA_CHECK(cudaEventRecord(events_[marks_], stream_));
-    return (int)marks_++;
+    LVX_CUDA_CHECK(cudaEventRecord(events_[id], stream_));
+    return id;
   }
   double elapsed_s(int from_mark, int to_mark) override {
-    LVX_REQUIRE(from_mark >= 0 && to_mark >= 0 && (size_t)from_mark < marks_ && (size_t)to_mark < marks_,
+    LVX_REQUIRE(from_mark >= 0 && to_mark >= 0 && (size_t)from_mark < events_.size() &&
+                    (size_t)to_mark < events_.size(),
                 "elapsed_s: unknown mark");
     LVX_CUDA_CHECK(cudaEventSynchronize(events_[to_mark]));
     float ms = 0.f;
     LVX_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[from_mark], events_[to_mark]));
     return ms * 1e-3;
   }
-  void reset_marks() override { marks_ = 0; }
+  void release_mark(int mark) override {
+    if (mark >= 0 && (size_t)mark < events_.size()) free_marks_.push_back(mark);
+  }
 
  private:
   // Split-KV partials; grows stream-ordered, so no host wait.
@@ -219,7 +234,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0, cc_ = 0;
   cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
   std::vector<cudaEvent_t> events_;
-  size_t marks_ = 0;
+  std::vector<int> free_marks_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };

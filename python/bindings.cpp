@@ -236,10 +236,39 @@ PYBIND11_MODULE(_core, m) {
              d["transport"] = c.transport_name();
              d["backend"] = c.backend().describe();
              d["P"] = c.size();
-             d["forward"] = phase_dict(c.forward_stats());
-             d["backward"] = phase_dict(c.backward_stats());
+             lvx::PhaseStats fwd, bwd;
+             {
+               py::gil_scoped_release release;  // reading the timings waits for the device
+               fwd = c.forward_stats();
+               bwd = c.backward_stats();
+             }
+             d["forward"] = phase_dict(fwd);
+             d["backward"] = phase_dict(bwd);
              return d;
-           })
+           },
+           "the last call of each phase; waits for its device work")
+      .def(
+          "total_stats",
+          [](lvx::Context& c) {
+            py::dict d;
+            for (int phase = 0; phase < 2; ++phase) {
+              lvx::PhaseLog::Totals t;
+              {
+                py::gil_scoped_release release;
+                t = c.phase_log(phase).totals(c.backend());
+              }
+              if (!t.calls) continue;
+              py::dict p = phase_dict(t.sum);
+              p["calls"] = t.calls;
+              d[phase == 0 ? "forward" : "backward"] = p;
+            }
+            return d;
+          },
+          "per phase sums over the calls since the last reset_total_stats")
+      .def("reset_total_stats", [](lvx::Context& c) {
+        py::gil_scoped_release release;
+        for (int phase = 0; phase < 2; ++phase) c.phase_log(phase).reset_totals(c.backend());
+      })
       .def(
           "predict",
           [](lvx::Context& c, const lvx::Plan& plan, const std::string& algorithm) {

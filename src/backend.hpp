@@ -44,10 +44,11 @@ class Backend {
   virtual void* stream() const { return nullptr; }
   virtual void set_stream(void* /*stream*/) {}
 
-  // Timing marks, in issue order. elapsed() may wait for the later mark.
+  // Timing marks, in issue order. elapsed_s() may wait for the later mark; a
+  // mark stays valid until released, so timings can be read long after the work.
   virtual int mark() = 0;
   virtual double elapsed_s(int from_mark, int to_mark) = 0;
-  virtual void reset_marks() = 0;
+  virtual void release_mark(int mark) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int threads);

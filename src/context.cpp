@@ -284,19 +284,69 @@ void Context::run_collective(const char* what, Fn&& fn) {
 void Context::forward(const Plan& plan, const ForwardIO& io) {
   if (plan.algorithm == Algorithm::automatic) LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
   last_plan_ = plan;
-  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, fwd_stats_};
+  PhaseStats stats;
+  PhaseTiming timing;
+  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, stats, timing};
   static constexpr void (*kSchedules[])(ScheduleEnv&, const ForwardIO&) = {lvx_forward, ring_forward,
                                                                           ulysses_forward};
   run_collective("forward", [&] { (plan.P == 1 ? single_rank_forward : kSchedules[int(plan.algorithm)])(env, io); });
+  fwd_log_.add(stats, std::move(timing), *backend_);
 }
 
 void Context::backward(const Plan& plan, const BackwardIO& io) {
   if (plan.algorithm == Algorithm::automatic) LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
   last_plan_ = plan;
-  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, bwd_stats_};
+  PhaseStats stats;
+  PhaseTiming timing;
+  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, stats, timing};
   static constexpr void (*kSchedules[])(ScheduleEnv&, const BackwardIO&) = {lvx_backward, ring_backward,
                                                                            ulysses_backward};
   run_collective("backward", [&] { (plan.P == 1 ? single_rank_backward : kSchedules[int(plan.algorithm)])(env, io); });
+  bwd_log_.add(stats, std::move(timing), *backend_);
+}
+
+void PhaseLog::add(const PhaseStats& stats, PhaseTiming timing, Backend& be) {
+  pending_.push_back({stats, std::move(timing)});
+  while (pending_.size() > kMaxPending) read_oldest(be);
+}
+
+void PhaseLog::read_oldest(Backend& be) {
+  Pending& p = pending_.front();
+  PhaseStats s = p.stats;
+  const PhaseTiming& t = p.timing;
+  if (t.start >= 0 && t.end >= 0) s.total_s = be.elapsed_s(t.start, t.end);
+  for (auto [a, b] : t.compute) s.compute_s += be.elapsed_s(a, b);
+  for (auto [a, b] : t.stalls) s.blocked_s += be.elapsed_s(a, b);
+  p.timing.release(be);
+  pending_.pop_front();
+  last_ = s;
+  totals_.calls++;
+  totals_.sum.bytes_sent += s.bytes_sent;
+  totals_.sum.bytes_recv += s.bytes_recv;
+  totals_.sum.compute_s += s.compute_s;
+  totals_.sum.blocked_s += s.blocked_s;
+  totals_.sum.total_s += s.total_s;
+  totals_.sum.steps += s.steps;
+}
+
+const PhaseStats& PhaseLog::last(Backend& be) {
+  while (!pending_.empty()) read_oldest(be);
+  return last_;
+}
+
+PhaseLog::Totals PhaseLog::totals(Backend& be) {
+  while (!pending_.empty()) read_oldest(be);
+  return totals_;
+}
+
+void PhaseLog::reset_totals(Backend& be) {
+  while (!pending_.empty()) read_oldest(be);
+  totals_ = Totals{};
+}
+
+void PhaseLog::discard(Backend& be) {
+  for (Pending& p : pending_) p.timing.release(be);
+  pending_.clear();
 }
 
 }  // namespace lvx

@@ -5,6 +5,7 @@
 
 #include <mpi.h>
 
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -16,6 +17,33 @@
 #include "workspace.hpp"
 
 namespace lvx {
+
+// The stats of one phase (forward or backward) over calls. A call's device timing
+// is read only when stats are asked for, so calls never wait for the device; at
+// most kMaxPending calls stay unread (older ones are read then, long finished).
+class PhaseLog {
+ public:
+  struct Totals {
+    PhaseStats sum;
+    int64_t calls = 0;
+  };
+  static constexpr size_t kMaxPending = 32;
+  void add(const PhaseStats& stats, PhaseTiming timing, Backend& be);
+  const PhaseStats& last(Backend& be);
+  Totals totals(Backend& be);
+  void reset_totals(Backend& be);
+  void discard(Backend& be);  // drops unread timings (their marks are released)
+
+ private:
+  struct Pending {
+    PhaseStats stats;
+    PhaseTiming timing;
+  };
+  void read_oldest(Backend& be);
+  std::deque<Pending> pending_;
+  PhaseStats last_;
+  Totals totals_;
+};
 
 struct ContextOptions {
   DeviceKind device = DeviceKind::cpu;
@@ -49,8 +77,10 @@ class Context {
   void release_buffers();
   size_t buffer_bytes() const { return workspace_->bytes_held(); }
 
-  const PhaseStats& forward_stats() const { return fwd_stats_; }
-  const PhaseStats& backward_stats() const { return bwd_stats_; }
+  // The last call of each phase; waits for that call's device work.
+  const PhaseStats& forward_stats() { return fwd_log_.last(*backend_); }
+  const PhaseStats& backward_stats() { return bwd_log_.last(*backend_); }
+  PhaseLog& phase_log(int phase) { return phase == 0 ? fwd_log_ : bwd_log_; }
   const Plan& last_plan() const { return last_plan_; }
 
   CostParams cost_params;  // used by algorithm "auto"; rank 0's values decide
@@ -64,7 +94,7 @@ class Context {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Workspace> workspace_;
-  PhaseStats fwd_stats_, bwd_stats_;
+  PhaseLog fwd_log_, bwd_log_;
   Plan last_plan_;
 };
 

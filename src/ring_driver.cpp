@@ -98,7 +98,7 @@ void run_ring(ScheduleEnv& env, ComputeTimer& timer, const RingSpec& spec) {
     spec.finish(inc_buf[p.P % 2]);
     timer.end();
   }
-  tr.wait_all();
+  tr.drain();
 }
 
 }  // namespace lvx::sched

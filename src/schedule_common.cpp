@@ -39,27 +39,55 @@ void finish_plan(Plan& p) {
   }
 }
 
+void PhaseTiming::release(Backend& be) {
+  for (int m : {start, end})
+    if (m >= 0) be.release_mark(m);
+  for (auto* spans : {&compute, &stalls})
+    for (auto [a, b] : *spans) {
+      be.release_mark(a);
+      be.release_mark(b);
+    }
+  start = end = -1;
+  compute.clear();
+  stalls.clear();
+}
+
 namespace sched {
 
 PhaseScope::PhaseScope(ScheduleEnv& e) : env(e), timer(e.backend) {
-  env.backend.reset_marks();
-  start_mark = env.backend.mark();
-  if (env.transport) before = env.transport->counters;
   env.stats = PhaseStats{};
+  if (env.transport) {
+    before = env.transport->counters;
+    env.transport->stall_marks.clear();
+  }
+  start_mark = env.backend.mark();
+}
+
+PhaseScope::~PhaseScope() {
+  if (finished) return;
+  PhaseTiming t;
+  t.start = start_mark;
+  t.compute = std::move(timer.spans);
+  if (env.transport) t.stalls = std::move(env.transport->stall_marks);
+  t.release(env.backend);
+  if (env.transport) env.transport->stall_marks.clear();
 }
 
 void PhaseScope::finish() {
-  if (env.transport) env.transport->wait_all();
-  int end_mark = env.backend.mark();
-  env.backend.synchronize();
-  env.stats.total_s = env.backend.elapsed_s(start_mark, end_mark);
-  env.stats.compute_s = timer.total();
+  if (env.transport) env.transport->drain();
+  env.timing.start = start_mark;
+  env.timing.end = env.backend.mark();
+  env.timing.compute = std::move(timer.spans);
+  timer.spans.clear();
   if (env.transport) {
+    env.timing.stalls = std::move(env.transport->stall_marks);
+    env.transport->stall_marks.clear();
     const TransportCounters& now = env.transport->counters;
     env.stats.bytes_sent = now.bytes_sent - before.bytes_sent;
     env.stats.bytes_recv = now.bytes_recv - before.bytes_recv;
-    env.stats.blocked_s = now.blocked_s - before.blocked_s;
+    env.stats.blocked_s = now.blocked_s - before.blocked_s;  // host waits; device stalls come later
   }
+  finished = true;
 }
 
 void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "backend.hpp"
 #include "plan.hpp"
@@ -16,6 +18,16 @@ struct PhaseStats {
   uint64_t bytes_sent = 0, bytes_recv = 0;
   double compute_s = 0, blocked_s = 0, total_s = 0;
   int steps = 0;
+};
+
+// A phase's device timing as backend marks: the phase span, its compute spans and
+// the compute stream's stalls on transfers. Reading them waits for the device, so
+// they are read only when someone asks for the stats (PhaseLog, context.hpp) and
+// a call returns as soon as its work is issued.
+struct PhaseTiming {
+  int start = -1, end = -1;
+  std::vector<std::pair<int, int>> compute, stalls;
+  void release(Backend& be);  // frees the marks without reading them
 };
 
 struct ForwardIO {
@@ -46,7 +58,8 @@ struct ScheduleEnv {
   Backend& backend;
   Transport* transport;
   Workspace& workspace;
-  PhaseStats& stats;
+  PhaseStats& stats;    // host-side counts, final when the schedule returns
+  PhaseTiming& timing;  // device timing, read later
 };
 
 // One rank: plain local attention, whatever the algorithm.
@@ -68,22 +81,17 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();  // an empty 
 constexpr int kTagQ = 11, kTagRanges = 12, kTagAcc = 13, kTagLse = 14, kTagDout = 15,
               kTagDl = 16, kTagK = 17, kTagV = 18, kTagDk = 19, kTagDv = 20, kTagA2A = 21;
 
-// Times backend work between begin() and end() into stats.compute_s (read at finish()).
+// Marks backend work between begin() and end() as compute (PhaseTiming::compute).
 class ComputeTimer {
  public:
   explicit ComputeTimer(Backend& b) : backend_(b) {}
   void begin() { start_ = backend_.mark(); }
-  void end() { spans_.emplace_back(start_, backend_.mark()); }
-  double total() {
-    double t = 0;
-    for (auto& [a, b] : spans_) t += backend_.elapsed_s(a, b);
-    return t;
-  }
+  void end() { spans.emplace_back(start_, backend_.mark()); }
+  std::vector<std::pair<int, int>> spans;
 
  private:
   Backend& backend_;
   int start_ = -1;
-  std::vector<std::pair<int, int>> spans_;
 };
 
 // Local single-process attention (P == 1, or the head-sharded part of ulysses).
@@ -93,13 +101,18 @@ void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, 
 void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
                     const BackwardIO& io, ComputeTimer& timer, const float* dl = nullptr);
 
-// Starts a phase (resets marks and transport counters) and closes it into env.stats.
+// Starts a phase and closes it into env.stats and env.timing without waiting for
+// the device; a phase left by an exception releases its marks.
 struct PhaseScope {
   ScheduleEnv& env;
   ComputeTimer timer;
   int start_mark;
   TransportCounters before;
+  bool finished = false;
   explicit PhaseScope(ScheduleEnv& e);
+  ~PhaseScope();
+  PhaseScope(const PhaseScope&) = delete;
+  PhaseScope& operator=(const PhaseScope&) = delete;
   void finish();
 };
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lvx {
@@ -22,7 +23,7 @@ struct Message {
 
 struct TransportCounters {
   uint64_t bytes_sent = 0, bytes_recv = 0;
-  double blocked_s = 0.0;  // time the caller spent waiting on transfers
+  double blocked_s = 0.0;  // host time the caller spent waiting on transfers
 };
 
 class Transport {
@@ -33,7 +34,13 @@ class Transport {
   virtual void wait(int ticket) = 0;
   // Blocks until every posted group is complete (used on error paths and at the end).
   virtual void wait_all() = 0;
+  // Orders all later backend work behind every posted group; a GPU transport
+  // does this without waiting on the host.
+  virtual void drain() { wait_all(); }
   TransportCounters counters;
+  // Device-side waits, as pairs of backend marks around each stall of the compute
+  // stream; the phase that issued them reads and releases them.
+  std::vector<std::pair<int, int>> stall_marks;
 };
 
 }  // namespace lvx

@@ -64,6 +64,16 @@ if [[ " $steps " == *" bench "* ]]; then
 fi
 
 RECOMPUTE_ARGS=${RECOMPUTE_ARGS:---text-len 512 --start 262144 --granularity 131072 --trial-timeout 60}
+if [[ " $steps " == *" trace "* ]]; then
+  # Per-rank GPU timelines of one shape (torch.profiler): kernel time by kind, idle gaps.
+  for n in ${TRACE_RANKS:-1 $NGPU}; do
+    for alg in ${TRACE_ALGS:-lvx}; do
+      timeout 180 $MPIRUN -n $n python3 experiments/trace_dist.py --shape ${TRACE_SHAPE:-4096x65536x16x16x128:fp16} \
+        --algorithm $alg --out "$out/trace" 2>&1 | grep -v "^\[W" | tail -40
+    done
+  done
+fi
+
 if [[ " $steps " == *" memprofile "* ]]; then
   for mode in no-recompute recompute; do
     timeout 120 python3 experiments/profile_memory.py --mode $mode --length ${PROFILE_LEN:-262144} \

@@ -79,31 +79,29 @@ def empty_cache() -> None:
         ctx.release_buffers()
 
 
-_totals: dict = {}
-
-
 def reset_stats() -> None:
     """Zeroes the running totals returned by total_stats()."""
-    _totals.clear()
+    for ctx in _contexts.values():
+        ctx.reset_total_stats()
 
 
 def total_stats() -> dict:
     """Per phase sums over all calls since reset_stats(): bytes sent/received, compute,
-    blocked and total seconds, and the number of calls."""
-    return {phase: dict(values) for phase, values in _totals.items()}
-
-
-def _account(phase: str) -> None:
-    stats = _last_context.stats()[phase]
-    acc = _totals.setdefault(phase, {"calls": 0})
-    acc["calls"] += 1
-    for key in ("bytes_sent", "bytes_recv", "compute_s", "blocked_s", "total_s"):
-        acc[key] = acc.get(key, 0) + stats[key]
+    blocked and total seconds, and the number of calls. Waits for the calls' device
+    work (calls themselves return once their work is issued)."""
+    totals: dict = {}
+    for ctx in _contexts.values():
+        for phase, values in ctx.total_stats().items():
+            acc = totals.setdefault(phase, {"calls": 0})
+            for key in ("calls", "bytes_sent", "bytes_recv", "compute_s", "blocked_s", "total_s"):
+                acc[key] = acc.get(key, 0) + values[key]
+    return totals
 
 
 def last_stats() -> dict:
     """What the last call on this process did: algorithm, transport, and per phase
-    (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds."""
+    (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds.
+    Waits for that call's device work."""
     if _last_context is None:
         return {}
     return _last_context.stats()
@@ -238,7 +236,6 @@ def _run_forward(call: _Call, q, k, v, q_ranges):
     _use_stream(call)
     call.ctx.forward(call.plan, _ptr(q), _ptr(k), _ptr(v), _ptr(q_ranges), _ptr(o), _ptr(lse))
     _last_context = call.ctx
-    _account("forward")
     return o, lse
 
 
@@ -249,7 +246,6 @@ def _run_backward(call: _Call, q, k, v, q_ranges, o, lse, dout):
     call.ctx.backward(call.plan, _ptr(q), _ptr(k), _ptr(v), _ptr(q_ranges), _ptr(o), _ptr(lse),
                       _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv))
     _last_context = call.ctx
-    _account("backward")
     return dq, dk, dv
 
 
@@ -260,11 +256,14 @@ class _CrossAttentionFunction(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, o, lse, q_ranges)
         ctx.call = call
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for lse
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, q_ranges = ctx.saved_tensors
+        if do is None:  # o did not reach the loss
+            return None, None, None, None, None
         do = do.to(q.dtype).contiguous()
         dq, dk, dv = _run_backward(ctx.call, q, k, v, q_ranges, o, lse, do)
         return dq, dk, dv, None, None

@@ -54,17 +54,28 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
   int mark() override {
-    marks_.push_back(std::chrono::steady_clock::now());
-    return static_cast<int>(marks_.size()) - 1;
+    int id;
+    if (!free_marks_.empty()) {
+      id = free_marks_.back();
+      free_marks_.pop_back();
+    } else {
+      id = static_cast<int>(marks_.size());
+      marks_.emplace_back();
+    }
+    marks_[id] = std::chrono::steady_clock::now();
+    return id;
   }
   double elapsed_s(int from, int to) override {
     return std::chrono::duration<double>(marks_.at(to) - marks_.at(from)).count();
   }
-  void reset_marks() override { marks_.clear(); }
+  void release_mark(int mark) override {
+    if (mark >= 0 && static_cast<size_t>(mark) < marks_.size()) free_marks_.push_back(mark);
+  }
 
  private:
   ThreadPool pool_;
   std::vector<std::chrono::steady_clock::time_point> marks_;
+  std::vector<int> free_marks_;
 };
 
 }  // namespace

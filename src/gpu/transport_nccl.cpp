@@ -47,10 +47,6 @@ class NcclTransport final : public Transport {
   ~NcclTransport() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(comm_stream_);
-    for (auto& s : stalls_) {
-      cudaEventDestroy(s.first);
-      cudaEventDestroy(s.second);
-    }
     for (cudaEvent_t e : free_) cudaEventDestroy(e);
     for (auto& [t, e] : open_) cudaEventDestroy(e);
     cudaStreamDestroy(comm_stream_);
@@ -84,25 +80,21 @@ class NcclTransport final : public Transport {
     auto it = open_.find(ticket);
     if (it == open_.end()) return;
     // The compute stream's stall = time between "compute reached the wait" and
-    // "the transfer is done"; two timing events around the wait measure it.
-    auto [before, after] = stall_pair();
-    LVX_CUDA_CHECK(cudaEventRecord(before, stream()));
+    // "the transfer is done": two backend marks around the wait, read later.
+    const int before = backend_.mark();
     LVX_CUDA_CHECK(cudaStreamWaitEvent(stream(), it->second, 0));
-    LVX_CUDA_CHECK(cudaEventRecord(after, stream()));
+    stall_marks.emplace_back(before, backend_.mark());
     free_.push_back(it->second);
     open_.erase(it);
   }
 
-  void wait_all() override {
+  void drain() override {
     while (!open_.empty()) wait(open_.begin()->first);
-    // Close the phase's blocked-time account (needs the events to have completed).
+  }
+
+  void wait_all() override {
+    drain();
     LVX_CUDA_CHECK(cudaStreamSynchronize(stream()));
-    for (size_t i = 0; i < used_stalls_; ++i) {
-      float ms = 0;
-      LVX_CUDA_CHECK(cudaEventElapsedTime(&ms, stalls_[i].first, stalls_[i].second));
-      counters.blocked_s += ms * 1e-3;
-    }
-    used_stalls_ = 0;
   }
 
  private:
@@ -117,15 +109,6 @@ class NcclTransport final : public Transport {
     LVX_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return e;
   }
-  std::pair<cudaEvent_t, cudaEvent_t> stall_pair() {
-    if (used_stalls_ == stalls_.size()) {
-      cudaEvent_t a, b;
-      LVX_CUDA_CHECK(cudaEventCreate(&a));
-      LVX_CUDA_CHECK(cudaEventCreate(&b));
-      stalls_.emplace_back(a, b);
-    }
-    return stalls_[used_stalls_++];
-  }
 
   Backend& backend_;
   int device_;
@@ -133,8 +116,6 @@ class NcclTransport final : public Transport {
   cudaStream_t comm_stream_ = nullptr;
   std::vector<cudaEvent_t> free_;
   std::map<int, cudaEvent_t> open_;
-  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> stalls_;
-  size_t used_stalls_ = 0;
   int next_ticket_ = 1;
 };
 

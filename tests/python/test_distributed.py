@@ -120,6 +120,31 @@ def test_bytes_sent_match_the_formula_and_lvx_sends_less(dtype):
 
 
 @pytest.mark.mpi(min_size=2)
+def test_total_stats_sum_every_call():
+    # More calls than a context keeps unread (PhaseLog::kMaxPending = 32), so the
+    # oldest timings are read on the way and the newest at total_stats().
+    comm, rank = WORLD, WORLD.rank
+    lq, lkv = uneven_split(10, comm.size, None, 1), uneven_split(50, comm.size, None, 2)
+    q = torch.randn(1, lq[rank], 2, 8, requires_grad=True)
+    k = torch.randn(1, lkv[rank], 2, 8, requires_grad=True)
+    v = torch.randn(1, lkv[rank], 2, 8, requires_grad=True)
+    lvxattn.reset_stats()
+    calls = 40
+    for n in range(calls):
+        o = lvxattn.cross_attention(q, k, v, comm=comm, algorithm="lvx")
+        if n % 2 == 0:
+            o.sum().backward()
+    last = lvxattn.last_stats()
+    totals = lvxattn.total_stats()
+    assert totals["forward"]["calls"] == calls and totals["backward"]["calls"] == calls // 2
+    for phase, n in (("forward", calls), ("backward", calls // 2)):
+        assert totals[phase]["bytes_sent"] == n * last[phase]["bytes_sent"]
+        assert totals[phase]["total_s"] >= totals[phase]["compute_s"] > 0
+    lvxattn.reset_stats()
+    assert lvxattn.total_stats() == {}
+
+
+@pytest.mark.mpi(min_size=2)
 def test_changing_shapes_and_algorithms_between_calls():
     comm = WORLD
     for n, (Lq, Lkv, D, algorithm) in enumerate([(9, 70, 32, "lvx"), (30, 20, 16, "ring"),

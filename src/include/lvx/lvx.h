@@ -71,7 +71,9 @@ lvx_result_t lvx_forward(lvx_context_t context, const lvx_problem_t* problem, co
 lvx_result_t lvx_backward(lvx_context_t context, const lvx_problem_t* problem, const void* q,
                           const void* k, const void* v, const int32_t* q_ranges, const void* o,
                           const float* lse, const void* dout, void* dq, void* dk, void* dv);
-/* phase: 0 forward, 1 backward; the last call of that phase. */
+/* phase: 0 forward, 1 backward; the last call of that phase. On a GPU, lvx_forward and
+   lvx_backward return once their work is issued on the context's stream (order later
+   work on that stream, or synchronize it); lvx_get_stats waits for the call's work. */
 lvx_result_t lvx_get_stats(lvx_context_t context, int phase, lvx_stats_t* stats);
 
 const char* lvx_last_error(void);
