@@ -266,7 +266,8 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
     buf ^= 1;
   }
 
-  // dK, dV: this block is the only writer of its rows.
+  // dK, dV: this block is the only writer of its rows. The old fp32 sums are read
+  // unless kv_fresh; the new ones go to dk/dv, or as T to dk_out/dv_out.
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
     const int row = kv_row0 + ri * 8;
@@ -274,11 +275,21 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
     const size_t off = ((size_t)b * Lkv + row) * kv_stride + (size_t)hk * D + 2 * t;
 #pragma unroll
     for (int db = 0; db < D / 8; ++db) {
-      float2* pk = reinterpret_cast<float2*>(p.dk + off + db * 8);
-      float2* pv = reinterpret_cast<float2*>(p.dv + off + db * 8);
-      float2 k0 = *pk, v0 = *pv;
-      *pk = make_float2(k0.x + dk[db][2 * ri] * p.scale, k0.y + dk[db][2 * ri + 1] * p.scale);
-      *pv = make_float2(v0.x + dv[db][2 * ri], v0.y + dv[db][2 * ri + 1]);
+      float2 k1 = make_float2(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale);
+      float2 v1 = make_float2(dv[db][2 * ri], dv[db][2 * ri + 1]);
+      if (!p.kv_fresh) {
+        const float2 k0 = *reinterpret_cast<const float2*>(p.dk + off + db * 8);
+        const float2 v0 = *reinterpret_cast<const float2*>(p.dv + off + db * 8);
+        k1.x += k0.x; k1.y += k0.y;
+        v1.x += v0.x; v1.y += v0.y;
+      }
+      if (p.dk_out) {
+        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dk_out) + off + db * 8) = Pack2<T>::from(k1.x, k1.y);
+        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dv_out) + off + db * 8) = Pack2<T>::from(v1.x, v1.y);
+      } else {
+        *reinterpret_cast<float2*>(p.dk + off + db * 8) = k1;
+        *reinterpret_cast<float2*>(p.dv + off + db * 8) = v1;
+      }
     }
   }
 }

@@ -36,6 +36,9 @@ struct BwdParams {
   float* dq;
   float* dk;
   float* dv;
+  int kv_fresh;   // ignore the old dk/dv (BwdStep::kv_fresh)
+  void* dk_out;   // storage-dtype destinations of the finished sums, or null
+  void* dv_out;
 };
 
 // A query row's visible local KV interval [begin, end) within [0, Lkv).

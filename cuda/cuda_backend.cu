@@ -150,7 +150,8 @@ class CudaBackend final : public Backend {
   void attend_bwd_step(const BwdStep& a) override {
     const StepShape& s = a.s;
     check_shape(s);
-    if (s.B == 0 || s.Lq == 0 || s.Hq == 0 || s.Lkv == 0) return;
+    if (s.B == 0 || s.Lkv == 0 || s.Hkv == 0) return;
+    if (s.Lq == 0 || s.Hq == 0) return finish_kv_without_queries(a);
     BwdParams p{};
     p.q = a.q; p.k = a.k; p.v = a.v; p.dout = a.dout; p.lse = a.lse; p.dl = a.dl;
     p.q_ranges = a.q_ranges; p.kv_begin = a.kv_begin;
@@ -158,11 +159,43 @@ class CudaBackend final : public Backend {
     p.group = (int)(s.Hq / s.Hkv);
     p.scale = a.scale; p.scale_log2 = a.scale * kLog2e;
     p.dq = a.dq; p.dk = a.dk; p.dv = a.dv;
+    const size_t n_kv = (size_t)s.B * s.Lkv * s.Hkv * s.D;
+    if (a.dtype == DType::f32) {
+      // The fp32 kernel adds with atomics and dk/dv are its outputs.
+      LVX_REQUIRE(!a.dk_out && !a.dv_out, "attend_bwd_step: dk_out/dv_out need a 16-bit dtype");
+      if (a.kv_fresh) {
+        fill(a.dk, 0.f, n_kv);
+        fill(a.dv, 0.f, n_kv);
+      }
+    } else {
+      LVX_REQUIRE(!a.dk_out == !a.dv_out, "attend_bwd_step: dk_out and dv_out go together");
+      p.kv_fresh = a.kv_fresh;
+      p.dk_out = a.dk_out;
+      p.dv_out = a.dv_out;
+    }
     dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
       using T = std::remove_pointer_t<decltype(tag)>;
       cuda::launch_attend_bwd<T, decltype(d)::value>(p, stream_);
     });
   }
+
+  // A step that sees no query still owes dK/dV its write modes.
+  void finish_kv_without_queries(const BwdStep& a) {
+    const size_t n = (size_t)a.s.B * a.s.Lkv * a.s.Hkv * a.s.D;
+    if (a.dk_out) {
+      if (a.kv_fresh) {
+        copy_zero(a.dk_out, n * dtype_size(a.dtype));
+        copy_zero(a.dv_out, n * dtype_size(a.dtype));
+      } else {
+        convert(a.dk_out, a.dtype, a.dk, DType::f32, n);
+        convert(a.dv_out, a.dtype, a.dv, DType::f32, n);
+      }
+    } else if (a.kv_fresh) {
+      fill(a.dk, 0.f, n);
+      fill(a.dv, 0.f, n);
+    }
+  }
+  void copy_zero(void* p, size_t bytes) { LVX_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_)); }
 
   void row_dot(const RowDot& a) override {
     cuda::launch_row_dot(a.dout, a.o, (int)a.dtype, a.dl, a.B, a.L, a.H, a.D, stream_);

@@ -59,6 +59,13 @@ struct BwdStep {
   float* dq = nullptr;  // fp32 [B, Lq, Hq, D]
   float* dk = nullptr;  // fp32 [B, Lkv, Hkv, D]
   float* dv = nullptr;  // fp32 [B, Lkv, Hkv, D]
+  // How dK/dV are written. By default the step adds into dk/dv. kv_fresh: their old
+  // contents are ignored (the first step of a sum; no fill needed). dk_out/dv_out
+  // (storage dtype, [B, Lkv, Hkv, D]): the finished sums go there and dk/dv are left
+  // alone (the last step of a sum; no conversion pass). Both: dk/dv are not used.
+  bool kv_fresh = false;
+  void* dk_out = nullptr;
+  void* dv_out = nullptr;
 };
 
 // Dl[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d], both in storage type `dtype`.

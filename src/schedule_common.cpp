@@ -121,13 +121,9 @@ void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype,
   const bool direct = dtype == DType::f32;
   float* dl = dl_given ? nullptr : ws.get_as<float>("local.dl", s.B * s.Hq * s.Lq);
   float* dq = direct ? static_cast<float*>(io.dq) : ws.get_as<float>("local.dq", n_q);
-  float* dk = direct ? static_cast<float*>(io.dk) : ws.get_as<float>("local.dk", n_kv);
-  float* dv = direct ? static_cast<float*>(io.dv) : ws.get_as<float>("local.dv", n_kv);
   timer.begin();
   if (!dl_given) be.row_dot(RowDot{s.B, s.Lq, s.Hq, s.D, dtype, io.dout, io.o, dl});
   be.fill(dq, 0.f, n_q);
-  be.fill(dk, 0.f, n_kv);
-  be.fill(dv, 0.f, n_kv);
   BwdStep st;
   st.s = s;
   st.dtype = dtype;
@@ -141,14 +137,16 @@ void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype,
   st.kv_begin = 0;
   st.scale = scale;
   st.dq = dq;
-  st.dk = dk;
-  st.dv = dv;
-  be.attend_bwd_step(st);
-  if (!direct) {
-    be.convert(io.dq, dtype, dq, DType::f32, n_q);
-    be.convert(io.dk, dtype, dk, DType::f32, n_kv);
-    be.convert(io.dv, dtype, dv, DType::f32, n_kv);
+  st.kv_fresh = true;  // one step: dK/dV are written once, straight into the outputs
+  if (direct) {
+    st.dk = static_cast<float*>(io.dk);
+    st.dv = static_cast<float*>(io.dv);
+  } else {
+    st.dk_out = io.dk;
+    st.dv_out = io.dv;
   }
+  be.attend_bwd_step(st);
+  if (!direct) be.convert(io.dq, dtype, dq, DType::f32, n_q);
   timer.end();
 }
 

@@ -70,8 +70,6 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
 
   phase.timer.begin();
   be.row_dot(RowDot{p.B, p.lq[p.rank], p.Hq, p.D, p.dtype, io.dout, io.o, dl});
-  be.fill(dk, 0.f, n_kv);
-  be.fill(dv, 0.f, n_kv);
   phase.timer.end();
 
   RingSpec spec;
@@ -83,6 +81,7 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
                  {dl, lse_row * sizeof(float), kTagDl},
                  {io.q_ranges, p.has_ranges ? size_t(p.B) * 2 * sizeof(int32_t) : 0, kTagRanges}};
   spec.acc_row_bytes = q_row * sizeof(float);
+  int steps_done = 0;
   spec.compute = [&](int i, const std::vector<const void*>& in, void* acc) {
     float* dq = static_cast<float*>(acc);
     be.fill(dq, 0.f, p.lq[i] * q_row);
@@ -101,6 +100,12 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
     st.dq = dq;
     st.dk = dk;
     st.dv = dv;
+    // dK/dV: the first step writes the fp32 sums, the last one the outputs.
+    st.kv_fresh = steps_done++ == 0;
+    if (!direct && steps_done == p.P) {
+      st.dk_out = io.dk;
+      st.dv_out = io.dv;
+    }
     be.attend_bwd_step(st);
   };
   spec.combine = [&](int i, void* acc, const void* inc) {
@@ -110,12 +115,6 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
     be.convert(io.dq, p.dtype, own, DType::f32, p.lq[p.rank] * q_row);
   };
   run_ring(env, phase.timer, spec);
-  if (!direct) {
-    phase.timer.begin();
-    be.convert(io.dk, p.dtype, dk, DType::f32, n_kv);
-    be.convert(io.dv, p.dtype, dv, DType::f32, n_kv);
-    phase.timer.end();
-  }
   phase.finish();
 }
 

@@ -1,4 +1,5 @@
 // The CPU backend: host memory, kernels on a thread pool, wall-clock marks.
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -47,7 +48,25 @@ class CpuBackend final : public Backend {
   }
 
   void attend_fwd_step(const FwdStep& a) override { cpu::attend_fwd_step(a, pool_); }
-  void attend_bwd_step(const BwdStep& a) override { cpu::attend_bwd_step(a, pool_); }
+  // The write modes of dK/dV (BwdStep) around the accumulating kernel.
+  void attend_bwd_step(const BwdStep& a) override {
+    const size_t n = static_cast<size_t>(a.s.B * a.s.Lkv * a.s.Hkv * a.s.D);
+    BwdStep st = a;
+    if (a.dk_out && a.kv_fresh) {  // the fp32 sums are not kept: sum in scratch
+      scratch_.resize(2 * n);
+      st.dk = scratch_.data();
+      st.dv = scratch_.data() + n;
+    }
+    if (a.kv_fresh) {
+      std::fill(st.dk, st.dk + n, 0.f);
+      std::fill(st.dv, st.dv + n, 0.f);
+    }
+    cpu::attend_bwd_step(st, pool_);
+    if (a.dk_out) {
+      convert(a.dk_out, a.dtype, st.dk, DType::f32, n);
+      convert(a.dv_out, a.dtype, st.dv, DType::f32, n);
+    }
+  }
   void row_dot(const RowDot& a) override { cpu::row_dot(a, pool_); }
   void merge_lse(const MergeLse& a) override { cpu::merge_lse(a, pool_); }
 
@@ -76,6 +95,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   std::vector<std::chrono::steady_clock::time_point> marks_;
   std::vector<int> free_marks_;
+  std::vector<float> scratch_;
 };
 
 }  // namespace
