@@ -117,7 +117,6 @@ void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, 
 void local_backward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
                     const BackwardIO& io, ComputeTimer& timer, const float* dl_given) {
   const size_t n_q = static_cast<size_t>(s.B * s.Lq * s.Hq * s.D);
-  const size_t n_kv = static_cast<size_t>(s.B * s.Lkv * s.Hkv * s.D);
   const bool direct = dtype == DType::f32;
   float* dl = dl_given ? nullptr : ws.get_as<float>("local.dl", s.B * s.Hq * s.Lq);
   float* dq = direct ? static_cast<float*>(io.dq) : ws.get_as<float>("local.dq", n_q);
