@@ -38,6 +38,9 @@ export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import lvxattn, torch, mpi4py; print('lvxattn', lvxattn.available_transports(), 'cuda', lvxattn.cuda_built(), 'torch', torch.__version__, 'mpi4py', mpi4py.__version__)"
 
 if [[ " $steps " == *" test "* ]]; then
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
+    >"$out/test_gpu_kernels.log" 2>&1
+  echo "gpu kernel tests rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_kernels.log" | sort | uniq -c | head -5
   for n in ${TEST_RANKS:-$NGPU 2 1}; do
     timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -x -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
       tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
