@@ -83,7 +83,8 @@ def bench_one(comm, device, algorithm, transport, shape, repeats, warmup):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--algorithms", default="lvx,ring,ulysses")
+    ap.add_argument("--algorithms", default="lvx,ring,ulysses",
+                    help="comma-separated; lvx/ring and lvx/gather force lvx's form (LVX_LVX_GATHER)")
     ap.add_argument("--transport", default="auto")
     ap.add_argument("--shapes", default="512x32768x8x8x64:fp32",
                     help="comma-separated LqxLkvxHqxHkvxD[:dtype], global lengths")
@@ -109,10 +110,17 @@ def main():
     for shape_text in args.shapes.split(","):
         shape = parse_shape(shape_text)
         lq, lkv, hq, hkv, d, dtype_name = shape
-        for algorithm in args.algorithms.split(","):
+        for requested in args.algorithms.split(","):
+            algorithm, _, form = requested.partition("/")
             if algorithm == "ulysses" and (hq % P or hkv % P):
                 continue
-            fwd, bwd, stats = bench_one(comm, device, algorithm, args.transport, shape, args.repeats, args.warmup)
+            if form:
+                os.environ["LVX_LVX_GATHER"] = form
+            try:
+                fwd, bwd, stats = bench_one(comm, device, algorithm, args.transport, shape, args.repeats, args.warmup)
+            finally:
+                if form:
+                    del os.environ["LVX_LVX_GATHER"]
             f, b = stats["forward"], stats["backward"]
             sent = comm.allreduce(f["bytes_sent"] + b["bytes_sent"], op=MPI.MAX)
             blocked_f = comm.allreduce(f["blocked_s"], op=MPI.MAX)
@@ -124,6 +132,7 @@ def main():
             rows.append({
                 **meta, "tag": args.tag, "P": P, "device_kind": args.device,
                 "transport": stats["transport"], "algorithm": stats["algorithm"],
+                "lvx_form": ("gather" if stats.get("lvx_gather") else "ring") if stats["algorithm"] == "lvx" else "",
                 "Lq": lq, "Lkv": lkv, "Hq": hq, "Hkv": hkv, "D": d, "dtype": dtype_name,
                 "fwd_ms": fm * 1e3, "bwd_ms": bm * 1e3, "fwdbwd_ms": (fm + bm) * 1e3,
                 "fwd_blocked_ms": blocked_f * 1e3, "bwd_blocked_ms": blocked_b * 1e3,
@@ -135,7 +144,7 @@ def main():
             })
     if rank == 0:
         print(f"{meta['device']} ×{P}, git {meta['git_sha']}, transport {rows[0]['transport'] if rows else '-'}")
-        print_table(rows, ["P", "algorithm", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D", "fwd_ms", "bwd_ms",
+        print_table(rows, ["P", "algorithm", "lvx_form", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D", "fwd_ms", "bwd_ms",
                            "fwdbwd_ms", "max_rank_mib_sent", "fwd_blocked_ms", "bwd_blocked_ms",
                            "blocked_frac", "tflops_total"])
         if args.csv:

@@ -51,7 +51,8 @@ def predict(row: dict, cal: dict) -> tuple[float, float]:
     for rank in range(P):
         p = _core.predict(lq, lkv, rank, int(row["B"]), int(row["Hq"]), int(row["Hkv"]), int(row["D"]),
                           DTYPE_CODES[row["dtype"]], False, row["algorithm"], cal["flops_per_s"],
-                          cal["bytes_per_s"], cal["latency_s"], cal.get("kernel") or [])
+                          cal["bytes_per_s"], cal["latency_s"], cal.get("kernel") or [],
+                          lvx_gather=row.get("lvx_gather", "False") == "True")
         fwd, bwd = max(fwd, p["forward_s"]), max(bwd, p["backward_s"])
     return fwd, bwd
 

@@ -23,11 +23,34 @@ namespace {
 struct Descriptor {
   int64_t B, Lq, Lkv, Hq, Hkv, D, max_range_end;
   int32_t dtype, algorithm, has_ranges, has_error, device;
+  int32_t gather_mode;      // LVX_LVX_GATHER: -1 auto, 0 ring, 1 gather (rank 0's decides)
+  int64_t gather_max_bytes;  // LVX_GATHER_MAX_MB in bytes (rank 0's decides)
   float scale;
   double flops_per_s, bytes_per_s, latency_s;
   KernelCost kernel_fwd, kernel_bwd;
   char error[240];
 };
+
+// LVX_LVX_GATHER=auto|ring|gather (or -1/0/1): how lvx moves queries (plan.hpp).
+int32_t gather_mode_from_env() {
+  const char* v = std::getenv("LVX_LVX_GATHER");
+  if (!v || !*v) return -1;
+  const std::string s(v);
+  if (s == "auto" || s == "-1") return -1;
+  if (s == "ring" || s == "0") return 0;
+  if (s == "gather" || s == "1") return 1;
+  LVX_FAIL(Status::invalid_argument, "LVX_LVX_GATHER must be auto, ring or gather, got '" + s + "'");
+}
+
+int64_t gather_max_bytes_from_env() {
+  const char* v = std::getenv("LVX_GATHER_MAX_MB");
+  if (!v || !*v) return int64_t(1024) << 20;
+  char* end = nullptr;
+  const double mb = std::strtod(v, &end);
+  if (end == v || *end || !(mb >= 0))
+    LVX_FAIL(Status::invalid_argument, std::string("LVX_GATHER_MAX_MB must be a number of MiB, got '") + v + "'");
+  return static_cast<int64_t>(mb * (1 << 20));
+}
 
 int ranks_on_node(MPI_Comm comm) {
   MPI_Comm node;
@@ -183,6 +206,8 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
   mine.algorithm = static_cast<int32_t>(l.algorithm);
   mine.has_ranges = l.has_ranges;
   mine.device = l.device;
+  mine.gather_mode = gather_mode_from_env();
+  mine.gather_max_bytes = gather_max_bytes_from_env();
   mine.scale = l.scale;
   mine.flops_per_s = cost_params.flops_per_s;
   mine.bytes_per_s = cost_params.bytes_per_s;
@@ -251,6 +276,8 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
                    std::to_string(all[r].max_range_end) + " exceeds the global KV length " +
                    std::to_string(p.lkv_total));
   Algorithm a = l.algorithm;
+  const bool gather = p.P > 1 && lvx_should_gather(p, all[0].gather_mode, all[0].gather_max_bytes, all[0].device);
+  p.lvx_gather = gather;  // what lvx would do, for the prediction below
   if (a == Algorithm::automatic) {
     CostParams c{all[0].flops_per_s, all[0].bytes_per_s, all[0].latency_s, all[0].kernel_fwd, all[0].kernel_bwd};
     a = choose_algorithm(p, c);
@@ -261,6 +288,7 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
                  std::to_string(p.Hkv) + ") divisible by the number of ranks (" + std::to_string(p.P) +
                  "); use 'lvx' or 'ring'");
   p.algorithm = a;
+  p.lvx_gather = gather && a == Algorithm::lvx;
   return p;
 }
 

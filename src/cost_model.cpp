@@ -61,6 +61,33 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
     case Algorithm::lvx: {
       const double in_f = q_row * es + rng, acc_f = 4.0 * (q_row + lse_row);
       const double in_b = 2 * q_row * es + 8.0 * lse_row + rng, acc_b = 4.0 * q_row;
+      if (p.lvx_gather) {
+        // Own block while the others' arrive (P − 1 messages each way at once), one
+        // step over all the others, then their partial results go home (exposed).
+        // The slowest rank paces everyone.
+        auto gather_time = [&](const KernelCost& k, double flop_factor, double in, double acc) {
+          double worst = 0;
+          for (int q = 0; q < P; ++q) {
+            const double own = p.lq[q], others = p.lq_total - own;
+            const double lkv = p.lkv[q];
+            auto step = [&](double rows) {
+              if (rows <= 0) return 0.0;
+              return step_seconds(k, c.flops_per_s, flop_factor * attn_flops(p, int64_t(rows), int64_t(lkv)),
+                                  double(p.B) * rows * p.Hq * p.D, double(p.B) * lkv * p.Hkv * p.D);
+            };
+            const double t_in = std::max(own * (P - 1), others) * in / c.bytes_per_s + c.latency_s;
+            const double t_back = std::max(own * (P - 1), others) * acc / c.bytes_per_s + c.latency_s;
+            worst = std::max(worst, std::max(step(own), t_in) + step(others) + t_back);
+          }
+          return worst;
+        };
+        const double own = p.lq[r], others = p.lq_total - own;
+        out.forward_bytes = static_cast<uint64_t>(own * (P - 1) * in_f + others * acc_f + 0.5);
+        out.backward_bytes = static_cast<uint64_t>(own * (P - 1) * in_b + others * acc_b + 0.5);
+        out.forward_s = gather_time(c.fwd, 1.0, in_f, acc_f);
+        out.backward_s = gather_time(c.bwd, 2.5, in_b, acc_b);
+        break;
+      }
       out.forward_bytes = static_cast<uint64_t>(sum_blocks(p.lq, in_f, P - 1) + sum_blocks(p.lq, acc_f, P) + 0.5);
       out.backward_bytes = static_cast<uint64_t>(sum_blocks(p.lq, in_b, P - 1) + sum_blocks(p.lq, acc_b, P) + 0.5);
       out.forward_s = ring_time(p, c, {c_fwd, p.lq_max * in_f, p.lq_max * acc_f}, true);
@@ -111,6 +138,18 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
   out.forward_s += c.fwd.s_per_call;
   out.backward_s += c.bwd.s_per_call;
   return out;
+}
+
+double lvx_gather_bytes(const Plan& p) {
+  // Gathered Q and dO (storage dtype), LSE and Dl, and the fp32 dQ of the others,
+  // plus this rank's own fp32 dQ.
+  const double rows = double(p.B) * p.lq_total;
+  return rows * p.Hq * (p.D * (2.0 * dtype_size(p.dtype) + 8.0) + 8.0);
+}
+
+bool lvx_should_gather(const Plan& p, int32_t mode, int64_t max_bytes, int32_t device) {
+  if (mode >= 0) return mode == 1;
+  return device == 1 && lvx_gather_bytes(p) <= double(max_bytes);
 }
 
 Algorithm choose_algorithm(const Plan& plan, const CostParams& c) {

@@ -38,6 +38,13 @@ struct Prediction {
 
 Prediction predict(Algorithm a, const Plan& plan, const CostParams& c);
 // The feasible algorithm with the smallest predicted forward+backward time.
+// Whether lvx gathers the query side (Plan::lvx_gather): mode 1 always, 0 never;
+// auto (-1) on GPUs, where one long step runs much closer to the kernel's peak than
+// P short ones, as long as the gathered query-side buffers fit in max_bytes.
+bool lvx_should_gather(const Plan& p, int32_t mode, int64_t max_bytes, int32_t device);
+// Bytes of the query-side buffers a gathered lvx backward holds.
+double lvx_gather_bytes(const Plan& p);
+
 Algorithm choose_algorithm(const Plan& plan, const CostParams& c);
 
 }  // namespace lvx

@@ -33,6 +33,9 @@ struct Plan {
   bool has_ranges = false;
   std::vector<int64_t> lq, lkv, q_off, kv_off;  // per rank
   int64_t lq_total = 0, lkv_total = 0, lq_max = 0, lkv_max = 0;
+  // lvx only: gather the other ranks' query-side blocks and attend to them in one
+  // step after this rank's own block, instead of P ring steps (DESIGN.md).
+  bool lvx_gather = false;
 
   StepShape step(int q_owner, int kv_owner) const {
     return StepShape{B, lq[q_owner], lkv[kv_owner], Hq, Hkv, D};

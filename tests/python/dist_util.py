@@ -4,6 +4,7 @@ and slicing a global problem into one rank's shard."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -65,3 +66,16 @@ def errors_against_reference(comm, global_inputs, ranges, o, lse, local_inputs):
         "dk": rel_err(gather_rows(comm, kl.grad), kr.grad),
         "dv": rel_err(gather_rows(comm, vl.grad), vr.grad),
     }
+
+
+@contextlib.contextmanager
+def lvx_form(form):
+    """Forces lvx's form ("ring" or "gather", LVX_LVX_GATHER) on every rank; "" keeps auto."""
+    if not form:
+        yield
+        return
+    os.environ["LVX_LVX_GATHER"] = form
+    try:
+        yield
+    finally:
+        del os.environ["LVX_LVX_GATHER"]

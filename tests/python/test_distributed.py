@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lvxattn
-from dist_util import errors_against_reference, shard, sub_comm, uneven_split
+from dist_util import errors_against_reference, lvx_form, shard, sub_comm, uneven_split
 from reference import TOL
 
 mpi = pytest.importorskip("mpi4py.MPI")
@@ -18,6 +18,8 @@ WORLD = mpi.COMM_WORLD
 
 
 def run_and_check(comm, algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask, zero_q=None, zero_kv=None, seed=0):
+    """algorithm: lvx, ring, ulysses, or lvx/ring, lvx/gather to force lvx's form."""
+    algorithm, _, form = algorithm.partition("/")
     P, rank = comm.size, comm.rank
     gen = torch.Generator().manual_seed(seed)  # same global problem on every rank
     q = torch.randn(B, Lq, Hq, D, generator=gen).to(dtype)
@@ -34,8 +36,11 @@ def run_and_check(comm, algorithm, B, Lq, Lkv, Hq, Hkv, D, dtype, mask, zero_q=N
     kl = shard(k, lkv, rank).requires_grad_()
     vl = shard(v, lkv, rank).requires_grad_()
     rl = None if ranges is None else shard(ranges, lq, rank)
-    o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm, q_ranges=rl)
-    o.backward(shard(do, lq, rank))
+    with lvx_form(form):
+        o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm, q_ranges=rl)
+        o.backward(shard(do, lq, rank))
+    if form and P > 1:
+        assert lvxattn.last_stats()["lvx_gather"] == (form == "gather")
 
     tol = TOL[dtype]
     errs = errors_against_reference(comm, (q, k, v, do), ranges, o, lse, (ql, kl, vl))
@@ -49,6 +54,10 @@ CASES = [
     ("lvx", 1, 40, 300, 8, 2, 32, torch.float32, None),
     ("lvx", 3, 23, 150, 4, 4, 64, torch.bfloat16, "all_previous"),
     ("lvx", 2, 31, 211, 8, 2, 32, torch.float32, "latest"),
+    ("lvx/gather", 1, 40, 300, 8, 2, 32, torch.float32, "all_previous"),
+    ("lvx/gather", 3, 23, 150, 4, 4, 64, torch.bfloat16, None),
+    ("lvx/gather", 2, 31, 211, 8, 2, 32, torch.float32, "latest"),
+    ("lvx/gather", 2, 17, 90, 4, 2, 32, torch.bfloat16, "all_previous"),
     ("ring", 1, 40, 300, 8, 2, 32, torch.float32, "all_previous"),
     ("ring", 3, 23, 150, 4, 4, 64, torch.bfloat16, None),
     ("ring", 2, 31, 211, 8, 2, 32, torch.float32, "latest"),
@@ -73,10 +82,15 @@ def test_algorithms_match_reference_at_every_rank_count(case):
                               zero_q=0, zero_kv=P - 1, seed=10 + P)
 
 
-def expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, has_ranges):
+def expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, has_ranges, gather=False):
     """Bytes this rank sends, from DESIGN.md's table, block by block."""
     blk = lambda rows, t: rows[(rank - t) % P]  # block held at step t
     rng = 8 * B if has_ranges else 0
+    if algorithm == "lvx" and gather:  # own block to every other rank, their results home
+        others = sum(lq) - lq[rank]
+        if phase == "forward":
+            return (P - 1) * lq[rank] * (B * Hq * D * es + rng) + others * 4 * (B * Hq * D + B * Hq)
+        return (P - 1) * lq[rank] * (2 * B * Hq * D * es + 8 * B * Hq + rng) + others * 4 * B * Hq * D
     if algorithm == "lvx" and phase == "forward":
         return sum(blk(lq, t) * (B * Hq * D * es + rng) for t in range(P - 1)) + \
                sum(blk(lq, t) * 4 * (B * Hq * D + B * Hq) for t in range(P))
@@ -109,7 +123,8 @@ def test_bytes_sent_match_the_formula_and_lvx_sends_less(dtype):
         stats = lvxattn.last_stats()
         assert stats["algorithm"] == algorithm
         for phase in ("forward", "backward"):
-            want = expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, True)
+            want = expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, True,
+                                  stats.get("lvx_gather", False))
             assert stats[phase]["bytes_sent"] == want, (algorithm, phase)
             total = comm.allreduce(stats[phase]["bytes_sent"])
             assert comm.allreduce(stats[phase]["bytes_recv"]) == total

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lvxattn
-from dist_util import errors_against_reference, shard, uneven_split
+from dist_util import errors_against_reference, lvx_form, shard, uneven_split
 from reference import rel_err
 
 mpi = pytest.importorskip("mpi4py.MPI")
@@ -37,6 +37,8 @@ CASES = [
     ("lvx", "nccl", torch.float16, 2, 130, 1500, 8, 8, 64, "latest", True),
     ("lvx", "mpi", torch.bfloat16, 1, 300, 4000, 16, 4, 128, "latest", True),
     ("lvx", "mpi", torch.float16, 2, 130, 1500, 8, 2, 64, None, False),
+    ("lvx/ring", "nccl", torch.bfloat16, 2, 300, 4000, 16, 4, 128, "all_previous", True),
+    ("lvx/gather", "mpi", torch.float16, 2, 130, 1500, 8, 2, 64, "latest", True),
     ("ring", "nccl", torch.bfloat16, 1, 300, 4000, 16, 4, 128, "all_previous", True),
     ("ring", "nccl", torch.float16, 2, 130, 1500, 8, 2, 64, None, False),
     ("ring", "mpi", torch.float16, 1, 300, 4000, 16, 4, 128, "latest", False),
@@ -48,7 +50,8 @@ CASES = [
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", CASES, ids=["-".join(str(x).replace("torch.", "") for x in c[:3]) for c in CASES])
 def test_gpu_algorithms_and_transports_match_reference(case):
-    algorithm, transport, dtype, B, Lq, Lkv, Hq, Hkv, D, mask, zeros = case
+    requested, transport, dtype, B, Lq, Lkv, Hq, Hkv, D, mask, zeros = case
+    algorithm, _, form = requested.partition("/")  # lvx/ring, lvx/gather: force lvx's form
     comm, P, rank = WORLD, WORLD.size, WORLD.rank
     if algorithm == "ulysses" and (Hq % P or Hkv % P):
         pytest.skip("heads not divisible by P")
@@ -68,13 +71,16 @@ def test_gpu_algorithms_and_transports_match_reference(case):
     kl = shard(k, lkv, rank).to(dev).requires_grad_()
     vl = shard(v, lkv, rank).to(dev).requires_grad_()
     rl = None if ranges is None else shard(ranges, lq, rank).to(dev)
-    o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm, q_ranges=rl,
-                                             transport=transport)
-    o.backward(shard(do, lq, rank).to(dev))
+    with lvx_form(form):
+        o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm, q_ranges=rl,
+                                                 transport=transport)
+        o.backward(shard(do, lq, rank).to(dev))
     torch.cuda.synchronize(dev)
     stats = lvxattn.last_stats()
     if P > 1:
         assert stats["transport"].startswith(transport)
+        if algorithm == "lvx":  # auto gathers on GPUs
+            assert stats["lvx_gather"] == (form != "ring")
 
     tol = TOL[dtype]
     errs = errors_against_reference(comm, (q, k, v, do), ranges, o, lse, (ql, kl, vl))
