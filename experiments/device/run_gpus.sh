@@ -53,7 +53,7 @@ if [[ " $steps " == *" bench "* ]]; then
   csv="$out/dist_gpu.csv"
   for n in ${BENCH_RANKS:-1 2 $NGPU}; do
     timeout 240 $MPIRUN -n $n python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
-      --algorithms lvx,ring --transport nccl --repeats ${REPEATS:-7} --csv "$csv" --tag "P=$n" 2>&1 | tail -12
+      --algorithms ${BENCH_ALGS:-lvx,ring} --transport nccl --repeats ${REPEATS:-7} --csv "$csv" --tag "P=$n" 2>&1 | tail -20
   done
   # A/B in the same call: the communication stream at normal priority (the default is high).
   [ "${PRIORITY_AB:-0}" = 1 ] && timeout 240 $MPIRUN -n $NGPU -x LVX_COMM_PRIORITY=normal python3 experiments/bench_dist.py \
@@ -62,8 +62,8 @@ if [[ " $steps " == *" bench "* ]]; then
   [ "${EXTRA:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
     --algorithms ulysses --transport nccl --repeats 5 --csv "$csv" 2>&1 | tail -7
   [ "${MPI_BENCH:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda \
-    --shapes ${MPI_SHAPES:-4096x65536x16x16x128:fp16,2048x131072x32x8x128:bf16} --algorithms lvx,ring --transport mpi \
-    --repeats 5 --csv "$csv" 2>&1 | tail -5
+    --shapes ${MPI_SHAPES:-4096x65536x16x16x128:fp16,2048x131072x32x8x128:bf16} --algorithms ${MPI_ALGS:-lvx,ring} --transport mpi \
+    --repeats 5 --csv "$csv" 2>&1 | tail -8
 fi
 
 RECOMPUTE_ARGS=${RECOMPUTE_ARGS:---text-len 512 --start 262144 --granularity 131072 --trial-timeout 60}
