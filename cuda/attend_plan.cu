@@ -31,8 +31,9 @@ SplitPlan plan_fwd_splits(int B, int Lq, int Lkv, int Hq, int block_m, int block
   const long long blocks = (long long)B * Hq * ((Lq + block_m - 1) / block_m);
   const long long slots = (long long)num_sms * blocks_per_sm;
   const int kv_tiles = (Lkv + block_n - 1) / block_n;
-  if (blocks == 0 || blocks >= slots || kv_tiles < 8) return plan;
-  // Each split keeps at least 4 KV tiles; pick the count whose last wave is fullest.
+  if (blocks == 0 || kv_tiles < 8) return plan;
+  // Each split keeps at least 4 KV tiles; pick the count whose last wave is fullest
+  // (also past one wave: 192 blocks on 132 slots leave the second wave half empty).
   const int max_splits = std::min<long long>(std::min(kv_tiles / 4, 128), (4 * slots + blocks - 1) / blocks);
   double best_eff = 0.0;
   int best = 1;

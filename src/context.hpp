@@ -88,6 +88,7 @@ class Context {
  private:
   template <typename Fn>
   void run_collective(const char* what, Fn&& fn);
+  Plan effective(const Plan& plan) const;
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;

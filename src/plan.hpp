@@ -36,6 +36,7 @@ struct Plan {
   // lvx only: gather the other ranks' query-side blocks and attend to them in one
   // step after this rank's own block, instead of P ring steps (DESIGN.md).
   bool lvx_gather = false;
+  bool lvx_gather_forced = false;  // by LVX_LVX_GATHER, not chosen by auto
 
   StepShape step(int q_owner, int kv_owner) const {
     return StepShape{B, lq[q_owner], lkv[kv_owner], Hq, Hkv, D};

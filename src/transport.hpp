@@ -30,6 +30,8 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual std::string name() const = 0;
+  // Whether device buffers move without host staging (NCCL, CUDA-aware MPI).
+  virtual bool device_direct() const { return false; }
   virtual int post(const std::vector<Message>& sends, const std::vector<Message>& recvs) = 0;
   virtual void wait(int ticket) = 0;
   // Blocks until every posted group is complete (used on error paths and at the end).

@@ -108,6 +108,7 @@ class MpiDeviceTransport final : public Transport {
   }
 
   std::string name() const override { return direct_ ? "mpi (CUDA-aware)" : "mpi (host-staged)"; }
+  bool device_direct() const override { return direct_; }
 
   int post(const std::vector<Message>& sends, const std::vector<Message>& recvs) override {
     LVX_CUDA_CHECK(cudaSetDevice(device_));

@@ -54,6 +54,7 @@ class NcclTransport final : public Transport {
   }
 
   std::string name() const override { return "nccl"; }
+  bool device_direct() const override { return true; }
 
   int post(const std::vector<Message>& sends, const std::vector<Message>& recvs) override {
     cudaEvent_t ready = event(), done = event();
