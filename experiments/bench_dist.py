@@ -84,7 +84,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--algorithms", default="lvx,ring,ulysses",
-                    help="comma-separated; lvx/ring and lvx/gather force lvx's form (LVX_LVX_GATHER)")
+                    help="comma-separated; lvx/FORM forces lvx's form: ring, gather, overlap or single "
+                         "(LVX_LVX_GATHER)")
     ap.add_argument("--transport", default="auto")
     ap.add_argument("--shapes", default="512x32768x8x8x64:fp32",
                     help="comma-separated LqxLkvxHqxHkvxD[:dtype], global lengths")
@@ -132,7 +133,7 @@ def main():
             rows.append({
                 **meta, "tag": args.tag, "P": P, "device_kind": args.device,
                 "transport": stats["transport"], "algorithm": stats["algorithm"],
-                "lvx_form": ("gather" if stats.get("lvx_gather") else "ring") if stats["algorithm"] == "lvx" else "",
+                "lvx_form": stats.get("lvx_form", ""),
                 "Lq": lq, "Lkv": lkv, "Hq": hq, "Hkv": hkv, "D": d, "dtype": dtype_name,
                 "fwd_ms": fm * 1e3, "bwd_ms": bm * 1e3, "fwdbwd_ms": (fm + bm) * 1e3,
                 "fwd_blocked_ms": blocked_f * 1e3, "bwd_blocked_ms": blocked_b * 1e3,

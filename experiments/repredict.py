@@ -52,7 +52,8 @@ def predict(row: dict, cal: dict) -> tuple[float, float]:
         p = _core.predict(lq, lkv, rank, int(row["B"]), int(row["Hq"]), int(row["Hkv"]), int(row["D"]),
                           DTYPE_CODES[row["dtype"]], False, row["algorithm"], cal["flops_per_s"],
                           cal["bytes_per_s"], cal["latency_s"], cal.get("kernel") or [],
-                          lvx_gather=row.get("lvx_gather", "False") == "True")
+                          lvx_gather=row.get("lvx_form") in ("overlap", "single"),
+                          lvx_overlap=row.get("lvx_form") == "overlap")
         fwd, bwd = max(fwd, p["forward_s"]), max(bwd, p["backward_s"])
     return fwd, bwd
 

@@ -96,14 +96,15 @@ def even_counts(n: int, P: int) -> list[int]:
     return [n * (r + 1) // P - n * r // P for r in range(P)]
 
 
-def predict(comm, point: dict, algorithm: str, params: dict, lvx_gather: bool = False) -> dict:
+def predict(comm, point: dict, algorithm: str, params: dict, lvx_form: str = "") -> dict:
     """Predicted seconds (slowest rank) and bytes sent (largest rank) per phase, and
     whether every rank's predicted bytes will be compared: returns per-rank bytes too."""
     P, r = comm.size, comm.rank
     args = (even_counts(point["Lq"], P), even_counts(point["Lkv"], P), r, 1, point["Hq"], point["Hkv"],
             point["D"], DTYPE_CODES[point["dtype"]], False, algorithm)
     pred = _core.predict(*args, params["flops_per_s"], params["bytes_per_s"], params["latency_s"],
-                         params.get("kernel") or [], lvx_gather=lvx_gather)
+                         params.get("kernel") or [], lvx_gather=lvx_form in ("overlap", "single"),
+                         lvx_overlap=lvx_form == "overlap")
     return {k: pred[k] for k in ("forward_s", "backward_s", "forward_bytes", "backward_bytes")}
 
 
@@ -111,14 +112,14 @@ def run_point(comm, device, point: dict, params: dict, repeats: int, warmup: int
     shape = (point["Lq"], point["Lkv"], point["Hq"], point["Hkv"], point["D"], point["dtype"])
     fwd, bwd, stats = bench_one(comm, device, point["algorithm"], point["transport"], shape, repeats, warmup)
     algorithm = stats["algorithm"]
-    pred = predict(comm, point, algorithm, params, stats.get("lvx_gather", False))
+    pred = predict(comm, point, algorithm, params, stats.get("lvx_form", ""))
     f, b = stats["forward"], stats["backward"]
     mx = lambda x: comm.allreduce(x, op=MPI.MAX)  # noqa: E731
     exact = comm.allreduce(int(f["bytes_sent"] == pred["forward_bytes"] and b["bytes_sent"] == pred["backward_bytes"]),
                            op=MPI.MIN)
     fm, bm = statistics.median(fwd), statistics.median(bwd)
     return {
-        "requested": point["algorithm"], "algorithm": algorithm, "lvx_gather": stats.get("lvx_gather", False),
+        "requested": point["algorithm"], "algorithm": algorithm, "lvx_form": stats.get("lvx_form", ""),
         "transport": stats["transport"],
         "backend": stats["backend"], "scaling": point["scaling"], "P": comm.size, "dtype": point["dtype"], "B": 1,
         "Lq": point["Lq"], "Lkv": point["Lkv"], "Hq": point["Hq"], "Hkv": point["Hkv"], "D": point["D"],

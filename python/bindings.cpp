@@ -115,7 +115,8 @@ PYBIND11_MODULE(_core, m) {
       "predict",
       [](const std::vector<int64_t>& lq, const std::vector<int64_t>& lkv, int rank, int64_t B, int64_t Hq,
          int64_t Hkv, int64_t D, int dtype, bool has_ranges, const std::string& algorithm, double flops_per_s,
-         double bytes_per_s, double latency_s, const std::vector<double>& kernel, bool lvx_gather) {
+         double bytes_per_s, double latency_s, const std::vector<double>& kernel, bool lvx_gather,
+         bool lvx_overlap) {
         LVX_REQUIRE(lq.size() == lkv.size() && !lq.empty(), "lq and lkv need one entry per rank");
         lvx::Plan p;
         p.P = static_cast<int>(lq.size());
@@ -130,12 +131,14 @@ PYBIND11_MODULE(_core, m) {
         p.lkv = lkv;
         lvx::finish_plan(p);
         p.lvx_gather = lvx_gather && p.P > 1;
+        p.lvx_overlap = lvx_overlap && p.lvx_gather;
         return prediction_dict(lvx::predict(parse_algorithm(algorithm), p,
                                             make_cost_params(flops_per_s, bytes_per_s, latency_s, kernel)));
       },
       py::arg("lq"), py::arg("lkv"), py::arg("rank"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
       py::arg("dtype"), py::arg("has_ranges"), py::arg("algorithm"), py::arg("flops_per_s"), py::arg("bytes_per_s"),
       py::arg("latency_s"), py::arg("kernel") = std::vector<double>{}, py::arg("lvx_gather") = false,
+      py::arg("lvx_overlap") = false,
       "Predicted seconds and bytes this rank sends for one algorithm (the model behind 'auto').");
 
   py::class_<lvx::Plan>(m, "Plan")
@@ -238,6 +241,10 @@ PYBIND11_MODULE(_core, m) {
              d["backend"] = c.backend().describe();
              d["P"] = c.size();
              d["lvx_gather"] = c.last_plan().lvx_gather;
+             d["lvx_form"] = c.last_plan().algorithm != lvx::Algorithm::lvx || c.size() == 1 ? ""
+                             : !c.last_plan().lvx_gather                                    ? "ring"
+                             : c.last_plan().lvx_overlap                                    ? "overlap"
+                                                                                            : "single";
              lvx::PhaseStats fwd, bwd;
              {
                py::gil_scoped_release release;  // reading the timings waits for the device

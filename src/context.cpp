@@ -23,7 +23,7 @@ namespace {
 struct Descriptor {
   int64_t B, Lq, Lkv, Hq, Hkv, D, max_range_end;
   int32_t dtype, algorithm, has_ranges, has_error, device;
-  int32_t gather_mode;      // LVX_LVX_GATHER: -1 auto, 0 ring, 1 gather (rank 0's decides)
+  int32_t gather_mode;       // LVX_LVX_GATHER (LvxGatherMode; rank 0's decides)
   int64_t gather_max_bytes;  // LVX_GATHER_MAX_MB in bytes (rank 0's decides)
   float scale;
   double flops_per_s, bytes_per_s, latency_s;
@@ -31,15 +31,18 @@ struct Descriptor {
   char error[240];
 };
 
-// LVX_LVX_GATHER=auto|ring|gather (or -1/0/1): how lvx moves queries (plan.hpp).
+// LVX_LVX_GATHER=auto|ring|gather|overlap|single: how lvx moves queries (plan.hpp).
 int32_t gather_mode_from_env() {
   const char* v = std::getenv("LVX_LVX_GATHER");
-  if (!v || !*v) return -1;
+  if (!v || !*v) return kGatherAuto;
   const std::string s(v);
-  if (s == "auto" || s == "-1") return -1;
-  if (s == "ring" || s == "0") return 0;
-  if (s == "gather" || s == "1") return 1;
-  LVX_FAIL(Status::invalid_argument, "LVX_LVX_GATHER must be auto, ring or gather, got '" + s + "'");
+  if (s == "auto") return kGatherAuto;
+  if (s == "ring") return kGatherRing;
+  if (s == "gather") return kGatherAny;
+  if (s == "overlap") return kGatherOverlap;
+  if (s == "single") return kGatherSingle;
+  LVX_FAIL(Status::invalid_argument,
+           "LVX_LVX_GATHER must be auto, ring, gather, overlap or single, got '" + s + "'");
 }
 
 int64_t gather_max_bytes_from_env() {
@@ -278,6 +281,7 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
   Algorithm a = l.algorithm;
   const bool gather = p.P > 1 && lvx_should_gather(p, all[0].gather_mode, all[0].gather_max_bytes, all[0].device);
   p.lvx_gather = gather;  // what lvx would do, for the prediction below
+  p.lvx_overlap = gather && lvx_should_overlap(p, all[0].gather_mode);
   if (a == Algorithm::automatic) {
     CostParams c{all[0].flops_per_s, all[0].bytes_per_s, all[0].latency_s, all[0].kernel_fwd, all[0].kernel_bwd};
     a = choose_algorithm(p, c);
@@ -289,7 +293,8 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
                  "); use 'lvx' or 'ring'");
   p.algorithm = a;
   p.lvx_gather = gather && a == Algorithm::lvx;
-  p.lvx_gather_forced = all[0].gather_mode >= 0;
+  p.lvx_overlap = p.lvx_overlap && p.lvx_gather;
+  p.lvx_gather_forced = all[0].gather_mode != kGatherAuto;
   return p;
 }
 
@@ -315,7 +320,8 @@ void Context::run_collective(const char* what, Fn&& fn) {
 // Every rank has the same kind of transport, so all make the same choice.
 Plan Context::effective(const Plan& plan) const {
   Plan p = plan;
-  if (p.lvx_gather && !p.lvx_gather_forced && !(transport_ && transport_->device_direct())) p.lvx_gather = false;
+  if (p.lvx_gather && !p.lvx_gather_forced && !(transport_ && transport_->device_direct()))
+    p.lvx_gather = p.lvx_overlap = false;
   return p;
 }
 

@@ -62,9 +62,9 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
       const double in_f = q_row * es + rng, acc_f = 4.0 * (q_row + lse_row);
       const double in_b = 2 * q_row * es + 8.0 * lse_row + rng, acc_b = 4.0 * q_row;
       if (p.lvx_gather) {
-        // Own block while the others' arrive (P − 1 messages each way at once), one
-        // step over all the others, then their partial results go home (exposed).
-        // The slowest rank paces everyone.
+        // The gather (P − 1 messages each way at once), overlapped with a step over
+        // the own block or not; one step over the rest; the others' partial results
+        // go home (exposed). The slowest rank paces everyone.
         auto gather_time = [&](const KernelCost& k, double flop_factor, double in, double acc) {
           double worst = 0;
           for (int q = 0; q < P; ++q) {
@@ -77,7 +77,8 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
             };
             const double t_in = std::max(own * (P - 1), others) * in / c.bytes_per_s + c.latency_s;
             const double t_back = std::max(own * (P - 1), others) * acc / c.bytes_per_s + c.latency_s;
-            worst = std::max(worst, std::max(step(own), t_in) + step(others) + t_back);
+            worst = std::max(worst, p.lvx_overlap ? std::max(step(own), t_in) + step(others) + t_back
+                                                  : t_in + step(own + others) + t_back);
           }
           return worst;
         };
@@ -148,8 +149,18 @@ double lvx_gather_bytes(const Plan& p) {
 }
 
 bool lvx_should_gather(const Plan& p, int32_t mode, int64_t max_bytes, int32_t device) {
-  if (mode >= 0) return mode == 1;
+  if (mode != kGatherAuto) return mode != kGatherRing;
   return device == 1 && lvx_gather_bytes(p) <= double(max_bytes);
+}
+
+bool lvx_should_overlap(const Plan& p, int32_t mode) {
+  if (mode == kGatherOverlap || mode == kGatherSingle) return mode == kGatherOverlap;
+  int64_t lkv_min = p.lkv_max, lq_min = p.lq_max;
+  for (int r = 0; r < p.P; ++r) {
+    lkv_min = std::min(lkv_min, p.lkv[r]);
+    lq_min = std::min(lq_min, p.lq[r]);
+  }
+  return double(lkv_min) * p.Hkv < double(p.lq_total - lq_min) * p.Hq;
 }
 
 Algorithm choose_algorithm(const Plan& plan, const CostParams& c) {

@@ -38,10 +38,20 @@ struct Prediction {
 
 Prediction predict(Algorithm a, const Plan& plan, const CostParams& c);
 // The feasible algorithm with the smallest predicted forward+backward time.
-// Whether lvx gathers the query side (Plan::lvx_gather): mode 1 always, 0 never;
-// auto (-1) on GPUs, where one long step runs much closer to the kernel's peak than
-// P short ones, as long as the gathered query-side buffers fit in max_bytes.
+// How lvx moves the query side (LVX_LVX_GATHER).
+enum LvxGatherMode : int32_t {
+  kGatherAuto = -1, kGatherRing = 0, kGatherAny = 1, kGatherOverlap = 2, kGatherSingle = 3
+};
+// Whether lvx gathers the query side (Plan::lvx_gather): the gather modes always,
+// ring never; auto on GPUs, where one long step runs much closer to the kernel's
+// peak than P short ones, as long as the gathered buffers fit in max_bytes.
 bool lvx_should_gather(const Plan& p, int32_t mode, int64_t max_bytes, int32_t device);
+// Whether a gathered lvx attends to its own block while the others arrive
+// (Plan::lvx_overlap). Unless forced: only when the query side outweighs the K/V
+// a step revisits (Lkv·Hkv < Lq·Hq of the others), since every extra step pays a
+// K/V pass (~1.5 ns per row-head in the backward on an H200) while the gather it
+// would hide moves only the small query side.
+bool lvx_should_overlap(const Plan& p, int32_t mode);
 // Bytes of the query-side buffers a gathered lvx backward holds.
 double lvx_gather_bytes(const Plan& p);
 

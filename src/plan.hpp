@@ -33,9 +33,11 @@ struct Plan {
   bool has_ranges = false;
   std::vector<int64_t> lq, lkv, q_off, kv_off;  // per rank
   int64_t lq_total = 0, lkv_total = 0, lq_max = 0, lkv_max = 0;
-  // lvx only: gather the other ranks' query-side blocks and attend to them in one
-  // step after this rank's own block, instead of P ring steps (DESIGN.md).
+  // lvx only: gather the query-side blocks instead of P ring steps (DESIGN.md),
+  // then attend to all of them in one step (lvx_overlap false), or to this rank's
+  // own block while the others arrive and to the others in a second step.
   bool lvx_gather = false;
+  bool lvx_overlap = false;
   bool lvx_gather_forced = false;  // by LVX_LVX_GATHER, not chosen by auto
 
   StepShape step(int q_owner, int kv_owner) const {

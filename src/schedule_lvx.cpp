@@ -32,14 +32,15 @@ struct Strips {
   int tag = 0;
 };
 
-// The gathered layout: the other ranks' blocks, in order r+1, r+2, …, one after
-// another along the row axis of every strip.
+// The gathered layout: blocks in order r, r+1, …, r−1 (this rank's own first, and
+// only with_self), one after another along the row axis of every strip.
 struct Others {
   std::vector<int> ranks;
   std::vector<int64_t> off;
   int64_t rows = 0;
-  explicit Others(const Plan& p) {
-    for (int k = 1; k < p.P; ++k) {
+  size_t first_other = 0;  // index of the first block from another rank
+  Others(const Plan& p, bool with_self) : first_other(with_self ? 1 : 0) {
+    for (int k = with_self ? 0 : 1; k < p.P; ++k) {
       const int j = (p.rank + k) % p.P;
       ranks.push_back(j);
       off.push_back(rows);
@@ -65,7 +66,7 @@ class QueryGather {
   int post() {
     const Plan& p = env_.plan;
     std::vector<Message> sends, recvs;
-    for (size_t i = 0; i < oth_.ranks.size(); ++i) {
+    for (size_t i = oth_.first_other; i < oth_.ranks.size(); ++i) {
       const int j = oth_.ranks[i];
       for (size_t k = 0; k < parts_.size(); ++k) {
         const Strips& s = parts_[k];
@@ -77,15 +78,18 @@ class QueryGather {
     }
     return env_.transport->post(sends, recvs);
   }
+  // After the wait: staged blocks, and this rank's own, go into place.
   void place() {
     const Plan& p = env_.plan;
     for (size_t k = 0; k < parts_.size(); ++k) {
       const Strips& s = parts_[k];
-      if (!s.unit || s.strips == 1) continue;
+      if (!s.unit) continue;
       for (size_t i = 0; i < oth_.ranks.size(); ++i) {
+        const bool self = i < oth_.first_other;
+        if (s.strips == 1 && !self) continue;  // landed in place
         const size_t w = p.lq[oth_.ranks[i]] * s.unit;
-        env_.backend.copy_2d(gathered_[k] + oth_.off[i] * s.unit, oth_.rows * s.unit,
-                             staged_[k] + oth_.off[i] * s.strips * s.unit, w, w, s.strips);
+        const char* src = self ? static_cast<const char*>(s.own) : staged_[k] + oth_.off[i] * s.strips * s.unit;
+        env_.backend.copy_2d(gathered_[k] + oth_.off[i] * s.unit, oth_.rows * s.unit, src, w, w, s.strips);
       }
     }
   }
@@ -100,7 +104,7 @@ class QueryGather {
 
 // Sends each other rank its rows of gathered results (fp32 tensors as Strips over
 // G rows) and receives this rank's rows from each of them: slot i of `incoming`
-// holds the parts of rank oth.ranks[i], one after another.
+// holds the parts of rank oth.ranks[first_other + i], one after another.
 int post_results_home(ScheduleEnv& env, const std::string& name, const Others& oth,
                       const std::vector<std::pair<const char*, Strips>>& results, char* incoming) {
   const Plan& p = env.plan;
@@ -114,7 +118,7 @@ int post_results_home(ScheduleEnv& env, const std::string& name, const Others& o
   size_t pack_base = 0;
   for (size_t k = 0; k < results.size(); ++k) {
     const auto& [src, s] = results[k];
-    for (size_t i = 0; i < oth.ranks.size(); ++i) {
+    for (size_t i = oth.first_other; i < oth.ranks.size(); ++i) {
       const int j = oth.ranks[i];
       const size_t w = p.lq[j] * s.unit;
       const char* out = src + oth.off[i] * s.unit;
@@ -127,11 +131,11 @@ int post_results_home(ScheduleEnv& env, const std::string& name, const Others& o
     }
     if (s.strips > 1) pack_base += oth.rows * s.strips * s.unit;
   }
-  for (size_t i = 0; i < oth.ranks.size(); ++i) {
+  for (size_t i = oth.first_other; i < oth.ranks.size(); ++i) {
     size_t part = 0;
     for (const auto& [src, s] : results) {
       const size_t bytes = p.lq[p.rank] * s.strips * s.unit;
-      recvs.push_back({oth.ranks[i], incoming + i * own_bytes + part, bytes, s.tag});
+      recvs.push_back({oth.ranks[i], incoming + (i - oth.first_other) * own_bytes + part, bytes, s.tag});
       part += bytes;
     }
   }
@@ -144,7 +148,8 @@ void lvx_forward_gathered(ScheduleEnv& env, const ForwardIO& io, PhaseScope& pha
   Transport& tr = *env.transport;
   const size_t es = dtype_size(p.dtype);
   const int64_t o_row = p.B * p.Hq * p.D, lse_row = p.B * p.Hq;
-  const Others oth(p);
+  const bool overlap = p.lvx_overlap;
+  const Others oth(p, !overlap);
   const int64_t own = p.lq[p.rank], G = oth.rows;
   QueryGather in(env, "lvx.gf", oth,
                  {{io.q, p.B, size_t(p.Hq * p.D) * es, kTagQ},
@@ -174,13 +179,20 @@ void lvx_forward_gathered(ScheduleEnv& env, const ForwardIO& io, PhaseScope& pha
   const size_t own_bytes = own * (o_row + lse_row) * sizeof(float);
   char* inc = static_cast<char*>(ws.get("lvx.gf.inc", std::max<size_t>(oth.ranks.size() * own_bytes, 1)));
 
-  phase.timer.begin();
-  attend(io.q, io.q_ranges, own, acc, acc + own * o_row);
-  phase.timer.end();
+  if (overlap) {
+    phase.timer.begin();
+    attend(io.q, io.q_ranges, own, acc, acc + own * o_row);
+    phase.timer.end();
+  }
   tr.wait(gathered);
   phase.timer.begin();
   in.place();
   attend(in[0], static_cast<const int32_t*>(in[1]), G, og, lseg);
+  if (!overlap) {  // this rank's own rows come first in the gathered results
+    be.copy_2d(acc, own * o_row / p.B * sizeof(float), og, G * o_row / p.B * sizeof(float),
+               own * o_row / p.B * sizeof(float), p.B);
+    be.copy_2d(acc + own * o_row, own * sizeof(float), lseg, G * sizeof(float), own * sizeof(float), p.B * p.Hq);
+  }
   phase.timer.end();
   const int home = post_results_home(env, "lvx.gf", oth,
                                      {{reinterpret_cast<const char*>(og), {nullptr, p.B, size_t(p.Hq * p.D) * 4, kTagAcc}},
@@ -188,14 +200,14 @@ void lvx_forward_gathered(ScheduleEnv& env, const ForwardIO& io, PhaseScope& pha
                                      inc);
   tr.wait(home);
   phase.timer.begin();
-  for (size_t i = 0; i < oth.ranks.size(); ++i) {
+  for (size_t i = 0; i + oth.first_other < oth.ranks.size(); ++i) {
     const float* part = reinterpret_cast<const float*>(inc + i * own_bytes);
     be.merge_lse(MergeLse{p.B, own, p.Hq, p.D, acc, acc + own * o_row, part, part + own * o_row});
   }
   be.convert(io.o, p.dtype, acc, DType::f32, own * o_row);
   be.copy(io.lse, acc + own * o_row, own * lse_row * sizeof(float));
   phase.timer.end();
-  env.stats.steps = 2;
+  env.stats.steps = overlap ? 2 : 1;
 }
 
 void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& phase, float* dl, float* dk,
@@ -206,7 +218,8 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
   const size_t es = dtype_size(p.dtype);
   const int64_t q_row = p.B * p.Hq * p.D;
   const bool direct = p.dtype == DType::f32;
-  const Others oth(p);
+  const bool overlap = p.lvx_overlap;
+  const Others oth(p, !overlap);
   const int64_t own = p.lq[p.rank], G = oth.rows;
   QueryGather in(env, "lvx.gb", oth,
                  {{io.q, p.B, size_t(p.Hq * p.D) * es, kTagQ},
@@ -247,26 +260,32 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
   const size_t own_bytes = own * q_row * sizeof(float);
   char* inc = static_cast<char*>(ws.get("lvx.gb.inc", std::max<size_t>(oth.ranks.size() * own_bytes, 1)));
 
-  phase.timer.begin();
-  attend(io.q, io.dout, io.lse, dl, io.q_ranges, own, dq_own, true, G == 0);
-  phase.timer.end();
+  if (overlap) {
+    phase.timer.begin();
+    attend(io.q, io.dout, io.lse, dl, io.q_ranges, own, dq_own, true, G == 0);
+    phase.timer.end();
+  }
   tr.wait(gathered);
   phase.timer.begin();
   in.place();
-  if (G > 0)
+  if (G > 0 || !overlap)
     attend(in[0], in[1], static_cast<const float*>(in[2]), static_cast<const float*>(in[3]),
-           static_cast<const int32_t*>(in[4]), G, dq_g, false, true);
+           static_cast<const int32_t*>(in[4]), G, dq_g, !overlap, true);
+  if (!overlap) {  // this rank's own rows come first in the gathered dQ
+    const size_t w = own * q_row / p.B * sizeof(float);
+    be.copy_2d(dq_own, w, dq_g, G * q_row / p.B * sizeof(float), w, p.B);
+  }
   phase.timer.end();
   const int home = post_results_home(
       env, "lvx.gb", oth, {{reinterpret_cast<const char*>(dq_g), {nullptr, p.B, size_t(p.Hq * p.D) * 4, kTagAcc}}},
       inc);
   tr.wait(home);
   phase.timer.begin();
-  for (size_t i = 0; i < oth.ranks.size(); ++i)
+  for (size_t i = 0; i + oth.first_other < oth.ranks.size(); ++i)
     be.add(dq_own, reinterpret_cast<const float*>(inc + i * own_bytes), own * q_row);
   be.convert(io.dq, p.dtype, dq_own, DType::f32, own * q_row);
   phase.timer.end();
-  env.stats.steps = 2;
+  env.stats.steps = overlap ? 2 : 1;
 }
 
 }  // namespace

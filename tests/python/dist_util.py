@@ -70,7 +70,7 @@ def errors_against_reference(comm, global_inputs, ranges, o, lse, local_inputs):
 
 @contextlib.contextmanager
 def lvx_form(form):
-    """Forces lvx's form ("ring" or "gather", LVX_LVX_GATHER) on every rank; "" keeps auto."""
+    """Forces lvx's form (LVX_LVX_GATHER: ring, gather, overlap or single) on every rank; "" keeps auto."""
     if not form:
         yield
         return

@@ -201,7 +201,7 @@ def test_predicted_bytes_equal_measured_bytes_for_every_algorithm(case):
                 lvxattn.cross_attention(q, k, v, comm=comm, algorithm=alg, q_ranges=ranges).sum().backward()
                 stats = lvxattn.last_stats()
                 pred = _core.predict(lq, lkv, r, B, Hq, Hkv, D, DTYPE_CODES[dtype], masked, alg, 1e11, 1e9, 1e-6,
-                                     lvx_gather=stats["lvx_gather"])
+                                     lvx_gather=stats["lvx_gather"], lvx_overlap=stats["lvx_form"] == "overlap")
                 assert stats["algorithm"] == alg
                 assert stats["forward"]["bytes_sent"] == pred["forward_bytes"], (alg, P, r, "forward")
                 assert stats["backward"]["bytes_sent"] == pred["backward_bytes"], (alg, P, r, "backward")

@@ -38,7 +38,8 @@ CASES = [
     ("lvx", "mpi", torch.bfloat16, 1, 300, 4000, 16, 4, 128, "latest", True),
     ("lvx", "mpi", torch.float16, 2, 130, 1500, 8, 2, 64, None, False),
     ("lvx/ring", "nccl", torch.bfloat16, 2, 300, 4000, 16, 4, 128, "all_previous", True),
-    ("lvx/gather", "mpi", torch.float16, 2, 130, 1500, 8, 2, 64, "latest", True),
+    ("lvx/overlap", "mpi", torch.float16, 2, 130, 1500, 8, 2, 64, "latest", True),
+    ("lvx/single", "nccl", torch.float16, 2, 130, 1500, 8, 2, 64, None, True),
     ("ring", "nccl", torch.bfloat16, 1, 300, 4000, 16, 4, 128, "all_previous", True),
     ("ring", "nccl", torch.float16, 2, 130, 1500, 8, 2, 64, None, False),
     ("ring", "mpi", torch.float16, 1, 300, 4000, 16, 4, 128, "latest", False),
@@ -80,7 +81,8 @@ def test_gpu_algorithms_and_transports_match_reference(case):
     if P > 1:
         assert stats["transport"].startswith(transport)
         if algorithm == "lvx":  # auto gathers over NCCL, not through host staging
-            assert stats["lvx_gather"] == (form == "gather" or (not form and transport == "nccl"))
+            assert stats["lvx_gather"] == (form in ("gather", "overlap", "single") or (not form and transport == "nccl"))
+            assert not form or form == "gather" or stats["lvx_form"] == form
 
     tol = TOL[dtype]
     errs = errors_against_reference(comm, (q, k, v, do), ranges, o, lse, (ql, kl, vl))
