@@ -2,7 +2,6 @@
 head dims, odd lengths, batches, masks; merge of split steps."""
 
 import itertools
-import math
 
 import pytest
 import torch

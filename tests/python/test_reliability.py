@@ -8,7 +8,6 @@ the test through its timeout.
 
 import gc
 import os
-import resource
 
 import pytest
 import torch
