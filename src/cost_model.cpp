@@ -160,7 +160,7 @@ bool lvx_should_overlap(const Plan& p, int32_t mode) {
     lkv_min = std::min(lkv_min, p.lkv[r]);
     lq_min = std::min(lq_min, p.lq[r]);
   }
-  return double(lkv_min) * p.Hkv < double(p.lq_total - lq_min) * p.Hq;
+  return double(lkv_min) * p.Hkv < 1.5 * double(p.lq_total - lq_min) * p.Hq;
 }
 
 Algorithm choose_algorithm(const Plan& plan, const CostParams& c) {

@@ -178,3 +178,17 @@ def test_auto_reports_the_algorithm_it_ran():
     k, v = torch.randn(1, 400, 4, 16), torch.randn(1, 400, 4, 16)
     lvxattn.cross_attention(q, k, v, comm=comm, algorithm="auto")
     assert lvxattn.last_stats()["algorithm"] in ("lvx", "ring", "ulysses")
+
+
+@pytest.mark.mpi(min_size=2)
+def test_gather_picks_single_or_overlap_by_the_plan_rule():
+    # overlap iff min shard Lkv·Hkv < 1.5 · (Lq·Hq of the other ranks) (cost_model.hpp)
+    comm, P, rank = WORLD, WORLD.size, WORLD.rank
+    for lq, lkv, want in ((8, 64 * P, "single"), (40, 8 * P, "overlap")):
+        q = torch.randn(1, lq, 4, 16, requires_grad=True)
+        k = torch.randn(1, lkv // P, 4, 16, requires_grad=True)
+        with lvx_form("gather"):
+            lvxattn.cross_attention(q, k, k, comm=comm).sum().backward()
+        stats = lvxattn.last_stats()
+        assert stats["lvx_form"] == want, (lq, lkv, stats["lvx_form"])
+        assert stats["forward"]["steps"] == (2 if want == "overlap" else 1)
