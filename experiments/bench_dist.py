@@ -45,9 +45,9 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_one(comm, device, algorithm, transport, shape, repeats, warmup):
+def make_inputs(device, shape, P, r):
+    """This rank's even shard of random q, k, v (leaves needing grad) and dO."""
     lq, lkv, hq, hkv, d, dtype_name = shape
-    P, r = comm.size, comm.rank
     dtype = DTYPES[dtype_name]
     q0, q1 = even(lq, P, r)
     k0, k1 = even(lkv, P, r)
@@ -56,6 +56,11 @@ def bench_one(comm, device, algorithm, transport, shape, repeats, warmup):
     k = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
     v = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
     do = torch.randn(1, q1 - q0, hq, d, device=device, dtype=dtype, generator=gen)
+    return q, k, v, do
+
+
+def bench_one(comm, device, algorithm, transport, shape, repeats, warmup):
+    q, k, v, do = make_inputs(device, shape, comm.size, comm.rank)
     fwd, bwd, stats = [], [], None
     for it in range(warmup + repeats):
         q.grad = k.grad = v.grad = None

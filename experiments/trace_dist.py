@@ -21,7 +21,7 @@ import torch
 from mpi4py import MPI
 
 import lvxattn
-from bench_dist import DTYPES, even, parse_shape, sync
+from bench_dist import make_inputs, parse_shape, sync
 
 
 def busy_union(intervals):
@@ -65,15 +65,7 @@ def main():
     P, r = comm.size, comm.rank
     torch.cuda.set_device(r % torch.cuda.device_count())
     device = torch.device("cuda", torch.cuda.current_device())
-    lq, lkv, hq, hkv, d, dtype_name = args.shape
-    dtype = DTYPES[dtype_name]
-    q0, q1 = even(lq, P, r)
-    k0, k1 = even(lkv, P, r)
-    gen = torch.Generator(device=device).manual_seed(1 + r)
-    q = torch.randn(1, q1 - q0, hq, d, device=device, dtype=dtype, generator=gen).requires_grad_()
-    k = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
-    v = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
-    do = torch.randn(1, q1 - q0, hq, d, device=device, dtype=dtype, generator=gen)
+    q, k, v, do = make_inputs(device, args.shape, P, r)
 
     def call():
         q.grad = k.grad = v.grad = None

@@ -32,6 +32,66 @@ struct Strips {
   int tag = 0;
 };
 
+// One forward step of `rows` query rows against this rank's K/V, into a fresh
+// (o, lse) accumulator.
+void attend_fwd_fresh(ScheduleEnv& env, const ForwardIO& io, int64_t rows, const void* q, const int32_t* ranges,
+                      float* o, float* lse) {
+  const Plan& p = env.plan;
+  env.backend.fill(o, 0.f, rows * p.B * p.Hq * p.D);
+  env.backend.fill(lse, kNegInf, rows * p.B * p.Hq);
+  FwdStep st;
+  st.s = StepShape{p.B, rows, p.lkv[p.rank], p.Hq, p.Hkv, p.D};
+  st.dtype = p.dtype;
+  st.q = q;
+  st.k = io.k;
+  st.v = io.v;
+  st.q_ranges = ranges;
+  st.kv_begin = p.kv_off[p.rank];
+  st.scale = p.scale;
+  st.o = o;
+  st.lse = lse;
+  env.backend.attend_fwd_step(st);
+}
+
+// The query side of one backward step: Q, dO, LSE, Dl and q_ranges of `rows` rows.
+struct QuerySide {
+  int64_t rows = 0;
+  const void* q = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;
+  const float* dl = nullptr;
+  const int32_t* ranges = nullptr;
+};
+
+// One backward step against this rank's K/V into a fresh dq. dK/dV: the first step
+// of this rank's sum writes the fp32 sums dk/dv, the last one the outputs.
+void attend_bwd_fresh(ScheduleEnv& env, const BackwardIO& io, const QuerySide& qs, float* dq, float* dk, float* dv,
+                      bool first, bool last) {
+  const Plan& p = env.plan;
+  env.backend.fill(dq, 0.f, qs.rows * p.B * p.Hq * p.D);
+  BwdStep st;
+  st.s = StepShape{p.B, qs.rows, p.lkv[p.rank], p.Hq, p.Hkv, p.D};
+  st.dtype = p.dtype;
+  st.q = qs.q;
+  st.dout = qs.dout;
+  st.lse = qs.lse;
+  st.dl = qs.dl;
+  st.q_ranges = qs.ranges;
+  st.k = io.k;
+  st.v = io.v;
+  st.kv_begin = p.kv_off[p.rank];
+  st.scale = p.scale;
+  st.dq = dq;
+  st.dk = dk;
+  st.dv = dv;
+  st.kv_fresh = first;
+  if (last && p.dtype != DType::f32) {
+    st.dk_out = io.dk;
+    st.dv_out = io.dv;
+  }
+  env.backend.attend_bwd_step(st);
+}
+
 // The gathered layout: blocks in order r, r+1, …, r−1 (this rank's own first, and
 // only with_self), one after another along the row axis of every strip.
 struct Others {
@@ -156,22 +216,6 @@ void lvx_forward_gathered(ScheduleEnv& env, const ForwardIO& io, PhaseScope& pha
                   {io.q_ranges, p.B, p.has_ranges ? 2 * sizeof(int32_t) : 0, kTagRanges}});
   const int gathered = in.post();
 
-  auto attend = [&](const void* q, const int32_t* ranges, int64_t rows, float* o, float* lse) {
-    be.fill(o, 0.f, rows * o_row);
-    be.fill(lse, kNegInf, rows * lse_row);
-    FwdStep st;
-    st.s = StepShape{p.B, rows, p.lkv[p.rank], p.Hq, p.Hkv, p.D};
-    st.dtype = p.dtype;
-    st.q = q;
-    st.k = io.k;
-    st.v = io.v;
-    st.q_ranges = ranges;
-    st.kv_begin = p.kv_off[p.rank];
-    st.scale = p.scale;
-    st.o = o;
-    st.lse = lse;
-    be.attend_fwd_step(st);
-  };
   Workspace& ws = env.workspace;
   float* acc = ws.get_as<float>("lvx.gf.own", std::max<int64_t>(own * (o_row + lse_row), 1));
   float* og = ws.get_as<float>("lvx.gf.o", std::max<int64_t>(G * (o_row + lse_row), 1));
@@ -181,13 +225,13 @@ void lvx_forward_gathered(ScheduleEnv& env, const ForwardIO& io, PhaseScope& pha
 
   if (overlap) {
     phase.timer.begin();
-    attend(io.q, io.q_ranges, own, acc, acc + own * o_row);
+    attend_fwd_fresh(env, io, own, io.q, io.q_ranges, acc, acc + own * o_row);
     phase.timer.end();
   }
   tr.wait(gathered);
   phase.timer.begin();
   in.place();
-  attend(in[0], static_cast<const int32_t*>(in[1]), G, og, lseg);
+  attend_fwd_fresh(env, io, G, in[0], static_cast<const int32_t*>(in[1]), og, lseg);
   if (!overlap) {  // this rank's own rows come first in the gathered results
     be.copy_2d(acc, own * o_row / p.B * sizeof(float), og, G * o_row / p.B * sizeof(float),
                own * o_row / p.B * sizeof(float), p.B);
@@ -217,7 +261,6 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
   Transport& tr = *env.transport;
   const size_t es = dtype_size(p.dtype);
   const int64_t q_row = p.B * p.Hq * p.D;
-  const bool direct = p.dtype == DType::f32;
   const bool overlap = p.lvx_overlap;
   const Others oth(p, !overlap);
   const int64_t own = p.lq[p.rank], G = oth.rows;
@@ -229,31 +272,6 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
                   {io.q_ranges, p.B, p.has_ranges ? 2 * sizeof(int32_t) : 0, kTagRanges}});
   const int gathered = in.post();
 
-  auto attend = [&](const void* q, const void* dout, const float* lse, const float* dlr, const int32_t* ranges,
-                    int64_t rows, float* dq, bool first, bool last) {
-    be.fill(dq, 0.f, rows * q_row);
-    BwdStep st;
-    st.s = StepShape{p.B, rows, p.lkv[p.rank], p.Hq, p.Hkv, p.D};
-    st.dtype = p.dtype;
-    st.q = q;
-    st.dout = dout;
-    st.lse = lse;
-    st.dl = dlr;
-    st.q_ranges = ranges;
-    st.k = io.k;
-    st.v = io.v;
-    st.kv_begin = p.kv_off[p.rank];
-    st.scale = p.scale;
-    st.dq = dq;
-    st.dk = dk;
-    st.dv = dv;
-    st.kv_fresh = first;
-    if (last && !direct) {
-      st.dk_out = io.dk;
-      st.dv_out = io.dv;
-    }
-    be.attend_bwd_step(st);
-  };
   Workspace& ws = env.workspace;
   float* dq_own = ws.get_as<float>("lvx.gb.dq", std::max<int64_t>(own * q_row, 1));
   float* dq_g = ws.get_as<float>("lvx.gb.dqg", std::max<int64_t>(G * q_row, 1));
@@ -262,15 +280,17 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
 
   if (overlap) {
     phase.timer.begin();
-    attend(io.q, io.dout, io.lse, dl, io.q_ranges, own, dq_own, true, G == 0);
+    attend_bwd_fresh(env, io, {own, io.q, io.dout, io.lse, dl, io.q_ranges}, dq_own, dk, dv, true, G == 0);
     phase.timer.end();
   }
   tr.wait(gathered);
   phase.timer.begin();
   in.place();
   if (G > 0 || !overlap)
-    attend(in[0], in[1], static_cast<const float*>(in[2]), static_cast<const float*>(in[3]),
-           static_cast<const int32_t*>(in[4]), G, dq_g, !overlap, true);
+    attend_bwd_fresh(env, io,
+                     {G, in[0], in[1], static_cast<const float*>(in[2]), static_cast<const float*>(in[3]),
+                      static_cast<const int32_t*>(in[4])},
+                     dq_g, dk, dv, !overlap, true);
   if (!overlap) {  // this rank's own rows come first in the gathered dQ
     const size_t w = own * q_row / p.B * sizeof(float);
     be.copy_2d(dq_own, w, dq_g, G * q_row / p.B * sizeof(float), w, p.B);
@@ -309,21 +329,7 @@ void lvx_forward(ScheduleEnv& env, const ForwardIO& io) {
   spec.acc_row_bytes = (o_row + lse_row) * sizeof(float);
   spec.compute = [&](int i, const std::vector<const void*>& in, void* acc) {
     float* o = static_cast<float*>(acc);
-    float* lse = o + p.lq[i] * o_row;
-    be.fill(o, 0.f, p.lq[i] * o_row);
-    be.fill(lse, kNegInf, p.lq[i] * lse_row);
-    FwdStep st;
-    st.s = p.step(i, p.rank);
-    st.dtype = p.dtype;
-    st.q = in[0];
-    st.k = io.k;
-    st.v = io.v;
-    st.q_ranges = static_cast<const int32_t*>(in[1]);
-    st.kv_begin = p.kv_off[p.rank];
-    st.scale = p.scale;
-    st.o = o;
-    st.lse = lse;
-    be.attend_fwd_step(st);
+    attend_fwd_fresh(env, io, p.lq[i], in[0], static_cast<const int32_t*>(in[1]), o, o + p.lq[i] * o_row);
   };
   spec.combine = [&](int i, void* acc, const void* inc) {
     float* o = static_cast<float*>(acc);
@@ -373,30 +379,11 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
   spec.acc_row_bytes = q_row * sizeof(float);
   int steps_done = 0;
   spec.compute = [&](int i, const std::vector<const void*>& in, void* acc) {
-    float* dq = static_cast<float*>(acc);
-    be.fill(dq, 0.f, p.lq[i] * q_row);
-    BwdStep st;
-    st.s = p.step(i, p.rank);
-    st.dtype = p.dtype;
-    st.q = in[0];
-    st.dout = in[1];
-    st.lse = static_cast<const float*>(in[2]);
-    st.dl = static_cast<const float*>(in[3]);
-    st.q_ranges = static_cast<const int32_t*>(in[4]);
-    st.k = io.k;
-    st.v = io.v;
-    st.kv_begin = p.kv_off[p.rank];
-    st.scale = p.scale;
-    st.dq = dq;
-    st.dk = dk;
-    st.dv = dv;
-    // dK/dV: the first step writes the fp32 sums, the last one the outputs.
-    st.kv_fresh = steps_done++ == 0;
-    if (!direct && steps_done == p.P) {
-      st.dk_out = io.dk;
-      st.dv_out = io.dv;
-    }
-    be.attend_bwd_step(st);
+    const bool first = steps_done++ == 0;
+    attend_bwd_fresh(env, io,
+                     {p.lq[i], in[0], in[1], static_cast<const float*>(in[2]), static_cast<const float*>(in[3]),
+                      static_cast<const int32_t*>(in[4])},
+                     static_cast<float*>(acc), dk, dv, first, steps_done == p.P);
   };
   spec.combine = [&](int i, void* acc, const void* inc) {
     be.add(static_cast<float*>(acc), static_cast<const float*>(inc), p.lq[i] * q_row);

@@ -74,8 +74,12 @@ def lvx_form(form):
     if not form:
         yield
         return
+    before = os.environ.get("LVX_LVX_GATHER")
     os.environ["LVX_LVX_GATHER"] = form
     try:
         yield
     finally:
-        del os.environ["LVX_LVX_GATHER"]
+        if before is None:
+            del os.environ["LVX_LVX_GATHER"]
+        else:
+            os.environ["LVX_LVX_GATHER"] = before
