@@ -325,30 +325,31 @@ Plan Context::effective(const Plan& plan) const {
   return p;
 }
 
-void Context::forward(const Plan& given, const ForwardIO& io) {
+// One phase: the schedule of the plan's algorithm (or the single-rank one), with
+// its stats logged unread.
+template <typename IO>
+void Context::run_phase(const char* what, const Plan& given, const IO& io, PhaseLog& log,
+                        void (*single)(ScheduleEnv&, const IO&), void (*const (&schedules)[3])(ScheduleEnv&, const IO&)) {
   if (given.algorithm == Algorithm::automatic) LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
   const Plan plan = effective(given);
   last_plan_ = plan;
   PhaseStats stats;
   PhaseTiming timing;
   ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, stats, timing};
-  static constexpr void (*kSchedules[])(ScheduleEnv&, const ForwardIO&) = {lvx_forward, ring_forward,
-                                                                          ulysses_forward};
-  run_collective("forward", [&] { (plan.P == 1 ? single_rank_forward : kSchedules[int(plan.algorithm)])(env, io); });
-  fwd_log_.add(stats, std::move(timing), *backend_);
+  run_collective(what, [&] { (plan.P == 1 ? single : schedules[int(plan.algorithm)])(env, io); });
+  log.add(stats, std::move(timing), *backend_);
 }
 
-void Context::backward(const Plan& given, const BackwardIO& io) {
-  if (given.algorithm == Algorithm::automatic) LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
-  const Plan plan = effective(given);
-  last_plan_ = plan;
-  PhaseStats stats;
-  PhaseTiming timing;
-  ScheduleEnv env{plan, *backend_, transport_.get(), *workspace_, stats, timing};
-  static constexpr void (*kSchedules[])(ScheduleEnv&, const BackwardIO&) = {lvx_backward, ring_backward,
-                                                                           ulysses_backward};
-  run_collective("backward", [&] { (plan.P == 1 ? single_rank_backward : kSchedules[int(plan.algorithm)])(env, io); });
-  bwd_log_.add(stats, std::move(timing), *backend_);
+void Context::forward(const Plan& plan, const ForwardIO& io) {
+  static constexpr void (*kSchedules[3])(ScheduleEnv&, const ForwardIO&) = {lvx_forward, ring_forward,
+                                                                           ulysses_forward};
+  run_phase("forward", plan, io, fwd_log_, single_rank_forward, kSchedules);
+}
+
+void Context::backward(const Plan& plan, const BackwardIO& io) {
+  static constexpr void (*kSchedules[3])(ScheduleEnv&, const BackwardIO&) = {lvx_backward, ring_backward,
+                                                                            ulysses_backward};
+  run_phase("backward", plan, io, bwd_log_, single_rank_backward, kSchedules);
 }
 
 void PhaseLog::add(const PhaseStats& stats, PhaseTiming timing, Backend& be) {

@@ -89,6 +89,9 @@ class Context {
   template <typename Fn>
   void run_collective(const char* what, Fn&& fn);
   Plan effective(const Plan& plan) const;
+  template <typename IO>
+  void run_phase(const char* what, const Plan& plan, const IO& io, PhaseLog& log,
+                 void (*single)(ScheduleEnv&, const IO&), void (*const (&schedules)[3])(ScheduleEnv&, const IO&));
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
