@@ -32,7 +32,10 @@ struct Descriptor {
 };
 
 // LVX_LVX_GATHER=auto|ring|gather|overlap|single: how lvx moves queries (plan.hpp).
-int32_t gather_mode_from_env() {
+// A bad value is this rank's error, reported through the plan's allgather so that
+// every rank fails with it (a throw before the allgather would leave the others
+// waiting in it).
+int32_t gather_mode_from_env(std::string& error) {
   const char* v = std::getenv("LVX_LVX_GATHER");
   if (!v || !*v) return kGatherAuto;
   const std::string s(v);
@@ -41,17 +44,21 @@ int32_t gather_mode_from_env() {
   if (s == "gather") return kGatherAny;
   if (s == "overlap") return kGatherOverlap;
   if (s == "single") return kGatherSingle;
-  LVX_FAIL(Status::invalid_argument,
-           "LVX_LVX_GATHER must be auto, ring, gather, overlap or single, got '" + s + "'");
+  error = "LVX_LVX_GATHER must be auto, ring, gather, overlap or single, got '" + s + "'";
+  return kGatherAuto;
 }
 
-int64_t gather_max_bytes_from_env() {
+// LVX_GATHER_MAX_MB (MiB; default 1024), with errors as above.
+int64_t gather_max_bytes_from_env(std::string& error) {
+  const int64_t fallback = int64_t(1024) << 20;
   const char* v = std::getenv("LVX_GATHER_MAX_MB");
-  if (!v || !*v) return int64_t(1024) << 20;
+  if (!v || !*v) return fallback;
   char* end = nullptr;
   const double mb = std::strtod(v, &end);
-  if (end == v || *end || !(mb >= 0))
-    LVX_FAIL(Status::invalid_argument, std::string("LVX_GATHER_MAX_MB must be a number of MiB, got '") + v + "'");
+  if (end == v || *end || !(mb >= 0) || mb > 1e12) {
+    error = std::string("LVX_GATHER_MAX_MB must be a number of MiB, got '") + v + "'";
+    return fallback;
+  }
   return static_cast<int64_t>(mb * (1 << 20));
 }
 
@@ -209,16 +216,18 @@ Plan Context::make_plan(const LocalProblem& l, const std::string& local_error) {
   mine.algorithm = static_cast<int32_t>(l.algorithm);
   mine.has_ranges = l.has_ranges;
   mine.device = l.device;
-  mine.gather_mode = gather_mode_from_env();
-  mine.gather_max_bytes = gather_max_bytes_from_env();
+  std::string env_error;
+  mine.gather_mode = gather_mode_from_env(env_error);
+  mine.gather_max_bytes = gather_max_bytes_from_env(env_error);
   mine.scale = l.scale;
   mine.flops_per_s = cost_params.flops_per_s;
   mine.bytes_per_s = cost_params.bytes_per_s;
   mine.latency_s = cost_params.latency_s;
   mine.kernel_fwd = cost_params.fwd;
   mine.kernel_bwd = cost_params.bwd;
-  mine.has_error = !local_error.empty();
-  std::snprintf(mine.error, sizeof mine.error, "%s", local_error.c_str());
+  const std::string& my_error = local_error.empty() ? env_error : local_error;
+  mine.has_error = !my_error.empty();
+  std::snprintf(mine.error, sizeof mine.error, "%s", my_error.c_str());
 
   std::vector<Descriptor> all(size_);
   if (comm_ != MPI_COMM_NULL && size_ > 1) {

@@ -192,3 +192,13 @@ def test_gather_picks_single_or_overlap_by_the_plan_rule():
         stats = lvxattn.last_stats()
         assert stats["lvx_form"] == want, (lq, lkv, stats["lvx_form"])
         assert stats["forward"]["steps"] == (2 if want == "overlap" else 1)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_bad_lvx_gather_setting_on_one_rank_fails_every_rank():
+    comm = WORLD
+    q, k = torch.randn(1, 3, 2, 8), torch.randn(1, 5, 2, 8)
+    with lvx_form("sideways" if comm.rank == 1 else ""):
+        with pytest.raises(lvxattn.InvalidArgumentError, match="rank 1: LVX_LVX_GATHER must be auto, ring"):
+            lvxattn.cross_attention(q, k, k, comm=comm)
+    lvxattn.cross_attention(q, k, k, comm=comm)  # and the next call runs
