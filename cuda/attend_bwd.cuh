@@ -9,20 +9,10 @@
 // seen whole. Rows with lse = -inf contribute nothing.
 #pragma once
 
-#include "attend_params.cuh"
+#include "attend_bwd_parts.cuh"
 #include "kernel_traits.cuh"
-#include "mma.cuh"
 
 namespace lvx::cuda {
-
-__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
-#else
-  atomicAdd(p, x);
-  atomicAdd(p + 1, y);
-#endif
-}
 
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParams p) {
@@ -44,7 +34,6 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
   const T* gK = static_cast<const T*>(p.k) + ((size_t)b * Lkv * p.Hkv + hk) * D;
   const T* gV = static_cast<const T*>(p.v) + ((size_t)b * Lkv * p.Hkv + hk) * D;
   const int kv_hi = min(Lkv, n0 + BN);
-  constexpr float kLog2e = 1.4426950408889634f;
 
   for (int c = tid; c < BN * kChunks; c += NT) {
     int r = c / kChunks, col = (c % kChunks) * 8;
@@ -57,20 +46,8 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
   // Work items: (query head of the group, query tile), flattened.
   const int q_tiles = (Lq + BM - 1) / BM, items = p.group * q_tiles;
   // Is any KV row of this block visible to tile `it`; is every one visible to all rows?
-  auto visible = [&](int it, bool& whole) -> bool {
-    whole = kv_hi - n0 == BN;
-    if (!p.q_ranges) return true;
-    const int q0 = (it % q_tiles) * BM;
-    bool vis = false, all = true;
-    for (int r = tid; r < BM; r += NT) {
-      if (q0 + r >= Lq) continue;
-      int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q0 + r);
-      vis |= iv.x < kv_hi && iv.y > n0 && iv.y > iv.x;
-      all &= iv.x <= n0 && iv.y >= kv_hi;
-    }
-    vis = __syncthreads_or(vis);
-    whole = whole && __syncthreads_and(all);
-    return vis;
+  auto visible = [&](int it, bool& whole) {
+    return bwd_tile_visible<BM, BN, NT>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole);
   };
   auto next_item = [&](int it, bool& whole) {
     while (it < items && !visible(it, whole)) ++it;
@@ -87,14 +64,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
       cp_async_16(sQ + buf * BM * S + r * S + col, gQ + off, ok);
       cp_async_16(sdO + buf * BM * S + r * S + col, gdO + off, ok);
     }
-    for (int r = tid; r < BM; r += NT) {
-      bool ok = q0 + r < Lq;
-      size_t li = ((size_t)b * p.Hq + h) * Lq + q0 + r;
-      float l = ok ? p.lse[li] : -INFINITY;
-      sLse[buf][r] = l * kLog2e;
-      sDl[buf][r] = ok ? p.dl[li] : 0.f;
-      sIv[buf][r] = ok ? local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q0 + r) : make_int2(0, 0);
-    }
+    bwd_load_row_stats<BM, NT>(p, b, h, q0, sLse[buf], sDl[buf], sIv[buf]);
   };
 
   float dk[D / 8][4], dv[D / 8][4];
@@ -143,27 +113,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
           mma16816<T>(s[2 * np + 1], ka, qb[2], qb[3]);
         }
       }
-#pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qc = nb * 8 + 2 * t + (e & 1);
-          const float lse2 = sLse[buf][qc];
-          float pv = lse2 == -INFINITY ? 0.f : exp2f(s[nb][e] * p.scale_log2 - lse2);
-          if (need_mask) {
-            const int kv = kv_row0 + (e >> 1) * 8;
-            const int2 iv = sIv[buf][qc];
-            if (kv < iv.x || kv >= iv.y || kv >= Lkv) pv = 0.f;
-          }
-          s[nb][e] = pv;
-        }
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) {
-        pa[kk][0] = Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]);
-        pa[kk][1] = Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]);
-        pa[kk][2] = Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[kk][3] = Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      }
+      bwd_probs<T, BM>(s, pa, sLse[buf], sIv[buf], p.scale_log2, need_mask, kv_row0, Lkv, t);
     }
 
     // dV += Pᵀ dO.
@@ -194,16 +144,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
       }
     }
     uint32_t da[BM / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        // register r of step kk holds columns nb = 2kk + (r >> 1), rows e = 2·(r & 1) + {0, 1}
-        const int nb = 2 * kk + (r >> 1), e0 = 2 * (r & 1);
-        const float2 pv = Pack2<T>::to_float2(pa[kk][r]);
-        const int qc = nb * 8 + 2 * t;
-        da[kk][r] = Pack2<T>::from(pv.x * (dp[nb][e0] - sDl[buf][qc]), pv.y * (dp[nb][e0 + 1] - sDl[buf][qc + 1]));
-      }
+    bwd_dscores<T, BM>(pa, dp, sDl[buf], da, t);
 
     // dSᵀ to shared memory for the dQ product; dK += dSᵀ Q (scale applied at the end).
 #pragma unroll
@@ -266,32 +207,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
     buf ^= 1;
   }
 
-  // dK, dV: this block is the only writer of its rows. The old fp32 sums are read
-  // unless kv_fresh; the new ones go to dk/dv, or as T to dk_out/dv_out.
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    const int row = kv_row0 + ri * 8;
-    if (row >= Lkv) continue;
-    const size_t off = ((size_t)b * Lkv + row) * kv_stride + (size_t)hk * D + 2 * t;
-#pragma unroll
-    for (int db = 0; db < D / 8; ++db) {
-      float2 k1 = make_float2(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale);
-      float2 v1 = make_float2(dv[db][2 * ri], dv[db][2 * ri + 1]);
-      if (!p.kv_fresh) {
-        const float2 k0 = *reinterpret_cast<const float2*>(p.dk + off + db * 8);
-        const float2 v0 = *reinterpret_cast<const float2*>(p.dv + off + db * 8);
-        k1.x += k0.x; k1.y += k0.y;
-        v1.x += v0.x; v1.y += v0.y;
-      }
-      if (p.dk_out) {
-        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dk_out) + off + db * 8) = Pack2<T>::from(k1.x, k1.y);
-        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dv_out) + off + db * 8) = Pack2<T>::from(v1.x, v1.y);
-      } else {
-        *reinterpret_cast<float2*>(p.dk + off + db * 8) = k1;
-        *reinterpret_cast<float2*>(p.dv + off + db * 8) = v1;
-      }
-    }
-  }
+  bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
 }
 
 }  // namespace lvx::cuda

@@ -9,11 +9,8 @@
 // the per-element mask only on tiles not seen whole by every row.
 #pragma once
 
-#include <climits>
-
-#include "attend_params.cuh"
+#include "attend_fwd_parts.cuh"
 #include "kernel_traits.cuh"
-#include "mma.cuh"
 
 namespace lvx::cuda {
 
@@ -25,7 +22,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParam
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BM * S;      // [2][BN][S]
   T* sV = sK + 2 * BN * S;  // [2][BN][S]
-  __shared__ int s_lo, s_hi, s_full_lo, s_full_hi;
+  __shared__ int s_range[4];
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
@@ -36,37 +33,12 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParam
   const T* gK = static_cast<const T*>(p.k) + ((size_t)b * Lkv * p.Hkv + hk) * D;
   const T* gV = static_cast<const T*>(p.v) + ((size_t)b * Lkv * p.Hkv + hk) * D;
 
-  // KV rows seen by any row of the tile [lo, hi), and by every row [full_lo, full_hi).
-  int lo = 0, hi = Lkv, full_lo = 0, full_hi = Lkv;
-  if (p.q_ranges) {
-    if (tid == 0) { s_lo = INT_MAX; s_hi = 0; s_full_lo = 0; s_full_hi = INT_MAX; }
-    __syncthreads();
-    for (int r = tid; r < BM; r += NT) {
-      if (m0 + r >= Lq) continue;
-      int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + m0 + r);
-      if (iv.y > iv.x) { atomicMin(&s_lo, iv.x); atomicMax(&s_hi, iv.y); }
-      atomicMax(&s_full_lo, iv.x);
-      atomicMin(&s_full_hi, iv.y);
-    }
-    __syncthreads();
-    lo = s_lo; hi = s_hi; full_lo = s_full_lo; full_hi = s_full_hi;
-    if (lo >= hi) lo = hi = 0;
-  }
-  {
-    int split_lo = split * p.split_len, split_hi = min(Lkv, split_lo + p.split_len);
-    lo = max(lo, split_lo);
-    hi = min(hi, split_hi);
-  }
+  const KvRange kr = fwd_kv_range<BM, NT>(p, m0, b, split, s_range);
+  const int lo = kr.lo, hi = kr.hi;
   const int n_tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
-
-  // This thread's two rows (g and g+8 of the warp's slab) and their intervals.
-  const int row0 = m0 + warp * 16 + g;
+  const int row0 = m0 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8
   int2 iv[2];
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    int row = row0 + ri * 8;
-    iv[ri] = row < Lq ? local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + row) : make_int2(0, 0);
-  }
+  fwd_row_intervals(p, b, row0, iv);
 
   auto load_kv = [&](int buf, int n0) {
     T* dk = sK + buf * BN * S;
@@ -128,51 +100,13 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParam
       }
     }
 
-    const bool need_mask = n0 < full_lo || n0 + BN > min(full_hi, hi);
-#pragma unroll
-    for (int nb = 0; nb < BN / 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nb][e] * p.scale_log2;
-        if (need_mask) {
-          int col = n0 + nb * 8 + 2 * t + (e & 1);
-          int2 r = iv[e >> 1];
-          if (col < r.x || col >= r.y || col >= hi) x = -INFINITY;
-        }
-        s[nb][e] = x;
-      }
-
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
-      mx = quad_max(mx);
-      float m_new = fmaxf(mrow[ri], mx);
-      float m_use = m_new == -INFINITY ? 0.f : m_new;
-      float alpha = exp2f(mrow[ri] - m_use);
-      mrow[ri] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-        float p0 = exp2f(s[nb][2 * ri] - m_use), p1 = exp2f(s[nb][2 * ri + 1] - m_use);
-        s[nb][2 * ri] = p0;
-        s[nb][2 * ri + 1] = p1;
-        sum += p0 + p1;
-      }
-      lrow[ri] = lrow[ri] * alpha + sum;
-#pragma unroll
-      for (int db = 0; db < D / 8; ++db) {
-        acc[db][2 * ri] *= alpha;
-        acc[db][2 * ri + 1] *= alpha;
-      }
-    }
+    const bool need_mask = n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi);
+    fwd_online_softmax<BN, D>(s, acc, mrow, lrow, p.scale_log2, need_mask, n0, hi, iv, t);
 
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t pa[4] = {Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]), Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]),
-                        Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t pa[4];
+      probs_fragment<T>(s, kk, pa);
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t vb[4];
@@ -183,49 +117,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParam
     }
   }
 
-  // Epilogue: normalize, then merge into the accumulator or write the partial.
-  constexpr float kLn2 = 0.6931471805599453f;
-  float lse_prev[2] = {-INFINITY, -INFINITY};
-  if (p.splits == 1) {
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri)
-      if (row0 + ri * 8 < Lq) lse_prev[ri] = p.lse[((size_t)b * p.Hq + h) * Lq + row0 + ri * 8];
-    __syncwarp();  // the quad reads lse before its t == 0 lane rewrites it
-  }
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    const int row = row0 + ri * 8;
-    float l = quad_sum(lrow[ri]);
-    if (row >= Lq) continue;
-    const bool empty = !(l > 0.f);
-    const float lse_b = empty ? -INFINITY : (mrow[ri] + __log2f(l)) * kLn2;
-    const float inv_l = empty ? 0.f : 1.f / l;
-    const size_t lse_idx = ((size_t)b * p.Hq + h) * Lq + row;
-    const size_t o_idx = (((size_t)b * Lq + row) * p.Hq + h) * D + 2 * t;
-    if (p.splits > 1) {
-      const size_t part = (size_t)split * p.B * Lq * p.Hq;
-      float* op = p.o_part + part * D + o_idx;
-#pragma unroll
-      for (int db = 0; db < D / 8; ++db)
-        *reinterpret_cast<float2*>(op + db * 8) = make_float2(acc[db][2 * ri] * inv_l, acc[db][2 * ri + 1] * inv_l);
-      if (t == 0) p.lse_part[part + lse_idx] = lse_b;
-      continue;
-    }
-    if (empty) continue;  // nothing seen: the accumulator stays as it is
-    const float lse_a = lse_prev[ri];
-    const float mx = fmaxf(lse_a, lse_b);
-    const float wa = __expf(lse_a - mx), wb = __expf(lse_b - mx);
-    const float inv = 1.f / (wa + wb);
-    const float ca_ = wa * inv, cb_ = wb * inv * inv_l;
-    float* op = p.o + o_idx;
-#pragma unroll
-    for (int db = 0; db < D / 8; ++db) {
-      float2 old = *reinterpret_cast<float2*>(op + db * 8);
-      *reinterpret_cast<float2*>(op + db * 8) =
-          make_float2(old.x * ca_ + acc[db][2 * ri] * cb_, old.y * ca_ + acc[db][2 * ri + 1] * cb_);
-    }
-    if (t == 0) p.lse[lse_idx] = mx + __logf(wa + wb);
-  }
+  fwd_epilogue<D>(p, acc, mrow, lrow, row0, b, h, split, t);
 }
 
 // Merges the split partials and the running accumulator, one warp per (b, row, head).

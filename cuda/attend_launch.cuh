@@ -2,11 +2,13 @@
 #pragma once
 
 #include "attend_bwd.cuh"
+#include "attend_bwd_sm90.cuh"
 #include <type_traits>
 
 #include "attend_dispatch.hpp"
 #include "attend_f32.cuh"
 #include "attend_fwd.cuh"
+#include "attend_fwd_sm90.cuh"
 #include "cuda_check.hpp"
 
 namespace lvx::cuda {
@@ -26,8 +28,20 @@ void launch_fwd_combine(const FwdParams& p, cudaStream_t stream) {
 }
 
 template <typename T, int D>
-void launch_attend_fwd(const FwdParams& p, cudaStream_t stream) {
+void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Hq == 0) return;
+  if constexpr (D == FwdSm90::kHeadDim && !std::is_same_v<T, float>) {
+    if (sm90) {
+      auto kernel = attend_fwd_sm90_kernel<T>;
+      static bool configured = (allow_dynamic_smem(kernel, FwdSm90::kSmemBytes), true);
+      (void)configured;
+      dim3 grid((p.Lq + FwdSm90::kBlockM - 1) / FwdSm90::kBlockM, p.Hq, p.B * p.splits);
+      kernel<<<grid, FwdSm90::kThreads, FwdSm90::kSmemBytes, stream>>>(p);
+      LVX_CUDA_CHECK_LAUNCH();
+      if (p.splits > 1) launch_fwd_combine<D>(p, stream);
+      return;
+    }
+  }
   if constexpr (std::is_same_v<T, float>) {
     const long long rows = (long long)p.B * p.Lq * p.Hq;
     attend_fwd_f32_kernel<D><<<(unsigned)((rows * 32 + 255) / 256), 256, 0, stream>>>(p);
@@ -46,8 +60,19 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream) {
 }
 
 template <typename T, int D>
-void launch_attend_bwd(const BwdParams& p, cudaStream_t stream) {
+void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Lkv == 0 || p.Hq == 0) return;
+  if constexpr (D == BwdSm90::kHeadDim && !std::is_same_v<T, float>) {
+    if (sm90) {
+      auto kernel = attend_bwd_sm90_kernel<T>;
+      static bool configured = (allow_dynamic_smem(kernel, BwdSm90::kSmemBytes), true);
+      (void)configured;
+      dim3 grid((p.Lkv + BwdSm90::kBlockN - 1) / BwdSm90::kBlockN, p.Hkv, p.B);
+      kernel<<<grid, BwdSm90::kThreads, BwdSm90::kSmemBytes, stream>>>(p);
+      LVX_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
   if constexpr (std::is_same_v<T, float>) {
     const long long rows = (long long)p.B * p.Lq * p.Hq;
     attend_bwd_f32_kernel<D><<<(unsigned)((rows * 32 + 255) / 256), 256, 0, stream>>>(p);
@@ -67,6 +92,6 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream) {
 }  // namespace lvx::cuda
 
 #define LVX_INSTANTIATE_ATTEND_FWD(T, D) \
-  template void lvx::cuda::launch_attend_fwd<T, D>(const lvx::cuda::FwdParams&, cudaStream_t);
+  template void lvx::cuda::launch_attend_fwd<T, D>(const lvx::cuda::FwdParams&, cudaStream_t, bool);
 #define LVX_INSTANTIATE_ATTEND_BWD(T, D) \
-  template void lvx::cuda::launch_attend_bwd<T, D>(const lvx::cuda::BwdParams&, cudaStream_t);
+  template void lvx::cuda::launch_attend_bwd<T, D>(const lvx::cuda::BwdParams&, cudaStream_t, bool);

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "attend_dispatch.hpp"
+#include "attend_fwd_sm90.cuh"
 #include "kernel_traits.cuh"
 
 namespace lvx::cuda {
@@ -18,12 +19,23 @@ int by_head_dim(int D, Fn fn) {
     default: return fn(FwdConfig<128>::Traits{});
   }
 }
+bool uses_sm90_fwd(int D, bool sm90) { return sm90 && D == FwdSm90::kHeadDim; }
 }  // namespace
 
-int fwd_block_m(int D) { return by_head_dim(D, [](auto tr) { return decltype(tr)::kBlockM; }); }
-int fwd_block_n(int D) { return by_head_dim(D, [](auto tr) { return decltype(tr)::kBlockN; }); }
-// Resident blocks per SM (registers bound them: 4 warps fit twice, 8 warps once).
-int fwd_blocks_per_sm(int D) { return by_head_dim(D, [](auto tr) { return decltype(tr)::kWarps >= 8 ? 1 : 2; }); }
+int fwd_block_m(int D, bool sm90) {
+  if (uses_sm90_fwd(D, sm90)) return FwdSm90::kBlockM;
+  return by_head_dim(D, [](auto tr) { return decltype(tr)::kBlockM; });
+}
+int fwd_block_n(int D, bool sm90) {
+  if (uses_sm90_fwd(D, sm90)) return FwdSm90::kBlockN;
+  return by_head_dim(D, [](auto tr) { return decltype(tr)::kBlockN; });
+}
+// Resident blocks per SM (registers bound them: 4 warps fit twice, 8 warps once; the
+// sm_90a kernel's 161 KB of shared memory once).
+int fwd_blocks_per_sm(int D, bool sm90) {
+  if (uses_sm90_fwd(D, sm90)) return 1;
+  return by_head_dim(D, [](auto tr) { return decltype(tr)::kWarps >= 8 ? 1 : 2; });
+}
 
 SplitPlan plan_fwd_splits(int B, int Lq, int Lkv, int Hq, int block_m, int block_n, int num_sms, int blocks_per_sm) {
   SplitPlan plan;

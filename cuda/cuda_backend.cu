@@ -3,6 +3,8 @@
 // the stream.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include <string>
 #include <vector>
 
@@ -70,6 +72,10 @@ class CudaBackend final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     cc_ = prop.major * 10 + prop.minor;
     if (cc_ < 80) LVX_FAIL(Status::unsupported, "CUDA backend needs compute capability 8.0+, device has " + std::to_string(cc_));
+    // Hopper runs the sm_90a (wgmma) kernels where they exist; LVX_CUDA_SM90=0 keeps the
+    // sm_80 (mma.sync) kernels, for comparison.
+    const char* env = std::getenv("LVX_CUDA_SM90");
+    sm90_ = cc_ == 90 && !(env && std::string(env) == "0");
     LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     stream_ = own_stream_;
   }
@@ -85,7 +91,7 @@ class CudaBackend final : public Backend {
   DeviceKind kind() const override { return DeviceKind::cuda; }
   std::string describe() const override {
     return "cuda:" + std::to_string(device_) + " (" + name_ + ", sm_" + std::to_string(cc_) + ", " +
-           std::to_string(num_sms_) + " SMs)";
+           std::to_string(num_sms_) + " SMs" + (sm90_ ? ", wgmma kernels" : "") + ")";
   }
 
   void* allocate(size_t bytes) override {
@@ -131,9 +137,9 @@ class CudaBackend final : public Backend {
     if (a.dtype != DType::f32) {
       if (!cuda::tensor_core_head_dim((int)s.D)) unsupported_head_dim(s.D);
       const int D = (int)s.D;
-      cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D),
-                                                   cuda::fwd_block_n(D), num_sms_,
-                                                   cuda::fwd_blocks_per_sm(D));
+      cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D, sm90_),
+                                                   cuda::fwd_block_n(D, sm90_), num_sms_,
+                                                   cuda::fwd_blocks_per_sm(D, sm90_));
       if (plan.splits > 1) {
         const size_t rows = (size_t)p.B * p.Lq * p.Hq;
         float* ws = workspace((size_t)plan.splits * rows * (D + 1) * sizeof(float));
@@ -143,7 +149,7 @@ class CudaBackend final : public Backend {
     }
     dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      cuda::launch_attend_fwd<T, decltype(d)::value>(p, stream_);
+      cuda::launch_attend_fwd<T, decltype(d)::value>(p, stream_, sm90_);
     });
   }
 
@@ -175,7 +181,7 @@ class CudaBackend final : public Backend {
     }
     dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      cuda::launch_attend_bwd<T, decltype(d)::value>(p, stream_);
+      cuda::launch_attend_bwd<T, decltype(d)::value>(p, stream_, sm90_);
     });
   }
 
@@ -265,6 +271,7 @@ class CudaBackend final : public Backend {
   int device_;
   std::string name_;
   int num_sms_ = 0, cc_ = 0;
+  bool sm90_ = false;
   cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
   std::vector<cudaEvent_t> events_;
   std::vector<int> free_marks_;

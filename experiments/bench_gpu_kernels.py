@@ -88,7 +88,7 @@ def median_ms(fn, reps: int) -> float:
     return times[len(times) // 2]
 
 
-def bench_shape(lib: Lib, Hq, Hkv, Lq, Lkv, D=128, B=1, dtype=torch.bfloat16, reps=20):
+def bench_shape(lib: Lib, Hq, Hkv, Lq, Lkv, D=128, B=1, dtype=torch.bfloat16, reps=20, label="ours", sdpa=True):
     dev = "cuda"
     q = torch.randn(B, Lq, Hq, D, device=dev, dtype=dtype)
     k = torch.randn(B, Lkv, Hkv, D, device=dev, dtype=dtype)
@@ -129,7 +129,9 @@ def bench_shape(lib: Lib, Hq, Hkv, Lq, Lkv, D=128, B=1, dtype=torch.bfloat16, re
     del ref
 
     rows = {}
-    rows["ours"] = (median_ms(ours_fwd, reps), median_ms(ours_fwd_bwd, reps))
+    rows[label] = (median_ms(ours_fwd, reps), median_ms(ours_fwd_bwd, reps))
+    if not sdpa:
+        return rows, 4.0 * B * Hq * Lq * Lkv * D, err
     qg, kg, vg = (x.transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
     dog = dout.transpose(1, 2)
     for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -158,6 +160,8 @@ def main():
     ap.add_argument("--out", default="gpu_kernels.csv")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--sha", default=None, help="git sha of the tree (when .git is not there)")
+    ap.add_argument("--label", default="ours", help="impl name of the library's rows (e.g. which kernels ran)")
+    ap.add_argument("--no-sdpa", action="store_true", help="time the library only")
     args = ap.parse_args()
     lib = Lib(args.lib)
     dev = torch.cuda.get_device_name()
@@ -171,7 +175,7 @@ def main():
     print(f"device {dev}, torch {torch.__version__}, sha {sha}")
     print(f"{'Hq/Hkv':>7} {'Lq':>5} {'Lkv':>7} {'impl':>6} {'fwd ms':>8} {'TF/s':>6} {'f+b ms':>8} {'TF/s':>6} {'%790':>5}")
     for Hq, Hkv, Lq, Lkv in SHAPES:
-        rows, flops, err = bench_shape(lib, Hq, Hkv, Lq, Lkv, reps=args.reps)
+        rows, flops, err = bench_shape(lib, Hq, Hkv, Lq, Lkv, reps=args.reps, label=args.label, sdpa=not args.no_sdpa)
         for impl, (tf, tfb) in rows.items():
             tff, tffb = flops / tf / 1e9, 3.5 * flops / tfb / 1e9
             print(f"{Hq:>3}/{Hkv:<3} {Lq:>5} {Lkv:>7} {impl:>6} {tf:8.3f} {tff:6.0f} {tfb:8.3f} {tffb:6.0f} {100*tffb/790:5.1f}")
@@ -180,7 +184,7 @@ def main():
                             fwd_bwd_ms=round(tfb, 4), fwd_bwd_tflops=round(tffb, 1),
                             ours_fwd_rel_err_vs_sdpa=f"{err:.2e}"))
         best = min(rows[n][1] for n in ("flash", "cudnn") if n in rows) if len(rows) > 1 else float("nan")
-        print(f"{'':>22} ours/best fwd+bwd = {rows['ours'][1] / best:.2f}x   fwd rel err vs SDPA fp32 {err:.1e}")
+        print(f"{'':>22} {args.label}/best fwd+bwd = {rows[args.label][1] / best:.2f}x   fwd rel err vs SDPA fp32 {err:.1e}")
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(out[0].keys()))
         w.writeheader()

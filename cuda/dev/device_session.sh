@@ -17,7 +17,12 @@ if [ "${CMAKE_BUILD:-1}" = 1 ]; then
   rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r python/lvxattn /tmp/pkg/ && cp /tmp/lvx_build/_core*.so /tmp/pkg/lvxattn/
   PYTHONPATH=/tmp/pkg timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/python/test_gpu_kernels.py 2>&1 | tee "$out/pytest_gpu.log" | tail -15
 fi
-(cd cuda && BUILD=/tmp/b JOBS=16 VARIANTS=${VARIANTS:-1} timeout 300 dev/run_playground.sh 2>&1 | tee "$out/playground_variants.log" | grep -v "^\(bf16\|f16\|f32\) ")
+(cd cuda && BUILD=/tmp/b JOBS=16 VARIANTS=${VARIANTS:-1} timeout 300 dev/run_playground.sh 2>&1 | tee "$out/playground_variants.log" | grep -v "^\(bf16\|f16\|f32\) .* ok$")
+# The sm_80 kernels on the same card (LVX_CUDA_SM90=0), and the SASS of the sm_90a ones.
+if [ "${AB:-1}" = 1 ]; then
+  LVX_CUDA_SM90=0 /tmp/b/playground | tail -1
+  for o in fwd bwd; do cuobjdump -sass /tmp/b/inst_${o}_bf16_d128_cu.o 2>/dev/null | grep -oE "HGMMA\.[0-9A-Za-z]+" | sort | uniq -c; done
+fi
 if [ "${NCU:-0}" = 1 ]; then
   # Stall reasons of the library backward kernel (first shape), one launch.
   timeout 150 ncu --section SpeedOfLight --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
@@ -25,4 +30,6 @@ if [ "${NCU:-0}" = 1 ]; then
   grep -E "Stall|Throughput|Occupancy|Issue|Registers|Pipe|Warp Cycles" "$out/ncu_bwd.txt" | head -40
 fi
 timeout 250 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so --out "$out/gpu_kernels.csv" \
-  --reps 15 --sha "${SHA:-unknown}" 2>&1 | tee "$out/bench.log"
+  --reps 15 --sha "${SHA:-unknown}" --label ${LABEL:-ours} 2>&1 | tee "$out/bench.log"
+[ "${AB:-1}" = 1 ] && LVX_CUDA_SM90=0 timeout 200 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so \
+  --out "$out/gpu_kernels_mma.csv" --reps 15 --sha "${SHA:-unknown}" --label ours-mma --no-sdpa 2>&1 | tee "$out/bench_mma.log"

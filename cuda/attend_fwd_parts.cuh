@@ -1,0 +1,156 @@
+// Pieces shared by the forward kernels (mma.sync and sm_90a wgmma). Both hold, per
+// thread, two query rows (g and g + 8 of a 16-row slab) in mma.sync's C layout:
+// s[n8 block][4] for the scores of a KV tile, acc[D / 8][4] for the output rows.
+#pragma once
+
+#include <climits>
+
+#include "attend_params.cuh"
+#include "mma.cuh"
+
+namespace lvx::cuda {
+
+// KV rows seen by any row of a query tile [lo, hi), and by every row [full_lo, full_hi),
+// clipped to the block's split. `shared4` is four ints of shared memory.
+struct KvRange {
+  int lo, hi, full_lo, full_hi;
+};
+template <int BM, int NT>
+__device__ __forceinline__ KvRange fwd_kv_range(const FwdParams& p, int m0, int b, int split, int* shared4) {
+  const int tid = threadIdx.x, Lkv = p.Lkv;
+  KvRange r{0, Lkv, 0, Lkv};
+  if (p.q_ranges) {
+    if (tid == 0) { shared4[0] = INT_MAX; shared4[1] = 0; shared4[2] = 0; shared4[3] = INT_MAX; }
+    __syncthreads();
+    for (int i = tid; i < BM; i += NT) {
+      if (m0 + i >= p.Lq) continue;
+      int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * p.Lq + m0 + i);
+      if (iv.y > iv.x) { atomicMin(&shared4[0], iv.x); atomicMax(&shared4[1], iv.y); }
+      atomicMax(&shared4[2], iv.x);
+      atomicMin(&shared4[3], iv.y);
+    }
+    __syncthreads();
+    r = KvRange{shared4[0], shared4[1], shared4[2], shared4[3]};
+    if (r.lo >= r.hi) r.lo = r.hi = 0;
+  }
+  const int split_lo = split * p.split_len, split_hi = min(Lkv, split_lo + p.split_len);
+  r.lo = max(r.lo, split_lo);
+  r.hi = min(r.hi, split_hi);
+  return r;
+}
+
+// This thread's two rows and their visible intervals.
+__device__ __forceinline__ void fwd_row_intervals(const FwdParams& p, int b, int row0, int2 (&iv)[2]) {
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    const int row = row0 + ri * 8;
+    iv[ri] = row < p.Lq ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + row) : make_int2(0, 0);
+  }
+}
+
+// One KV tile of the online softmax in base 2: scales and masks the scores in s,
+// turns them into probabilities, and rescales the running row max / sum / output.
+template <int BN, int D>
+__device__ __forceinline__ void fwd_online_softmax(float (&s)[BN / 8][4], float (&acc)[D / 8][4], float (&mrow)[2],
+                                                   float (&lrow)[2], float scale_log2, bool need_mask, int n0,
+                                                   int hi, const int2 (&iv)[2], int t) {
+#pragma unroll
+  for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[nb][e] * scale_log2;
+      if (need_mask) {
+        const int col = n0 + nb * 8 + 2 * t + (e & 1);
+        const int2 r = iv[e >> 1];
+        if (col < r.x || col >= r.y || col >= hi) x = -INFINITY;
+      }
+      s[nb][e] = x;
+    }
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
+    mx = quad_max(mx);
+    const float m_new = fmaxf(mrow[ri], mx);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f(mrow[ri] - m_use);
+    mrow[ri] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) {
+      const float p0 = exp2f(s[nb][2 * ri] - m_use), p1 = exp2f(s[nb][2 * ri + 1] - m_use);
+      s[nb][2 * ri] = p0;
+      s[nb][2 * ri + 1] = p1;
+      sum += p0 + p1;
+    }
+    lrow[ri] = lrow[ri] * alpha + sum;
+#pragma unroll
+    for (int db = 0; db < D / 8; ++db) {
+      acc[db][2 * ri] *= alpha;
+      acc[db][2 * ri + 1] *= alpha;
+    }
+  }
+}
+
+// The probabilities of KV columns 16·kk .. 16·kk + 15 as an m16k16 A fragment.
+template <typename T, int NB>
+__device__ __forceinline__ void probs_fragment(const float (&s)[NB][4], int kk, uint32_t (&pa)[4]) {
+  pa[0] = Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]);
+  pa[1] = Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]);
+  pa[2] = Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  pa[3] = Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// Normalizes the tile's rows, then merges them into the running accumulator:
+//   lse' = logaddexp(lse, lse_b), o' = o·e^(lse−lse') + O_b·e^(lse_b−lse');
+// with split-KV, writes the normalized partial (O_b, lse_b) of the block's slice.
+template <int D>
+__device__ __forceinline__ void fwd_epilogue(const FwdParams& p, const float (&acc)[D / 8][4], const float (&mrow)[2],
+                                             const float (&lrow)[2], int row0, int b, int h, int split, int t) {
+  constexpr float kLn2 = 0.6931471805599453f;
+  const int Lq = p.Lq;
+  float lse_prev[2] = {-INFINITY, -INFINITY};
+  if (p.splits == 1) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri)
+      if (row0 + ri * 8 < Lq) lse_prev[ri] = p.lse[((size_t)b * p.Hq + h) * Lq + row0 + ri * 8];
+    __syncwarp();  // the quad reads lse before its t == 0 lane rewrites it
+  }
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    const int row = row0 + ri * 8;
+    const float l = quad_sum(lrow[ri]);
+    if (row >= Lq) continue;
+    const bool empty = !(l > 0.f);
+    const float lse_b = empty ? -INFINITY : (mrow[ri] + __log2f(l)) * kLn2;
+    const float inv_l = empty ? 0.f : 1.f / l;
+    const size_t lse_idx = ((size_t)b * p.Hq + h) * Lq + row;
+    const size_t o_idx = (((size_t)b * Lq + row) * p.Hq + h) * D + 2 * t;
+    if (p.splits > 1) {
+      const size_t part = (size_t)split * p.B * Lq * p.Hq;
+      float* op = p.o_part + part * D + o_idx;
+#pragma unroll
+      for (int db = 0; db < D / 8; ++db)
+        *reinterpret_cast<float2*>(op + db * 8) = make_float2(acc[db][2 * ri] * inv_l, acc[db][2 * ri + 1] * inv_l);
+      if (t == 0) p.lse_part[part + lse_idx] = lse_b;
+      continue;
+    }
+    if (empty) continue;  // nothing seen: the accumulator stays as it is
+    const float lse_a = lse_prev[ri];
+    const float mx = fmaxf(lse_a, lse_b);
+    const float wa = __expf(lse_a - mx), wb = __expf(lse_b - mx);
+    const float inv = 1.f / (wa + wb);
+    const float ca = wa * inv, cb = wb * inv * inv_l;
+    float* op = p.o + o_idx;
+#pragma unroll
+    for (int db = 0; db < D / 8; ++db) {
+      const float2 old = *reinterpret_cast<float2*>(op + db * 8);
+      *reinterpret_cast<float2*>(op + db * 8) =
+          make_float2(old.x * ca + acc[db][2 * ri] * cb, old.y * ca + acc[db][2 * ri + 1] * cb);
+    }
+    if (t == 0) p.lse[lse_idx] = mx + __logf(wa + wb);
+  }
+}
+
+}  // namespace lvx::cuda

@@ -1,0 +1,153 @@
+// Hopper (sm_90a) warpgroup primitives: wgmma.mma_async with operands in shared
+// memory (128-byte swizzle) or A in registers, its fences, and the shared-memory tile
+// layout the descriptors describe.
+//
+// Tile layout ("swizzled rows"): a tile of R rows x 64·H 16-bit columns is stored as H
+// column blocks of 64 (128 bytes per row); block h starts at h·R·128 bytes, row r of a
+// block at r·128, and its 16-byte chunk c at chunk position c ^ (r % 8). Every block
+// starts 1024-byte aligned. This is the canonical 128-byte-swizzle layout of the PTX
+// ISA's wgmma matrix descriptors (sec. "Matrix Descriptor Format"), so one tile serves
+//   - as a K-major operand (rows = M or N, columns = K): 8-row groups 1024 bytes apart
+//     (stride byte offset), one k16 step = 32 bytes along the row;
+//   - as an MN-major operand (rows = K, columns = M or N; imm-trans = 1): 64-column
+//     blocks R·128 bytes apart (leading byte offset), 8-row groups 1024 bytes apart.
+//
+// Accumulator layout of m64nNk16 (f32), per warp w of the warpgroup (g = lane / 4,
+// t = lane % 4): d[4j + e] holds row 16w + g + 8·(e / 2), column 8j + 2t + (e % 2), the
+// layout of mma.sync's C fragments, n8 block after n8 block. An A operand in registers
+// follows mma.sync's A fragment (mma.cuh), so softmax(S) feeds P·V from registers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cstdint>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LVX_SM90A 1
+#endif
+
+namespace lvx::cuda {
+
+// Byte offset of (row, 16-byte chunk) in a swizzled-rows tile of `rows` rows.
+__host__ __device__ constexpr uint32_t swz_offset(int rows, int row, int chunk) {
+  return (uint32_t)((chunk / 8) * rows * 128 + row * 128 + (((chunk % 8) ^ (row % 8)) * 16));
+}
+
+// wgmma matrix descriptor: 128-byte swizzle, base offset 0 (blocks 1024-aligned).
+__device__ __forceinline__ uint64_t wg_desc(uint32_t smem_byte_addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((smem_byte_addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
+         ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+
+#ifdef LVX_SM90A
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Generic-proxy writes to shared memory (st.shared, cp.async) made visible to the async
+// proxy that wgmma reads through; each writing thread, before the barrier.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void wg_fence() {}
+__device__ __forceinline__ void wg_commit() {}
+template <int N> __device__ __forceinline__ void wg_wait() {}
+__device__ __forceinline__ void fence_proxy_async() {}
+#endif
+
+// The value, unknown to the compiler: shared-memory addresses taken inside a loop this
+// way are recomputed there, instead of hoisted descriptors holding registers throughout.
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("mov.b32 %0, %0;\n" : "+r"(x));
+  return x;
+}
+
+// Keeps the compiler from moving accumulator reads or writes across the async region.
+template <int N>
+__device__ __forceinline__ void wg_fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define LVX_WG_REGS32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define LVX_WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define LVX_WG_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define LVX_WG_ACC64 LVX_WG_ACC32, "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
+// D (+)= A·B for one k16 step. ss: A and B by descriptor; rs: A from registers.
+// scale_d = 0 overwrites D. TA / TB = 1: the operand is MN-major (16-bit types only).
+template <typename T> struct Wgmma;
+#ifdef LVX_SM90A
+#define LVX_WGMMA_OPS(T_, TY)                                                                                \
+  template <> struct Wgmma<T_> {                                                                           \
+    template <int TA, int TB>                                                                              \
+    static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {     \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                            \
+                   "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LVX_WG_REGS32               \
+                   ", %32, %33, p, 1, 1, %35, %36;\n}\n"                                                   \
+                   : LVX_WG_ACC32 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                       \
+    }                                                                                                      \
+    template <int TA, int TB>                                                                              \
+    static __device__ __forceinline__ void ss128(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {    \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                            \
+                   "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " LVX_WG_REGS64              \
+                   ", %64, %65, p, 1, 1, %67, %68;\n}\n"                                                   \
+                   : LVX_WG_ACC64 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                       \
+    }                                                                                                      \
+    template <int TB>                                                                                      \
+    static __device__ __forceinline__ void rs64(float (&d)[32], const uint32_t (&a)[4], uint64_t b,        \
+                                                int scale_d) {                                             \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                            \
+                   "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LVX_WG_REGS32               \
+                   ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                       \
+                   : LVX_WG_ACC32                                                                          \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));           \
+    }                                                                                                      \
+    template <int TB>                                                                                      \
+    static __device__ __forceinline__ void rs128(float (&d)[64], const uint32_t (&a)[4], uint64_t b,       \
+                                                 int scale_d) {                                            \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                            \
+                   "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " LVX_WG_REGS64              \
+                   ", {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                       \
+                   : LVX_WG_ACC64                                                                          \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));           \
+    }                                                                                                      \
+  };
+LVX_WGMMA_OPS(__nv_bfloat16, "bf16")
+LVX_WGMMA_OPS(__half, "f16")
+#undef LVX_WGMMA_OPS
+#else
+// Other targets never launch the sm_90a kernels; the bodies only have to compile.
+template <typename T> struct Wgmma {
+  template <int TA, int TB> static __device__ void ss64(float (&)[32], uint64_t, uint64_t, int) {}
+  template <int TA, int TB> static __device__ void ss128(float (&)[64], uint64_t, uint64_t, int) {}
+  template <int TB> static __device__ void rs64(float (&)[32], const uint32_t (&)[4], uint64_t, int) {}
+  template <int TB> static __device__ void rs128(float (&)[64], const uint32_t (&)[4], uint64_t, int) {}
+};
+#endif
+
+}  // namespace lvx::cuda
+
+namespace lvx::cuda {
+
+// 16-byte global -> shared copy to a shared-memory byte address; zero-filled when !valid.
+__device__ __forceinline__ void cp_async_16_to(uint32_t smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
+}
+
+// Copies rows [row0, row0 + ROWS) of a row-major [*, COLS] 16-bit matrix with row stride
+// `stride` (elements) into a swizzled-rows tile at `dst`; rows at or past `row_end`
+// are zero-filled. All NT threads of the block take part.
+template <int ROWS, int COLS, int NT, typename T>
+__device__ __forceinline__ void load_swizzled(uint32_t dst, const T* src, size_t stride, int row0, int row_end) {
+  constexpr int kChunks = COLS / 8;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += NT) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const bool ok = row0 + r < row_end;
+    cp_async_16_to(dst + swz_offset(ROWS, r, ch), src + (size_t)(ok ? row0 + r : 0) * stride + ch * 8, ok);
+  }
+}
+
+}  // namespace lvx::cuda
