@@ -36,17 +36,48 @@ __device__ __forceinline__ bool bwd_tile_visible(const BwdParams& p, int b, int 
   return vis;
 }
 
-// Per-row inputs of query tile [q0, q0 + BM) of head h: lse in base 2, Dl and the
-// visible interval (rows past Lq: lse = -inf, so they contribute nothing).
-template <int BM, int NT>
-__device__ __forceinline__ void bwd_load_row_stats(const BwdParams& p, int b, int h, int q0, float* lse2, float* dl,
+// bwd_tile_visible for one warp (no block barrier): the sm_90a kernel's producer warp.
+template <int BM, int BN>
+__device__ __forceinline__ bool bwd_tile_visible_warp(const BwdParams& p, int b, int q0, int n0, int kv_hi,
+                                                      bool& whole) {
+  whole = kv_hi - n0 == BN;
+  if (!p.q_ranges) return true;
+  bool vis = false, all = true;
+  for (int r = threadIdx.x % 32; r < BM; r += 32) {
+    if (q0 + r >= p.Lq) continue;
+    const int2 iv = local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + q0 + r);
+    vis |= iv.x < kv_hi && iv.y > n0 && iv.y > iv.x;
+    all &= iv.x <= n0 && iv.y >= kv_hi;
+  }
+  whole = whole && __all_sync(0xffffffffu, all);
+  return __any_sync(0xffffffffu, vis);
+}
+
+// Per-row inputs of query tile [q0, q0 + BM) of head h, written by one warp with plain
+// loads (the sm_90a kernel's producer, ahead of the consumers): as below.
+template <int BM>
+__device__ __forceinline__ void bwd_row_stats_warp(const BwdParams& p, int b, int h, int q0, float* lse, float* dl,
                                                    int2* iv) {
-  constexpr float kLog2e = 1.4426950408889634f;
-  for (int r = threadIdx.x; r < BM; r += NT) {
+  for (int r = threadIdx.x % 32; r < BM; r += 32) {
     const bool ok = q0 + r < p.Lq;
     const size_t li = ((size_t)b * p.Hq + h) * p.Lq + q0 + r;
-    lse2[r] = ok ? p.lse[li] * kLog2e : -INFINITY;
+    lse[r] = ok ? p.lse[li] : 0.f;
     dl[r] = ok ? p.dl[li] : 0.f;
+    iv[r] = ok ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + q0 + r) : make_int2(0, 0);
+  }
+}
+
+// Per-row inputs of query tile [q0, q0 + BM) of head h: lse and Dl by cp.async (in
+// the caller's next commit group; rows past Lq read 0, harmless since their Q and dO
+// rows are zero), and the visible interval (a load only with q_ranges).
+template <int BM, int NT>
+__device__ __forceinline__ void bwd_load_row_stats(const BwdParams& p, int b, int h, int q0, float* lse, float* dl,
+                                                   int2* iv) {
+  for (int r = threadIdx.x; r < BM; r += NT) {
+    const bool ok = q0 + r < p.Lq;
+    const size_t li = ((size_t)b * p.Hq + h) * p.Lq + (ok ? q0 + r : 0);
+    cp_async_4(lse + r, p.lse + li, ok);
+    cp_async_4(dl + r, p.dl + li, ok);
     iv[r] = ok ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + q0 + r) : make_int2(0, 0);
   }
 }
@@ -54,15 +85,16 @@ __device__ __forceinline__ void bwd_load_row_stats(const BwdParams& p, int b, in
 // Pᵀ of one (16 KV rows x BM queries) slab from the scores Sᵀ in place, then packed as
 // m16k16 A fragments (pa[kk] = queries 16kk .. 16kk + 15).
 template <typename T, int BM>
-__device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse2,
+__device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
                                           const int2* iv, float scale_log2, bool need_mask, int kv_row0, int Lkv,
                                           int t) {
+  constexpr float kLog2e = 1.4426950408889634f;
 #pragma unroll
   for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int qc = nb * 8 + 2 * t + (e & 1);
-      const float l2 = lse2[qc];
+      const float l2 = lse[qc] * kLog2e;
       float pv = l2 == -INFINITY ? 0.f : exp2f(s[nb][e] * scale_log2 - l2);
       if (need_mask) {
         const int kv = kv_row0 + (e >> 1) * 8;

@@ -1,62 +1,112 @@
 // Backward step on Hopper warpgroup MMA (sm_90a), head dim 128, 16-bit storage: the
 // computation of attend_bwd_kernel (attend_bwd.cuh) with
-//   - 128 KV rows per block, 64 per warpgroup (two warpgroups, 256 threads), dK and dV
-//     of its rows in each warpgroup's registers across the whole walk;
-//   - query tiles of 64 rows (Q, dO double-buffered by cp.async), K, V, Q, dO and dSᵀ
-//     in the swizzled-rows layout of wgmma.cuh;
-//   - per tile, wgmma m64n64 for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, m64n128
-//     with A from registers for dV += Pᵀ dO and dK += dSᵀ Q (Q, dO read MN-major), and
-//     m64n64 for dQ = dS K with dSᵀ and K read MN-major from shared memory: warpgroup
-//     w forms dQ's head-dim half w and adds it to global memory with fp32 atomics.
+//   - warp specialization: a producer warp walks the block's (query head, query tile)
+//     items, skips the invisible ones, stages lse, Dl and the row intervals, and
+//     issues the TMA loads of K, V (once) and of Q and dO (3-stage ring); two consumer
+//     warpgroups own 64 KV rows each (128 per block) with dK, dV in registers;
+//   - per tile, wgmma m64n64 for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, m64n128 with A from
+//     registers for dV += Pᵀ dO and dK += dSᵀ Q (Q, dO read MN-major), and m64n64 for
+//     dQ = dS K with dSᵀ (double-buffered) and K read MN-major from shared memory:
+//     warpgroup w forms dQ's head-dim half w and adds it to global memory with fp32
+//     atomics. The consumers meet once per tile (dSᵀ complete), at a named barrier.
 #pragma once
 
 #include "attend_bwd_parts.cuh"
-#include "wgmma.cuh"
+#include "tma.cuh"
 
 namespace lvx::cuda {
 
 struct BwdSm90 {
-  static constexpr int kHeadDim = 128, kBlockN = 128, kBlockM = 64, kThreads = 256;
+  static constexpr int kHeadDim = 128, kBlockN = 128, kBlockM = 64, kStages = 3;
+  static constexpr int kThreads = 384;                     // producer + 2 consumer warpgroups
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // a K or V tile
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // a Q or dO tile
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dSᵀ
-  static constexpr int kSmemBytes = 2 * kKvBytes + 4 * kQBytes + kDsBytes + 1024;
+  static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 1024;
 };
 
 template <typename T>
-__global__ void __launch_bounds__(BwdSm90::kThreads, 1) attend_bwd_sm90_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(BwdSm90::kThreads, 1)
+    attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
+                           const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
+                           const __grid_constant__ CUtensorMap tdo) {
 #ifdef LVX_SM90A
-  constexpr int D = BwdSm90::kHeadDim, BM = BwdSm90::kBlockM, BN = BwdSm90::kBlockN, NT = BwdSm90::kThreads;
+  constexpr int D = BwdSm90::kHeadDim, BM = BwdSm90::kBlockM, BN = BwdSm90::kBlockN, S = BwdSm90::kStages;
+  constexpr uint32_t kQ = BwdSm90::kQBytes;
   extern __shared__ __align__(128) unsigned char smem_sm90[];
-  __shared__ float sLse[2][BM], sDl[2][BM];
-  __shared__ int2 sIv[2][BM];
+  __shared__ float sLse[S][BM], sDl[S][BM];
+  __shared__ int2 sIv[S][BM];
+  __shared__ int sItem[S], sWhole[S];
+  __shared__ __align__(8) uint64_t bars[1 + 2 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + BwdSm90::kKvBytes;
-  const uint32_t sQ = sV + BwdSm90::kKvBytes, sdO = sQ + 2 * BwdSm90::kQBytes;  // [2] each
-  const uint32_t sdS = sdO + 2 * BwdSm90::kQBytes;
+  const uint32_t sQ = sV + BwdSm90::kKvBytes, sdO = sQ + S * kQ;  // [S] each
+  const uint32_t sdS = sdO + S * kQ;                              // [2]
+  // Barriers: K and V landed; a stage's Q, dO and row inputs ready; a stage read by every consumer warp.
+  const uint32_t kv_full = smem_addr(bars);
+  auto q_full = [&](int st) { return kv_full + 8 * (1 + st); };
+  auto q_empty = [&](int st) { return kv_full + 8 * (1 + S + st); };
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int hk = blockIdx.y, b = blockIdx.z, Lq = p.Lq, Lkv = p.Lkv;
   const int n0 = blockIdx.x * BN;
-  const size_t q_stride = (size_t)p.Hq * D, kv_stride = (size_t)p.Hkv * D;
-  const T* gK = static_cast<const T*>(p.k) + ((size_t)b * Lkv * p.Hkv + hk) * D;
-  const T* gV = static_cast<const T*>(p.v) + ((size_t)b * Lkv * p.Hkv + hk) * D;
-  const int kv_hi = min(Lkv, n0 + BN);
-  load_swizzled<BN, D, NT>(sK, gK, kv_stride, n0, Lkv);
-  load_swizzled<BN, D, NT>(sV, gV, kv_stride, n0, Lkv);
-
   const int q_tiles = (Lq + BM - 1) / BM, items = p.group * q_tiles;
-  auto next_item = [&](int it, bool& whole) {
-    while (it < items && !bwd_tile_visible<BM, BN, NT>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole)) ++it;
-    return it;
-  };
-  auto load_q_tile = [&](int buf, int it) {
-    const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
-    const size_t head = ((size_t)b * Lq * p.Hq + h) * D;
-    load_swizzled<BM, D, NT>(sQ + buf * BwdSm90::kQBytes, static_cast<const T*>(p.q) + head, q_stride, q0, Lq);
-    load_swizzled<BM, D, NT>(sdO + buf * BwdSm90::kQBytes, static_cast<const T*>(p.dout) + head, q_stride, q0, Lq);
-    bwd_load_row_stats<BM, NT>(p, b, h, q0, sLse[buf], sDl[buf], sIv[buf]);
-  };
+  if (tid == 0) {
+    mbar_init(kv_full, 1);
+    for (int st = 0; st < S; ++st) {
+      mbar_init(q_full(st), 1);
+      mbar_init(q_empty(st), 8);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
 
+  if (wg == 0) {
+    regs_dealloc<24>();
+    if (tid >= 32) return;
+    // Producer warp.
+    if (lane == 0) {
+      mbar_arrive_expect(kv_full, 2 * BwdSm90::kKvBytes);
+      tma_load_rows(sK, &tk, 0, hk, n0, b, kv_full);
+      tma_load_rows(sK + BN * 128, &tk, 64, hk, n0, b, kv_full);
+      tma_load_rows(sV, &tv, 0, hk, n0, b, kv_full);
+      tma_load_rows(sV + BN * 128, &tv, 64, hk, n0, b, kv_full);
+    }
+    const int kv_hi = min(Lkv, n0 + BN);
+    int it = 0;
+    for (int j = 0;; ++j) {
+      bool whole = true;
+      while (it < items && !bwd_tile_visible_warp<BM, BN>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole)) ++it;
+      const int st = j % S;
+      if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
+      if (it >= items) {
+        if (lane == 0) {
+          sItem[st] = -1;
+          mbar_arrive(q_full(st));
+        }
+        return;
+      }
+      const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
+      bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
+      if (lane == 0) {
+        sItem[st] = it;
+        sWhole[st] = whole;
+      }
+      __syncwarp();
+      if (lane == 0) {
+        mbar_arrive_expect(q_full(st), 2 * kQ);
+        tma_load_rows(sQ + st * kQ, &tq, 0, h, q0, b, q_full(st));
+        tma_load_rows(sQ + st * kQ + BM * 128, &tq, 64, h, q0, b, q_full(st));
+        tma_load_rows(sdO + st * kQ, &tdo, 0, h, q0, b, q_full(st));
+        tma_load_rows(sdO + st * kQ + BM * 128, &tdo, 64, h, q0, b, q_full(st));
+      }
+      ++it;
+    }
+  }
+
+  // Consumers: warpgroup cw owns KV rows [n0 + 64·cw, n0 + 64·cw + 64).
+  regs_alloc<240>();
+  const int cw = wg - 1;
+  const size_t q_stride = (size_t)p.Hq * D;
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i)
@@ -64,32 +114,25 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1) attend_bwd_sm90_kernel(c
     for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
   float(&dk_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dk);
   float(&dv_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dv);
-  const int kv_row0 = n0 + wg * 64 + warp * 16 + g;  // this thread's KV rows: kv_row0, kv_row0 + 8
+  const int kv_row0 = n0 + cw * 64 + warp * 16 + g;  // this thread's KV rows: kv_row0, kv_row0 + 8
 
-  bool whole = true;
-  int it = next_item(0, whole);
-  if (it < items) load_q_tile(0, it);
-  cp_async_commit();
-  int buf = 0;
   // K-major descriptors of this warpgroup's 64 K / V rows and of a Q / dO tile (k16
   // step kk along the head dim); MN-major ones of 16-row slabs (step kk along rows).
   auto kv_rows = [&](uint32_t tile, int kk) {
-    return wg_desc(tile + (kk / 4) * BN * 128 + wg * 64 * 128 + (kk % 4) * 32, 16, 1024);
+    return wg_desc(tile + (kk / 4) * BN * 128 + cw * 64 * 128 + (kk % 4) * 32, 16, 1024);
   };
   auto q_rows = [&](uint32_t tile, int kk) { return wg_desc(tile + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024); };
   auto q_slab = [&](uint32_t tile, int kk) { return wg_desc(tile + kk * 16 * 128, BM * 128, 1024); };
-  while (it < items) {
-    const bool need_mask = !whole;
+  mbar_wait(kv_full, 0);
+  for (int j = 0;; ++j) {
+    const int st = j % S;
+    mbar_wait(q_full(st), (j / S) & 1);
+    const int it = sItem[st];
+    if (it < 0) break;
+    const bool need_mask = !sWhole[st];
     const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
-    bool whole_next = true;
-    const int it_next = next_item(it + 1, whole_next);
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    if (it_next < items) load_q_tile(buf ^ 1, it_next);
-    cp_async_commit();
-    const uint32_t q_tile = opaque(sQ) + buf * BwdSm90::kQBytes, do_tile = opaque(sdO) + buf * BwdSm90::kQBytes;
-    const uint32_t k_tile = opaque(sK), v_tile = opaque(sV), ds_tile = opaque(sdS);
+    const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
+    const uint32_t k_tile = opaque(sK), v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * BwdSm90::kDsBytes;
 
     // Sᵀ = K Qᵀ, then Pᵀ.
     float s[BM / 8][4];
@@ -101,7 +144,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1) attend_bwd_sm90_kernel(c
     wg_wait<0>();
     wg_fence_regs(s_flat);
     uint32_t pa[BM / 16][4];
-    bwd_probs<T, BM>(s, pa, sLse[buf], sIv[buf], p.scale_log2, need_mask, kv_row0, Lkv, t);
+    bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, need_mask, kv_row0, Lkv, t);
 
     // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
     float dp[BM / 8][4];
@@ -120,13 +163,13 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1) attend_bwd_sm90_kernel(c
 
     // dSᵀ, then dK += dSᵀ Q, and dSᵀ to shared memory for dQ.
     uint32_t da[BM / 16][4];
-    bwd_dscores<T, BM>(pa, dp, sDl[buf], da, t);
+    bwd_dscores<T, BM>(pa, dp, sDl[st], da, t);
     wg_fence_regs(dk_flat);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs128<1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
     wg_commit();
-    const int ds_row = wg * 64 + warp * 16 + g;
+    const int ds_row = cw * 64 + warp * 16 + g;
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk)
 #pragma unroll
@@ -136,22 +179,25 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1) attend_bwd_sm90_kernel(c
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(ds_tile + swz_offset(BN, row, chunk) + 4 * t), "r"(da[kk][r]));
       }
     fence_proxy_async();
-    __syncthreads();
+    named_barrier(1, 256);  // dSᵀ of both warpgroups in place
 
-    // dQ[q0 .. q0 + 64, 64·wg .. 64·wg + 64) += scale · dS K.
+    // dQ[q0 .. q0 + 64, 64·cw .. 64·cw + 64) += scale · dS K.
     float dq[BM / 8][4];
     float(&dq_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dq);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       Wgmma<T>::template ss64<1, 1>(dq_flat, wg_desc(ds_tile + kk * 16 * 128, BN * 128, 1024),
-                                    wg_desc(k_tile + wg * BN * 128 + kk * 16 * 128, BN * 128, 1024), kk);
+                                    wg_desc(k_tile + cw * BN * 128 + kk * 16 * 128, BN * 128, 1024), kk);
     wg_commit();
     wg_wait<0>();
+    wg_fence_regs(pa);
+    wg_fence_regs(da);
     wg_fence_regs(dq_flat);
     wg_fence_regs(dk_flat);
     wg_fence_regs(dv_flat);
-    float* gdq = p.dq + ((size_t)b * Lq * p.Hq + h) * D + wg * 64 + 2 * t;
+    if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
+    float* gdq = p.dq + ((size_t)b * Lq * p.Hq + h) * D + cw * 64 + 2 * t;
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
       const int row = q0 + warp * 16 + g + ri * 8;
@@ -160,12 +206,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1) attend_bwd_sm90_kernel(c
       for (int nb = 0; nb < BM / 8; ++nb)
         atomic_add2(gdq + (size_t)row * q_stride + nb * 8, dq[nb][2 * ri] * p.scale, dq[nb][2 * ri + 1] * p.scale);
     }
-
-    it = it_next;
-    whole = whole_next;
-    buf ^= 1;
   }
-  cp_async_wait<0>();
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
 #endif
 }

@@ -49,11 +49,12 @@ __device__ __forceinline__ void fwd_row_intervals(const FwdParams& p, int b, int
 }
 
 // One KV tile of the online softmax in base 2: scales and masks the scores in s,
-// turns them into probabilities, and rescales the running row max / sum / output.
-template <int BN, int D>
-__device__ __forceinline__ void fwd_online_softmax(float (&s)[BN / 8][4], float (&acc)[D / 8][4], float (&mrow)[2],
-                                                   float (&lrow)[2], float scale_log2, bool need_mask, int n0,
-                                                   int hi, const int2 (&iv)[2], int t) {
+// turns them into probabilities and updates the running row max and sum; alpha is
+// the factor the row's output accumulated so far must be scaled by.
+template <int BN>
+__device__ __forceinline__ void fwd_softmax_tile(float (&s)[BN / 8][4], float (&mrow)[2], float (&lrow)[2],
+                                                 float (&alpha)[2], float scale_log2, bool need_mask, int n0,
+                                                 int hi, const int2 (&iv)[2], int t) {
 #pragma unroll
   for (int nb = 0; nb < BN / 8; ++nb)
 #pragma unroll
@@ -74,7 +75,7 @@ __device__ __forceinline__ void fwd_online_softmax(float (&s)[BN / 8][4], float 
     mx = quad_max(mx);
     const float m_new = fmaxf(mrow[ri], mx);
     const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    const float alpha = exp2f(mrow[ri] - m_use);
+    alpha[ri] = exp2f(mrow[ri] - m_use);
     mrow[ri] = m_new;
     float sum = 0.f;
 #pragma unroll
@@ -84,13 +85,25 @@ __device__ __forceinline__ void fwd_online_softmax(float (&s)[BN / 8][4], float 
       s[nb][2 * ri + 1] = p1;
       sum += p0 + p1;
     }
-    lrow[ri] = lrow[ri] * alpha + sum;
-#pragma unroll
-    for (int db = 0; db < D / 8; ++db) {
-      acc[db][2 * ri] *= alpha;
-      acc[db][2 * ri + 1] *= alpha;
-    }
+    lrow[ri] = lrow[ri] * alpha[ri] + sum;
   }
+}
+
+template <int D>
+__device__ __forceinline__ void fwd_rescale(float (&acc)[D / 8][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[db][e] *= alpha[e >> 1];
+}
+
+template <int BN, int D>
+__device__ __forceinline__ void fwd_online_softmax(float (&s)[BN / 8][4], float (&acc)[D / 8][4], float (&mrow)[2],
+                                                   float (&lrow)[2], float scale_log2, bool need_mask, int n0,
+                                                   int hi, const int2 (&iv)[2], int t) {
+  float alpha[2];
+  fwd_softmax_tile<BN>(s, mrow, lrow, alpha, scale_log2, need_mask, n0, hi, iv, t);
+  fwd_rescale<D>(acc, alpha);
 }
 
 // The probabilities of KV columns 16·kk .. 16·kk + 15 as an m16k16 A fragment.

@@ -1,45 +1,90 @@
 // Forward step on Hopper warpgroup MMA (sm_90a), head dim 128, 16-bit storage: the
 // same computation and epilogue as attend_fwd_kernel (attend_fwd.cuh), with
-//   - 128 query rows per block, 64 per warpgroup (two warpgroups, 256 threads);
-//   - KV tiles of 128 rows, double-buffered in shared memory (cp.async) in the
-//     swizzled-rows layout of wgmma.cuh;
+//   - warp specialization: one producer warpgroup (one thread issuing TMA tile loads,
+//     registers handed to the others) and two consumer warpgroups of 64 query rows
+//     each (128 per block), synchronized only by mbarriers;
+//   - KV tiles of 128 rows in a 3-stage ring, in the swizzled-rows layout of wgmma.cuh;
 //   - S = Q·Kᵀ as 8 wgmma m64n128k16 with both operands in shared memory, and
-//     O += P·V with P from registers and V read MN-major (no transpose pass).
+//     O += P·V with P from registers and V read MN-major (no transpose pass);
+//   - software pipelining inside each warpgroup: S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1}
+//     are issued together, and the softmax of S_j runs while P_{j-1}·V_{j-1} is on the
+//     tensor cores (the rescale of O waits for it).
 #pragma once
 
 #include "attend_fwd_parts.cuh"
-#include "wgmma.cuh"
+#include "tma.cuh"
 
 namespace lvx::cuda {
 
 struct FwdSm90 {
-  static constexpr int kHeadDim = 128, kBlockM = 128, kBlockN = 128, kThreads = 256;
-  static constexpr int kTileBytes = 128 * kHeadDim * 2;                 // one 128-row tile
-  static constexpr int kSmemBytes = 5 * kTileBytes + 1024;              // Q, 2x(K, V), alignment
+  static constexpr int kHeadDim = 128, kBlockM = 128, kBlockN = 128, kStages = 3;
+  static constexpr int kThreads = 384;                                     // producer + 2 consumer warpgroups
+  static constexpr int kTileBytes = 128 * kHeadDim * 2;                    // one 128-row tile
+  static constexpr int kSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024;  // Q, stages x (K, V), alignment
 };
 
 template <typename T>
-__global__ void __launch_bounds__(FwdSm90::kThreads, 1) attend_fwd_sm90_kernel(const FwdParams p) {
+__global__ void __launch_bounds__(FwdSm90::kThreads, 1)
+    attend_fwd_sm90_kernel(const FwdParams p, const __grid_constant__ CUtensorMap tq,
+                           const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
 #ifdef LVX_SM90A
   constexpr int D = FwdSm90::kHeadDim, BM = FwdSm90::kBlockM, BN = FwdSm90::kBlockN, NT = FwdSm90::kThreads;
+  constexpr int kStages = FwdSm90::kStages;
   constexpr uint32_t kTile = FwdSm90::kTileBytes;
   extern __shared__ __align__(128) unsigned char smem_sm90[];
+  __shared__ __align__(8) uint64_t bars[1 + 3 * kStages];
   __shared__ int s_range[4];
-  const uint32_t sQ = (smem_addr(smem_sm90) + 1023u) & ~1023u, sK = sQ + kTile, sV = sK + 2 * kTile;
+  const uint32_t sQ = (smem_addr(smem_sm90) + 1023u) & ~1023u, sKV = sQ + kTile;  // stage st: K, then V
+  // Barriers: Q landed; K / V of a stage landed; a stage's K and V read by every consumer warp.
+  const uint32_t q_full = smem_addr(bars);
+  auto k_full = [&](int st) { return q_full + 8 * (1 + st); };
+  auto v_full = [&](int st) { return q_full + 8 * (1 + kStages + st); };
+  auto kv_empty = [&](int st) { return q_full + 8 * (1 + 2 * kStages + st); };
 
   const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
   const int hk = h / p.group;
   const int m0 = blockIdx.x * BM;
-  const size_t q_stride = (size_t)p.Hq * D, kv_stride = (size_t)p.Hkv * D;
-  const T* gQ = static_cast<const T*>(p.q) + ((size_t)b * p.Lq * p.Hq + h) * D;
-  const T* gK = static_cast<const T*>(p.k) + ((size_t)b * p.Lkv * p.Hkv + hk) * D;
-  const T* gV = static_cast<const T*>(p.v) + ((size_t)b * p.Lkv * p.Hkv + hk) * D;
-
+  if (tid == 0) {
+    mbar_init(q_full, 1);
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(k_full(st), 1);
+      mbar_init(v_full(st), 1);
+      mbar_init(kv_empty(st), 8);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
   const KvRange kr = fwd_kv_range<BM, NT>(p, m0, b, split, s_range);
   const int lo = kr.lo, hi = kr.hi;
   const int n_tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
-  const int row0 = m0 + wg * 64 + ((tid / 32) % 4) * 16 + g;  // this thread's rows: row0, row0 + 8
+
+  if (wg == 0) {
+    // Producer: one thread issues every tile load, up to kStages tiles ahead.
+    regs_dealloc<40>();
+    if (tid == 0 && n_tiles > 0) {
+      mbar_arrive_expect(q_full, kTile);
+      tma_load_rows(sQ, &tq, 0, h, m0, b, q_full);
+      tma_load_rows(sQ + BM * 128, &tq, 64, h, m0, b, q_full);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (j >= kStages) mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
+        const uint32_t k_dst = sKV + st * 2 * kTile, v_dst = k_dst + kTile;
+        mbar_arrive_expect(k_full(st), kTile);
+        tma_load_rows(k_dst, &tk, 0, hk, n0, b, k_full(st));
+        tma_load_rows(k_dst + BN * 128, &tk, 64, hk, n0, b, k_full(st));
+        mbar_arrive_expect(v_full(st), kTile);
+        tma_load_rows(v_dst, &tv, 0, hk, n0, b, v_full(st));
+        tma_load_rows(v_dst + BN * 128, &tv, 64, hk, n0, b, v_full(st));
+      }
+    }
+    return;
+  }
+
+  // Consumers: warpgroup cw owns query rows [64·cw, 64·cw + 64) of the tile.
+  regs_alloc<232>();
+  const int cw = wg - 1;
+  const int row0 = m0 + cw * 64 + ((tid / 32) % 4) * 16 + g;  // this thread's rows: row0, row0 + 8
   int2 iv[2];
   fwd_row_intervals(p, b, row0, iv);
 
@@ -49,31 +94,9 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1) attend_fwd_sm90_kernel(c
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
   float(&acc_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(acc);
 
-  if (n_tiles > 0) {
-    load_swizzled<BM, D, NT>(sQ, gQ, q_stride, m0, p.Lq);
-    load_swizzled<BN, D, NT>(sK, gK, kv_stride, lo, hi);
-    load_swizzled<BN, D, NT>(sV, gV, kv_stride, lo, hi);
-    cp_async_commit();
-  }
-
-  // Descriptors (k16 step kk): Q and K K-major (two 64-column blocks, 32 bytes per
-  // step), V MN-major (16 KV rows = 2048 bytes per step, d-blocks BN·128 apart).
-  const uint32_t q_base = sQ + wg * 64 * 128;
-  for (int j = 0; j < n_tiles; ++j) {
-    const int n0 = lo + j * BN, buf = j & 1;
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    if (j + 1 < n_tiles) {
-      load_swizzled<BN, D, NT>(sK + (buf ^ 1) * kTile, gK, kv_stride, n0 + BN, hi);
-      load_swizzled<BN, D, NT>(sV + (buf ^ 1) * kTile, gV, kv_stride, n0 + BN, hi);
-    }
-    cp_async_commit();
-    const uint32_t k_tile = sK + buf * kTile, v_tile = sV + buf * kTile;
-
-    float s[BN / 8][4];
-    float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
-    wg_fence();
+  // S = Q·K_jᵀ (Q and K K-major: two 64-column blocks, 32 bytes per k16 step).
+  auto issue_scores = [&](float (&s_flat)[BN / 2], int j) {
+    const uint32_t q_base = opaque(sQ) + cw * 64 * 128, k_tile = opaque(sKV) + (j % kStages) * 2 * kTile;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t step = (kk % 4) * 32;
@@ -81,23 +104,68 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1) attend_fwd_sm90_kernel(c
                                      wg_desc(k_tile + (kk / 4) * BN * 128 + step, 16, 1024), kk);
     }
     wg_commit();
-    wg_wait<0>();
-    wg_fence_regs(s_flat);
-
-    const bool need_mask = n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi);
-    fwd_online_softmax<BN, D>(s, acc, mrow, lrow, p.scale_log2, need_mask, n0, hi, iv, t);
-
-    uint32_t pa[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, pa[kk]);
-    wg_fence_regs(acc_flat);
-    wg_fence();
+  };
+  // O += P·V_j (V MN-major: 16 KV rows = 2048 bytes per k16 step, d-blocks BN·128 apart).
+  auto issue_pv = [&](uint32_t (&pa)[BN / 16][4], int j) {
+    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kTile + kTile;
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       Wgmma<T>::template rs128<1>(acc_flat, pa[kk], wg_desc(v_tile + kk * 16 * 128, BN * 128, 1024), 1);
     wg_commit();
+  };
+  auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
+  auto parity = [&](int j) { return (uint32_t)((j / kStages) & 1); };
+
+  if (n_tiles > 0) {
+    float s[BN / 8][4];
+    float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
+    float alpha[2];
+    // P of even and odd tiles: a tile's P stays in place until its P·V is complete
+    // (copying it would make ptxas serialize the wgmma pipeline).
+    uint32_t pe[BN / 16][4], po[BN / 16][4];
+    mbar_wait(q_full, 0);
+    mbar_wait(k_full(0), 0);
+    wg_fence();
+    issue_scores(s_flat, 0);
     wg_wait<0>();
-    wg_fence_regs(acc_flat);
+    wg_fence_regs(s_flat);
+    fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(lo), lo, hi, iv, t);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, pe[kk]);
+
+    // Tile j: S_j and P_{j-1}·V_{j-1} on the tensor cores, softmax of S_j beside the latter.
+    auto step = [&](int j, uint32_t (&p_prev)[BN / 16][4], uint32_t (&p_next)[BN / 16][4]) {
+      mbar_wait(k_full(j % kStages), parity(j));
+      mbar_wait(v_full((j - 1) % kStages), parity(j - 1));
+      wg_fence();
+      issue_scores(s_flat, j);
+      issue_pv(p_prev, j - 1);
+      wg_wait<1>();
+      wg_fence_regs(s_flat);
+      const int n0 = lo + j * BN;
+      fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
+      wg_wait<0>();
+      wg_fence_regs(acc_flat);
+      wg_fence_regs(p_prev);
+      if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));  // K_{j-1}, V_{j-1} read by this warp
+      fwd_rescale<D>(acc, alpha);
+    };
+    for (int j = 1; j < n_tiles; j += 2) {
+      step(j, pe, po);
+      if (j + 1 < n_tiles) step(j + 1, po, pe);
+    }
+    auto last_pv = [&](uint32_t (&p_last)[BN / 16][4]) {
+      mbar_wait(v_full((n_tiles - 1) % kStages), parity(n_tiles - 1));
+      wg_fence();
+      issue_pv(p_last, n_tiles - 1);
+      wg_wait<0>();
+      wg_fence_regs(acc_flat);
+      wg_fence_regs(p_last);
+    };
+    if ((n_tiles - 1) % 2) last_pv(po);
+    else last_pv(pe);
   }
 
   fwd_epilogue<D>(p, acc, mrow, lrow, row0, b, h, split, t);

@@ -36,7 +36,11 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
       static bool configured = (allow_dynamic_smem(kernel, FwdSm90::kSmemBytes), true);
       (void)configured;
       dim3 grid((p.Lq + FwdSm90::kBlockM - 1) / FwdSm90::kBlockM, p.Hq, p.B * p.splits);
-      kernel<<<grid, FwdSm90::kThreads, FwdSm90::kSmemBytes, stream>>>(p);
+      constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+      const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, FwdSm90::kBlockM);
+      const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, FwdSm90::kBlockN);
+      const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, FwdSm90::kBlockN);
+      kernel<<<grid, FwdSm90::kThreads, FwdSm90::kSmemBytes, stream>>>(p, tq, tk, tv);
       LVX_CUDA_CHECK_LAUNCH();
       if (p.splits > 1) launch_fwd_combine<D>(p, stream);
       return;
@@ -68,7 +72,12 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
       static bool configured = (allow_dynamic_smem(kernel, BwdSm90::kSmemBytes), true);
       (void)configured;
       dim3 grid((p.Lkv + BwdSm90::kBlockN - 1) / BwdSm90::kBlockN, p.Hkv, p.B);
-      kernel<<<grid, BwdSm90::kThreads, BwdSm90::kSmemBytes, stream>>>(p);
+      constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+      const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
+      const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, BwdSm90::kBlockN);
+      const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, BwdSm90::kBlockN);
+      const CUtensorMap tdo = rows_tensor_map(p.dout, bf16, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
+      kernel<<<grid, BwdSm90::kThreads, BwdSm90::kSmemBytes, stream>>>(p, tq, tk, tv, tdo);
       LVX_CUDA_CHECK_LAUNCH();
       return;
     }

@@ -64,10 +64,19 @@ __device__ __forceinline__ uint32_t opaque(uint32_t x) {
 }
 
 // Keeps the compiler from moving accumulator reads or writes across the async region.
+// Accumulators after a wait; A fragments in registers likewise, so that they stay
+// allocated (and unchanged) until the wgmma reading them is known to be complete.
 template <int N>
 __device__ __forceinline__ void wg_fence_regs(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_fence_regs(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
 }
 
 #define LVX_WG_REGS32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"

@@ -1,0 +1,64 @@
+// Hopper (sm_90) asynchronous copies: tensor-memory-access (TMA) tile loads that
+// complete on shared-memory mbarriers, the mbarrier operations, warpgroup register
+// reallocation and named barriers; and, on the host, the tensor maps the loads read.
+//
+// Tensor maps describe a [B, L, H, D] 16-bit tensor (the layout of q, k, v, dout) as
+// four dimensions {D, H, L, B}; one box is 64 head-dim elements (128 bytes) of one
+// head for `rows` consecutive rows, stored with the 128-byte swizzle, i.e. one
+// column block of the swizzled-rows layout of wgmma.cuh. Rows past L read as zeros.
+#pragma once
+
+#include <cuda.h>
+#include <cstdint>
+
+#include "wgmma.cuh"
+
+namespace lvx::cuda {
+
+// The tensor map of a [B, L, H, D] tensor (D = 128 or 64·k) with boxes of `rows` rows.
+CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows);
+
+#ifdef LVX_SM90A
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+// Makes the initialized barriers visible to the async proxy (before a block barrier).
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives and announces `bytes` more to come from asynchronous copies.
+__device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Waits until the barrier's phase of the given parity (0 for its first completion,
+// 1 for the second, ...) has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// One box of `map` at coordinates {d0, h, row, b} into shared memory `dst` (1024-aligned).
+__device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap* map, int d0, int h, int row, int b,
+                                              uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(d0), "r"(h), "r"(row), "r"(b), "r"(bar)
+      : "memory");
+}
+template <int N>
+__device__ __forceinline__ void regs_dealloc() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void regs_alloc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+// Barrier `id` (1..15) among `threads` threads (whole warps).
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+#endif
+
+}  // namespace lvx::cuda
