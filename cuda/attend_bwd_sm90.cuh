@@ -7,8 +7,10 @@
 //   - per tile, wgmma m64n64 for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, m64n128 with A from
 //     registers for dV += Pᵀ dO and dK += dSᵀ Q (Q, dO read MN-major), and m64n64 for
 //     dQ = dS K with dSᵀ (double-buffered) and K read MN-major from shared memory:
-//     warpgroup w forms dQ's head-dim half w and adds it to global memory with fp32
-//     atomics. The consumers meet once per tile (dSᵀ complete), at a named barrier.
+//     warpgroup w forms dQ's head-dim half w, stages it in shared memory and adds it
+//     to the fp32 dQ in global memory with one TMA reduce-add (the memory system does
+//     the adds in whole lines, where per-thread atomics capped the kernel). The
+//     consumers meet once per tile (dSᵀ complete), at a named barrier.
 #pragma once
 
 #include "attend_bwd_parts.cuh"
@@ -17,19 +19,20 @@
 namespace lvx::cuda {
 
 struct BwdSm90 {
-  static constexpr int kHeadDim = 128, kBlockN = 128, kBlockM = 64, kStages = 3;
+  static constexpr int kHeadDim = 128, kBlockN = 128, kBlockM = 64, kStages = 2;
   static constexpr int kThreads = 384;                     // producer + 2 consumer warpgroups
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // a K or V tile
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // a Q or dO tile
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dSᵀ
-  static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 1024;
+  static constexpr int kDqBytes = kBlockM * 64 * 4;        // one warpgroup's fp32 dQ half
+  static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
 };
 
 template <typename T>
 __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
-                           const __grid_constant__ CUtensorMap tdo) {
+                           const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tdq) {
 #ifdef LVX_SM90A
   constexpr int D = BwdSm90::kHeadDim, BM = BwdSm90::kBlockM, BN = BwdSm90::kBlockN, S = BwdSm90::kStages;
   constexpr uint32_t kQ = BwdSm90::kQBytes;
@@ -41,6 +44,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + BwdSm90::kKvBytes;
   const uint32_t sQ = sV + BwdSm90::kKvBytes, sdO = sQ + S * kQ;  // [S] each
   const uint32_t sdS = sdO + S * kQ;                              // [2]
+  const uint32_t sdQ = sdS + 2 * BwdSm90::kDsBytes;               // [consumer warpgroup]
   // Barriers: K and V landed; a stage's Q, dO and row inputs ready; a stage read by every consumer warp.
   const uint32_t kv_full = smem_addr(bars);
   auto q_full = [&](int st) { return kv_full + 8 * (1 + st); };
@@ -106,7 +110,6 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   // Consumers: warpgroup cw owns KV rows [n0 + 64·cw, n0 + 64·cw + 64).
   regs_alloc<240>();
   const int cw = wg - 1;
-  const size_t q_stride = (size_t)p.Hq * D;
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i)
@@ -197,16 +200,30 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     wg_fence_regs(dk_flat);
     wg_fence_regs(dv_flat);
     if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
-    float* gdq = p.dq + ((size_t)b * Lq * p.Hq + h) * D + cw * 64 + 2 * t;
+
+    // dQ half → shared memory (two 32-column boxes, 128-byte swizzle) → one reduce-add.
+    const uint32_t dq_stage = opaque(sdQ) + cw * BwdSm90::kDqBytes;
+    const bool issuer = tid % 128 == 0;
+    if (issuer) bulk_wait_read();  // the previous reduce-add has read the stage
+    named_barrier(2 + cw, 128);
 #pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-      const int row = q0 + warp * 16 + g + ri * 8;
-      if (row >= Lq) continue;
+    for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb)
-        atomic_add2(gdq + (size_t)row * q_stride + nb * 8, dq[nb][2 * ri] * p.scale, dq[nb][2 * ri + 1] * p.scale);
+      for (int ri = 0; ri < 2; ++ri) {
+        const int row = warp * 16 + g + ri * 8, chunk = (nb % 4) * 2 + t / 2;
+        const uint32_t addr = dq_stage + (nb / 4) * BM * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
+                     "f"(dq[nb][2 * ri + 1] * p.scale));
+      }
+    fence_proxy_async();
+    named_barrier(2 + cw, 128);
+    if (issuer) {
+      tma_reduce_add_rows(&tdq, dq_stage, cw * 64, h, q0, b);
+      tma_reduce_add_rows(&tdq, dq_stage + BM * 128, cw * 64 + 32, h, q0, b);
+      bulk_commit();
     }
   }
+  if (tid % 128 == 0) bulk_wait();
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
 #endif
 }

@@ -77,7 +77,8 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
       const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, BwdSm90::kBlockN);
       const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, BwdSm90::kBlockN);
       const CUtensorMap tdo = rows_tensor_map(p.dout, bf16, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
-      kernel<<<grid, BwdSm90::kThreads, BwdSm90::kSmemBytes, stream>>>(p, tq, tk, tv, tdo);
+      const CUtensorMap tdq = f32_rows_tensor_map(p.dq, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
+      kernel<<<grid, BwdSm90::kThreads, BwdSm90::kSmemBytes, stream>>>(p, tq, tk, tv, tdo, tdq);
       LVX_CUDA_CHECK_LAUNCH();
       return;
     }

@@ -17,6 +17,9 @@ namespace lvx::cuda {
 
 // The tensor map of a [B, L, H, D] tensor (D = 128 or 64·k) with boxes of `rows` rows.
 CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows);
+// Likewise for fp32 (the dQ accumulator): boxes of 32 columns (128 bytes) x `rows`,
+// 128-byte swizzle: row r's 16-byte chunk c sits at chunk position c ^ (r % 8).
+CUtensorMap f32_rows_tensor_map(const float* base, int D, int H, long long L, int B, int rows);
 
 #ifdef LVX_SM90A
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
@@ -51,6 +54,20 @@ __device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap* m
       "l"(reinterpret_cast<uint64_t>(map)), "r"(d0), "r"(h), "r"(row), "r"(b), "r"(bar)
       : "memory");
 }
+// Adds a box of shared memory `src` (1024-aligned) into `map` at {d0, h, row, b}
+// (element-wise fp32 add, done by the memory system; rows past L are dropped).
+__device__ __forceinline__ void tma_reduce_add_rows(const CUtensorMap* map, uint32_t src, int d0, int h, int row, int b) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(d0), "r"(h), "r"(row), "r"(b), "r"(src)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until the committed bulk operations have read their shared-memory sources.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Waits until they are complete.
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void regs_dealloc() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N>
