@@ -6,7 +6,7 @@
 # to $OUT. Steps are independent: one failing does not stop the rest. A step list
 # without "build" reuses /tmp/lvx_build when an earlier call on the same machine
 # left it there. Usage:
-#   STEPS="build test bench recompute memprofile sweep soak" experiments/device/run_gpus.sh
+#   STEPS="build test bench kernels recompute memprofile sweep soak" experiments/device/run_gpus.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
@@ -41,6 +41,10 @@ if [[ " $steps " == *" test "* ]]; then
   timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
     >"$out/test_gpu_kernels.log" 2>&1
   echo "gpu kernel tests rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_kernels.log" | sort | uniq -c | head -5
+  # The sm_80 (mma.sync) kernels on the same card.
+  LVX_CUDA_SM90=0 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
+    >"$out/test_gpu_kernels_sm80.log" 2>&1
+  echo "gpu kernel tests (LVX_CUDA_SM90=0) rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_kernels_sm80.log" | sort | uniq -c | head -5
   for n in ${TEST_RANKS:-$NGPU 2 1}; do
     timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -x -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
       tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
@@ -98,6 +102,23 @@ if [[ " $steps " == *" sweep "* ]]; then
   echo "sweep rc=$?"; tail -30 "$out/sweep_gpu.log"
 fi
 
+if [[ " $steps " == *" kernels "* ]]; then
+  # The step kernels alone: playground (float64 reference) for both kernel families,
+  # then times against torch SDPA (flash, cuDNN) on one GPU.
+  (cd cuda && BUILD=/tmp/b JOBS=16 RUN=0 VARIANTS=0 dev/run_playground.sh >"$out/playground_build.log" 2>&1)
+  for sm90 in 1 0; do
+    LVX_CUDA_SM90=$sm90 timeout 120 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1
+    echo "playground LVX_CUDA_SM90=$sm90 rc=$?: $(tail -1 "$out/playground_sm90_$sm90.log")"
+  done
+  timeout 300 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so --out "$out/gpu_kernels.csv" \
+    --reps 15 --sha "${SHA:-unknown}" 2>&1 | tail -26
+  LVX_CUDA_SM90=0 timeout 200 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so \
+    --out "$out/gpu_kernels_mma.csv" --reps 15 --sha "${SHA:-unknown}" --label ours-mma --no-sdpa 2>&1 | grep ours-mma
+fi
+
 if [[ " $steps " == *" soak "* ]]; then
   timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/python/test_reliability.py -k soak_gpu 2>&1 | tail -3
 fi
+
+# At most 8 files come back from a lent machine: the logs travel as one archive.
+(cd "$out" && ls *.log *.txt >/dev/null 2>&1 && tar czf logs.tgz $(ls *.log *.txt 2>/dev/null) && rm -f *.log *.txt)

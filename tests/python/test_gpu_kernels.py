@@ -20,10 +20,13 @@ pytestmark = [
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 
-# (B, Lq, Lkv, Hq, Hkv, D): odd lengths, GQA, both head dims, a short-query split-KV case.
+# (B, Lq, Lkv, Hq, Hkv, D): odd lengths, GQA, all head dims, a short-query split-KV case,
+# and D = 128 over many tiles (on Hopper: the sm_90a kernels' pipelines and their odd and
+# even tile counts; run_gpus.sh runs this file again with LVX_CUDA_SM90=0).
 SHAPES = [
     (2, 77, 300, 4, 2, 64),
     (1, 130, 257, 8, 2, 128),
+    (2, 517, 1300, 4, 2, 128),
     (1, 40, 2100, 2, 1, 128),
     (2, 64, 64, 4, 4, 64),
     (1, 50, 200, 4, 2, 32),
