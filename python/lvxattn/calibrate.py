@@ -53,7 +53,7 @@ KERNEL_SHAPES = {
     "cuda": [(1024, 16384, 16, 128), (256, 32768, 16, 128), (4096, 4096, 16, 128), (256, 4096, 16, 128),
              (2048, 65536, 16, 128), (8192, 16384, 16, 128)],
 }
-MODEL_VERSION = 4  # part of the cache key: entries of an older model are measured again
+MODEL_VERSION = 5  # part of the cache key: entries of an older model (or kernels) are measured again
 PING_BYTES = (8, 4 << 20)  # latency, bandwidth
 LINK_ROWS = {"cuda": (64, 65536)}  # K/V rows per rank for the two library exchanges (Hkv=8, D=128)
 
@@ -248,8 +248,10 @@ def _entry_key(comm, device: torch.device, dtype: str, transport: str) -> str:
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         per_node, nodes = node.size, comm.allreduce(1 if node.rank == 0 else 0)
         node.Free()
+    # The kernels measured: on Hopper the sm_90a ones unless LVX_CUDA_SM90=0 (cuda/).
+    kernels = ":kernels=sm80" if device.type == "cuda" and os.environ.get("LVX_CUDA_SM90") == "0" else ""
     return (f"{device.type}:{dtype}:{transport}:ranks_per_node={per_node}:nodes={nodes}"
-            f":threads={torch.get_num_threads()}:model={MODEL_VERSION}")
+            f":threads={torch.get_num_threads()}:model={MODEL_VERSION}{kernels}")
 
 
 def _load(path: str) -> dict:
