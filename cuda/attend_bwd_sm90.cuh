@@ -126,26 +126,35 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   };
   auto q_rows = [&](uint32_t tile, int kk) { return wg_desc(tile + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024); };
   auto q_slab = [&](uint32_t tile, int kk) { return wg_desc(tile + kk * 16 * 128, BM * 128, 1024); };
+  // Sᵀ = K Qᵀ of the tile in stage st (K-major operands).
+  float s[BM / 8][4];
+  float(&s_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(s);
+  auto issue_scores = [&](int st) {
+    const uint32_t q_tile = opaque(sQ) + st * kQ, k_tile = opaque(sK);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) Wgmma<T>::template ss64<0, 0>(s_flat, kv_rows(k_tile, kk), q_rows(q_tile, kk), kk);
+    wg_commit();
+  };
+  // The item in stage st of use j (-1: no more).
+  auto next_item = [&](int j) {
+    mbar_wait(q_full(j % S), (j / S) & 1);
+    return sItem[j % S];
+  };
+
   mbar_wait(kv_full, 0);
-  for (int j = 0;; ++j) {
+  int it = next_item(0);
+  issue_scores(0);
+  wg_wait<0>();
+  wg_fence_regs(s_flat);
+  for (int j = 0; it >= 0; ++j) {
     const int st = j % S;
-    mbar_wait(q_full(st), (j / S) & 1);
-    const int it = sItem[st];
-    if (it < 0) break;
     const bool need_mask = !sWhole[st];
     const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
     const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
     const uint32_t k_tile = opaque(sK), v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * BwdSm90::kDsBytes;
 
-    // Sᵀ = K Qᵀ, then Pᵀ.
-    float s[BM / 8][4];
-    float(&s_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(s);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) Wgmma<T>::template ss64<0, 0>(s_flat, kv_rows(k_tile, kk), q_rows(q_tile, kk), kk);
-    wg_commit();
-    wg_wait<0>();
-    wg_fence_regs(s_flat);
+    // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
     uint32_t pa[BM / 16][4];
     bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, need_mask, kv_row0, Lkv, t);
 
@@ -183,8 +192,13 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       }
     fence_proxy_async();
     named_barrier(1, 256);  // dSᵀ of both warpgroups in place
+    wg_wait<0>();           // dV, dK: Pᵀ and dSᵀ registers free
+    wg_fence_regs(pa);
+    wg_fence_regs(da);
+    wg_fence_regs(dk_flat);
+    wg_fence_regs(dv_flat);
 
-    // dQ[q0 .. q0 + 64, 64·cw .. 64·cw + 64) += scale · dS K.
+    // dQ[q0 .. q0 + 64, 64·cw .. 64·cw + 64) += scale · dS K; the next tile's Sᵀ behind it.
     float dq[BM / 8][4];
     float(&dq_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dq);
     wg_fence();
@@ -193,12 +207,10 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       Wgmma<T>::template ss64<1, 1>(dq_flat, wg_desc(ds_tile + kk * 16 * 128, BN * 128, 1024),
                                     wg_desc(k_tile + cw * BN * 128 + kk * 16 * 128, BN * 128, 1024), kk);
     wg_commit();
-    wg_wait<0>();
-    wg_fence_regs(pa);
-    wg_fence_regs(da);
+    const int it_next = next_item(j + 1);
+    issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
+    wg_wait<1>();
     wg_fence_regs(dq_flat);
-    wg_fence_regs(dk_flat);
-    wg_fence_regs(dv_flat);
     if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
 
     // dQ half → shared memory (two 32-column boxes, 128-byte swizzle) → one reduce-add.
@@ -222,6 +234,9 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       tma_reduce_add_rows(&tdq, dq_stage + BM * 128, cw * 64 + 32, h, q0, b);
       bulk_commit();
     }
+    wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
+    wg_fence_regs(s_flat);
+    it = it_next;
   }
   if (tid % 128 == 0) bulk_wait();
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
