@@ -10,20 +10,12 @@
 // seen whole. Rows with lse = -inf contribute nothing.
 #pragma once
 
+#include "../attend_bwd_parts.cuh"
 #include "../attend_params.cuh"
 #include "../kernel_traits.cuh"
 #include "../mma.cuh"
 
 namespace lvx::cuda {
-
-__device__ __forceinline__ void atomic_add2_v2(float* p, float x, float y) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
-#else
-  atomicAdd(p, x);
-  atomicAdd(p + 1, y);
-#endif
-}
 
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel_v2(const BwdParams p) {
@@ -227,7 +219,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel_v2(const BwdPa
         float* dst = gdq + (size_t)row * q_stride + dc * 32 + 2 * t;
 #pragma unroll
         for (int nb = 0; nb < 4; ++nb)
-          atomic_add2_v2(dst + nb * 8, a[nb][2 * ri] * p.scale, a[nb][2 * ri + 1] * p.scale);
+          atomic_add2(dst + nb * 8, a[nb][2 * ri] * p.scale, a[nb][2 * ri + 1] * p.scale);
       }
     }
 
