@@ -3,7 +3,10 @@
 // the stream.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
+#include <utility>
 
 #include <string>
 #include <vector>
@@ -30,6 +33,13 @@ void check_shape(const StepShape& s) {
   LVX_REQUIRE(s.Hkv > 0 && s.Hq % s.Hkv == 0, "Hq must be a multiple of Hkv");
   checked_int(s.B * s.Lq * s.Hq, "B*Lq*Hq");
   checked_int(s.B * s.Lkv * s.Hkv, "B*Lkv*Hkv");
+}
+
+// The tensor-core kernels copy rows in 16-byte pieces (cp.async, TMA).
+void require_aligned(std::initializer_list<std::pair<const void*, const char*>> ptrs) {
+  for (const auto& [p, name] : ptrs)
+    LVX_REQUIRE(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+                std::string(name) + " must be 16-byte aligned for the CUDA attention kernels");
 }
 
 [[noreturn]] void unsupported_head_dim(int64_t D) {
@@ -136,6 +146,7 @@ class CudaBackend final : public Backend {
     p.splits = 1; p.split_len = p.Lkv;
     if (a.dtype != DType::f32) {
       if (!cuda::tensor_core_head_dim((int)s.D)) unsupported_head_dim(s.D);
+      require_aligned({{a.q, "q"}, {a.k, "k"}, {a.v, "v"}});
       const int D = (int)s.D;
       cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D, sm90_),
                                                    cuda::fwd_block_n(D, sm90_), num_sms_,
@@ -175,6 +186,7 @@ class CudaBackend final : public Backend {
       }
     } else {
       LVX_REQUIRE(!a.dk_out == !a.dv_out, "attend_bwd_step: dk_out and dv_out go together");
+      require_aligned({{a.q, "q"}, {a.k, "k"}, {a.v, "v"}, {a.dout, "dout"}, {a.dq, "dq"}});
       p.kv_fresh = a.kv_fresh;
       p.dk_out = a.dk_out;
       p.dv_out = a.dv_out;

@@ -180,7 +180,14 @@ def _local_checks(q, k, v, q_ranges, scale, algorithm):
             if max_end > 2**31 - 1:
                 raise ValueError("q_ranges end does not fit in int32")
         q_ranges = q_ranges.to(device=q.device, dtype=torch.int32).contiguous()
-    return q.contiguous(), k.contiguous(), v.contiguous(), q_ranges, scale, max_end
+    return _dense(q), _dense(k), _dense(v), q_ranges, scale, max_end
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 16-byte aligned (the kernels copy rows in 16-byte pieces): a view
+    that starts mid-row of its storage is copied."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _plan(q, k, v, comm, algorithm, q_ranges, scale, transport):
@@ -264,7 +271,7 @@ class _CrossAttentionFunction(torch.autograd.Function):
         q, k, v, o, lse, q_ranges = ctx.saved_tensors
         if do is None:  # o did not reach the loss
             return None, None, None, None, None
-        do = do.to(q.dtype).contiguous()
+        do = _dense(do.to(q.dtype))
         dq, dk, dv = _run_backward(ctx.call, q, k, v, q_ranges, o, lse, do)
         return dq, dk, dv, None, None
 
@@ -292,5 +299,4 @@ def backward_raw(q, k, v, o, lse, dout, comm=None, algorithm="lvx", q_ranges=Non
     """The attention backward on saved tensors, for callers with their own autograd
     (explicit recompute): returns ``(dq, dk, dv)``."""
     call, q, k, v, q_ranges = _plan(q, k, v, comm, algorithm, q_ranges, scale, transport)
-    return _run_backward(call, q, k, v, q_ranges, o.contiguous(), lse.contiguous(),
-                         dout.to(q.dtype).contiguous())
+    return _run_backward(call, q, k, v, q_ranges, _dense(o), lse.contiguous(), _dense(dout.to(q.dtype)))

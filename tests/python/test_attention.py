@@ -100,6 +100,26 @@ def test_non_contiguous_inputs_are_accepted():
     assert rel_err(o, attention(q, k, v)[0]) < 1e-5
 
 
+def test_views_that_start_mid_storage_are_copied_aligned():
+    """The kernels read rows in 16-byte pieces: a contiguous view whose first element is
+    not 16-byte aligned is copied before the call, and the gradients still reach it."""
+    gen = torch.Generator().manual_seed(10)
+    base = torch.randn(1 + 1 * 12 * 2 * 16, generator=gen, dtype=torch.float64).float()
+    q = base[1:].view(1, 12, 2, 16).requires_grad_()  # 4 bytes past an aligned start
+    assert q.data_ptr() % 16 != 0
+    k = torch.randn(1, 30, 1, 16, generator=gen)
+    v = torch.randn(1, 30, 1, 16, generator=gen)
+    from lvxattn.api import _dense
+    assert _dense(q).data_ptr() % 16 == 0 and torch.equal(_dense(q), q)
+    o = lvxattn.cross_attention(q, k, v)
+    o.sum().backward()
+    qr = q.detach().clone().requires_grad_()
+    o_ref = attention(qr, k, v)[0]
+    o_ref.sum().backward()
+    assert rel_err(o, o_ref) < 1e-5
+    assert rel_err(q.grad, qr.grad) < 1e-5
+
+
 def test_nan_propagates_like_reference_and_masked_rows_stay_zero():
     q = torch.randn(1, 4, 2, 16)
     k, v = torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16)
