@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from . import _core
+from .first_order import first_order_only
 
 ALGORITHMS = ("lvx", "ring", "ulysses", "auto")
 TRANSPORTS = ("auto", "mpi", "nccl")
@@ -267,6 +268,7 @@ class _CrossAttentionFunction(torch.autograd.Function):
         return o, lse
 
     @staticmethod
+    @first_order_only("lvxattn.cross_attention")
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, q_ranges = ctx.saved_tensors
         if do is None:  # o did not reach the loss

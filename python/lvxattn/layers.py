@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import lvxattn
+from lvxattn.first_order import first_order_only
 
 
 def _widened(x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,7 @@ class SharedVisual(torch.autograd.Function):
         return x.view_as(x)
 
     @staticmethod
+    @first_order_only("lvxattn.layers.SharedVisual")
     def backward(ctx, dx):
         total = ctx.grad.take(ctx.shape)
         if dx is not None:
@@ -179,6 +181,7 @@ class KvProjection(torch.autograd.Function):
         return k, v
 
     @staticmethod
+    @first_order_only("lvxattn.layers.KvProjection")
     def backward(ctx, dk, dv):
         x, wk, wv, k, rstd = ctx.saved_tensors
         dk = torch.zeros_like(k) if dk is None else dk.to(k.dtype)
@@ -210,6 +213,7 @@ class RecomputedKvAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @first_order_only("lvxattn.layers.RecomputedKvAttention")
     def backward(ctx, do):
         q, x, wk, wv, q_ranges, o, lse = ctx.saved_tensors
         s = ctx.settings
