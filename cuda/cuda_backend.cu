@@ -12,9 +12,10 @@
 #include <vector>
 
 #include "attend_dispatch.hpp"
-#include "backend.hpp"
+#include "core/backend.hpp"
 #include "cuda_check.hpp"
 #include "elementwise.cuh"
+#include "gpu/gpu.hpp"
 
 namespace lvx {
 namespace {
@@ -293,8 +294,8 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
-bool cuda_backend_built() { return true; }
-bool cuda_head_dim_supported(int64_t D) { return D == 32 || D == 64 || D == 96 || D == 128; }
+std::unique_ptr<Backend> gpu::make_backend(int device) { return std::make_unique<CudaBackend>(device); }
+bool gpu::built() { return true; }
+bool gpu::head_dim_supported(int64_t D) { return D == 32 || D == 64 || D == 96 || D == 128; }
 
 }  // namespace lvx

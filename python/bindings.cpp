@@ -8,10 +8,11 @@
 
 #include <optional>
 
-#include "backend.hpp"
-#include "context.hpp"
-#include "cost_model.hpp"
-#include "error.hpp"
+#include "core/backend.hpp"
+#include "context/context.hpp"
+#include "plan/cost_model.hpp"
+#include "core/error.hpp"
+#include "gpu/gpu.hpp"
 
 namespace py = pybind11;
 
@@ -106,9 +107,9 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  m.def("cuda_built", &lvx::cuda_backend_built, "whether this build has the CUDA backend");
-  m.def("cuda_head_dim_supported", &lvx::cuda_head_dim_supported, py::arg("D"));
-  m.def("nccl_built", &lvx::nccl_transport_built, "whether this build has the NCCL transport");
+  m.def("cuda_built", &lvx::gpu::built, "whether this build has the CUDA backend");
+  m.def("cuda_head_dim_supported", &lvx::gpu::head_dim_supported, py::arg("D"));
+  m.def("nccl_built", &lvx::gpu::nccl_built, "whether this build has the NCCL transport");
   m.def("dtype_size", [](int t) { return lvx::dtype_size(static_cast<lvx::DType>(t)); });
 
   m.def(

@@ -6,7 +6,7 @@
 #include <limits>
 #include <string>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
 #include "cpu/convert.hpp"
 #include "reference.hpp"
 

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "plan.hpp"
+#include "plan/plan.hpp"
 
 namespace lvx {
 

@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
 
 namespace lvx {
 

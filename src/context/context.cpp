@@ -1,4 +1,4 @@
-#include "context.hpp"
+#include "context/context.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -8,12 +8,10 @@
 #include <thread>
 #include <vector>
 
-#include "error.hpp"
-#include "mpi_check.hpp"
-#include "transport_mpi.hpp"
-#ifdef LVX_HAVE_CUDA
-#include "gpu/gpu_transport.hpp"
-#endif
+#include "core/error.hpp"
+#include "core/mpi_check.hpp"
+#include "transport/mpi_host.hpp"
+#include "gpu/gpu.hpp"
 
 namespace lvx {
 
@@ -111,14 +109,6 @@ bool abort_on_error() {
 
 }  // namespace
 
-bool nccl_transport_built() {
-#ifdef LVX_HAVE_CUDA
-  return nccl_built();
-#else
-  return false;
-#endif
-}
-
 std::string check_ranges_host(const int32_t* ranges, int64_t rows, int64_t* max_end) {
   *max_end = 0;
   for (int64_t i = 0; i < rows; ++i) {
@@ -149,7 +139,7 @@ Context::Context(MPI_Comm comm, const ContextOptions& options) {
   if (options.device == DeviceKind::cuda) {
     dev = options.device_index;
     if (dev < 0) dev = comm_ != MPI_COMM_NULL ? local_rank(comm_) : 0;
-    backend_ = make_cuda_backend(dev);
+    backend_ = gpu::make_backend(dev);
   } else {
     int threads = options.threads;
     if (threads <= 0) {
@@ -169,14 +159,10 @@ Context::Context(MPI_Comm comm, const ContextOptions& options) {
     transport_ = make_mpi_transport(comm_, *backend_);
     return;
   }
-#ifdef LVX_HAVE_CUDA
-  if (choice == "nccl" || (choice == "auto" && nccl_built()))
-    transport_ = make_nccl_transport(comm_, *backend_, dev);
+  if (choice == "nccl" || (choice == "auto" && gpu::nccl_built()))
+    transport_ = gpu::make_nccl_transport(comm_, *backend_, dev);
   else
-    transport_ = make_mpi_device_transport(comm_, *backend_, dev, mpi_is_cuda_aware());
-#else
-  LVX_FAIL(Status::unsupported, "GPU buffers need the CUDA build of lvxattn");
-#endif
+    transport_ = gpu::make_mpi_transport(comm_, *backend_, dev, gpu::mpi_cuda_aware());
 }
 
 Context::~Context() {

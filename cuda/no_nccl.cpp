@@ -1,8 +1,8 @@
 // Builds with CUDA but without NCCL: asking for the NCCL transport is a clear error.
-#include "error.hpp"
-#include "gpu/gpu_transport.hpp"
+#include "core/error.hpp"
+#include "gpu/gpu.hpp"
 
-namespace lvx {
+namespace lvx::gpu {
 
 std::unique_ptr<Transport> make_nccl_transport(MPI_Comm, Backend&, int) {
   LVX_FAIL(Status::unsupported, "this build of lvxattn has no NCCL (nccl.h was not found at build time); "
@@ -10,4 +10,4 @@ std::unique_ptr<Transport> make_nccl_transport(MPI_Comm, Backend&, int) {
 }
 bool nccl_built() { return false; }
 
-}  // namespace lvx
+}  // namespace lvx::gpu

@@ -1,11 +1,11 @@
-#include "transport_mpi.hpp"
+#include "transport/mpi_host.hpp"
 
 #include <chrono>
 #include <map>
 #include <vector>
 
-#include "backend.hpp"
-#include "mpi_check.hpp"
+#include "core/backend.hpp"
+#include "core/mpi_check.hpp"
 
 namespace lvx {
 

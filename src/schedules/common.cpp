@@ -2,7 +2,7 @@
 // single-device attention used for P == 1 and inside ulysses.
 #include <algorithm>
 
-#include "schedules.hpp"
+#include "schedules/schedules.hpp"
 
 namespace lvx {
 

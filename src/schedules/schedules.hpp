@@ -7,10 +7,10 @@
 #include <utility>
 #include <vector>
 
-#include "backend.hpp"
-#include "plan.hpp"
-#include "transport.hpp"
-#include "workspace.hpp"
+#include "core/backend.hpp"
+#include "plan/plan.hpp"
+#include "transport/transport.hpp"
+#include "core/workspace.hpp"
 
 namespace lvx {
 

@@ -6,7 +6,7 @@
 
 #include <memory>
 
-#include "transport.hpp"
+#include "transport/transport.hpp"
 
 namespace lvx {
 

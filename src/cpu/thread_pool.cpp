@@ -1,4 +1,4 @@
-#include "thread_pool.hpp"
+#include "cpu/thread_pool.hpp"
 
 namespace lvx {
 

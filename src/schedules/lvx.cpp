@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "ring_driver.hpp"
+#include "schedules/ring_driver.hpp"
 
 namespace lvx {
 

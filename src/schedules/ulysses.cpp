@@ -5,7 +5,7 @@
 // the head-sharded copies alive between the passes.
 #include <algorithm>
 
-#include "schedules.hpp"
+#include "schedules/schedules.hpp"
 
 namespace lvx {
 

@@ -1,9 +1,9 @@
-#include "ring_driver.hpp"
+#include "schedules/ring_driver.hpp"
 
 #include <cstdlib>
 #include <string>
 
-#include "error.hpp"
+#include "core/error.hpp"
 
 namespace lvx::sched {
 

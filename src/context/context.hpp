@@ -9,12 +9,12 @@
 #include <memory>
 #include <string>
 
-#include "backend.hpp"
-#include "cost_model.hpp"
-#include "plan.hpp"
-#include "schedules.hpp"
-#include "transport.hpp"
-#include "workspace.hpp"
+#include "core/backend.hpp"
+#include "plan/cost_model.hpp"
+#include "plan/plan.hpp"
+#include "schedules/schedules.hpp"
+#include "transport/transport.hpp"
+#include "core/workspace.hpp"
 
 namespace lvx {
 

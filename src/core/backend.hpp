@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "kernels.hpp"
+#include "core/kernels.hpp"
 
 namespace lvx {
 
@@ -52,12 +52,5 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int threads);
-// Defined in cuda/ when built with LVX_CUDA; otherwise throws an "unsupported" error.
-std::unique_ptr<Backend> make_cuda_backend(int device);
-bool cuda_backend_built();
-// Head dims the CUDA kernels are built for (checked before any collective work).
-bool cuda_head_dim_supported(int64_t D);
-// Whether the NCCL transport was built (needs CUDA and NCCL at build time).
-bool nccl_transport_built();
 
 }  // namespace lvx

@@ -1,4 +1,4 @@
-#include "cost_model.hpp"
+#include "plan/cost_model.hpp"
 
 #include <algorithm>
 

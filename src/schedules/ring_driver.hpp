@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "schedules.hpp"
+#include "schedules/schedules.hpp"
 
 namespace lvx::sched {
 

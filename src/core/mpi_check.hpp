@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "error.hpp"
+#include "core/error.hpp"
 
 namespace lvx {
 

@@ -1,7 +1,7 @@
 // Ring Attention: Q stays; K and V rotate around the ring, prefetched one step
 // ahead. Backward: K, V rotate and their fp32 dK/dV accumulator follows one step
 // behind, ending on the K/V owner; dQ accumulates where Q lives.
-#include "ring_driver.hpp"
+#include "schedules/ring_driver.hpp"
 
 namespace lvx {
 

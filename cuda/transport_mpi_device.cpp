@@ -25,10 +25,11 @@
 #include <thread>
 #include <vector>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
 #include "cuda_check.hpp"
-#include "gpu/gpu_transport.hpp"
-#include "mpi_check.hpp"
+#include "comm_stream.hpp"
+#include "gpu/gpu.hpp"
+#include "core/mpi_check.hpp"
 
 #if __has_include(<mpi-ext.h>)
 #include <mpi-ext.h>
@@ -94,7 +95,7 @@ class MpiDeviceTransport final : public Transport {
   MpiDeviceTransport(MPI_Comm comm, Backend& backend, int device, bool cuda_aware)
       : comm_(comm), backend_(backend), device_(device), direct_(cuda_aware) {
     LVX_CUDA_CHECK(cudaSetDevice(device_));
-    copy_stream_ = make_comm_stream();
+    copy_stream_ = cuda::make_comm_stream();
   }
   ~MpiDeviceTransport() override {
     try {
@@ -302,7 +303,7 @@ class MpiDeviceTransport final : public Transport {
 
 }  // namespace
 
-bool mpi_is_cuda_aware() {
+bool gpu::mpi_cuda_aware() {
   if (const char* env = std::getenv("LVX_MPI_CUDA_AWARE")) return std::strcmp(env, "0") != 0;
 #if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
   return MPIX_Query_cuda_support() == 1;
@@ -311,7 +312,7 @@ bool mpi_is_cuda_aware() {
 #endif
 }
 
-cudaStream_t make_comm_stream() {
+cudaStream_t cuda::make_comm_stream() {
   int least = 0, greatest = 0;
   LVX_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   const char* v = std::getenv("LVX_COMM_PRIORITY");
@@ -321,8 +322,8 @@ cudaStream_t make_comm_stream() {
   return s;
 }
 
-std::unique_ptr<Transport> make_mpi_device_transport(MPI_Comm comm, Backend& backend, int device, bool cuda_aware) {
-  return std::make_unique<MpiDeviceTransport>(comm, backend, device, cuda_aware);
+std::unique_ptr<Transport> gpu::make_mpi_transport(MPI_Comm comm, Backend& backend, int device, bool direct) {
+  return std::make_unique<MpiDeviceTransport>(comm, backend, device, direct);
 }
 
 }  // namespace lvx

@@ -5,9 +5,10 @@
 #include <cmath>
 #include <string>
 
-#include "backend.hpp"
-#include "context.hpp"
-#include "error.hpp"
+#include "core/backend.hpp"
+#include "context/context.hpp"
+#include "core/error.hpp"
+#include "gpu/gpu.hpp"
 
 struct lvx_context_s {
   std::unique_ptr<lvx::Context> ctx;
@@ -127,7 +128,7 @@ lvx_result_t lvx_forward(lvx_context_t context, const lvx_problem_t* problem, co
     const bool host = c.backend().kind() == lvx::DeviceKind::cpu;
     std::string err = check_problem(problem, host, q_ranges, &max_end,
                                     {{q, "q", true}, {k, "k", false}, {v, "v", false}, {o, "o", true}, {lse, "lse", true}});
-    if (err.empty() && !host && !lvx::cuda_head_dim_supported(problem->head_dim))
+    if (err.empty() && !host && !lvx::gpu::head_dim_supported(problem->head_dim))
       err = "head_dim " + std::to_string(problem->head_dim) + " is not built for the CUDA backend";
     lvx::LocalProblem l = local_problem(problem, q_ranges != nullptr, max_end);
     l.device = host ? 0 : 1;
@@ -147,7 +148,7 @@ lvx_result_t lvx_backward(lvx_context_t context, const lvx_problem_t* problem, c
     std::string err = check_problem(problem, host, q_ranges, &max_end,
                                     {{q, "q", true}, {k, "k", false}, {v, "v", false}, {o, "o", true}, {lse, "lse", true},
                                      {dout, "dout", true}, {dq, "dq", true}, {dk, "dk", false}, {dv, "dv", false}});
-    if (err.empty() && !host && !lvx::cuda_head_dim_supported(problem->head_dim))
+    if (err.empty() && !host && !lvx::gpu::head_dim_supported(problem->head_dim))
       err = "head_dim " + std::to_string(problem->head_dim) + " is not built for the CUDA backend";
     lvx::LocalProblem l = local_problem(problem, q_ranges != nullptr, max_end);
     l.device = host ? 0 : 1;

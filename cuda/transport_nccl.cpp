@@ -11,10 +11,11 @@
 #include <map>
 #include <vector>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
 #include "cuda_check.hpp"
-#include "gpu/gpu_transport.hpp"
-#include "mpi_check.hpp"
+#include "comm_stream.hpp"
+#include "gpu/gpu.hpp"
+#include "core/mpi_check.hpp"
 
 #define LVX_NCCL_CHECK(call)                                                                 \
   do {                                                                                       \
@@ -42,7 +43,7 @@ class NcclTransport final : public Transport {
     LVX_MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, comm));
     LVX_CUDA_CHECK(cudaSetDevice(device_));
     LVX_NCCL_CHECK(ncclCommInitRank(&comm_, size, id, rank));
-    comm_stream_ = make_comm_stream();
+    comm_stream_ = cuda::make_comm_stream();
   }
   ~NcclTransport() override {
     cudaSetDevice(device_);
@@ -122,9 +123,9 @@ class NcclTransport final : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> make_nccl_transport(MPI_Comm comm, Backend& backend, int device) {
+std::unique_ptr<Transport> gpu::make_nccl_transport(MPI_Comm comm, Backend& backend, int device) {
   return std::make_unique<NcclTransport>(comm, backend, device);
 }
-bool nccl_built() { return true; }
+bool gpu::nccl_built() { return true; }
 
 }  // namespace lvx

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels.hpp"
+#include "core/kernels.hpp"
 
 namespace lvx {
 
