@@ -18,6 +18,7 @@
 #include "dispatch.hpp"
 #include "elementwise.cuh"
 #include "gpu/gpu.hpp"
+#include "ranges.cuh"
 
 namespace lvx {
 namespace {
@@ -91,6 +92,8 @@ class CudaBackend final : public Backend {
     cudaSetDevice(device_);
     if (workspace_) cudaFreeAsync(workspace_, stream_);
     cudaStreamSynchronize(stream_);
+    if (summary_dev_) cudaFree(summary_dev_);
+    if (summary_host_) cudaFreeHost(summary_host_);
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cudaStreamDestroy(own_stream_);
   }
@@ -129,6 +132,23 @@ class CudaBackend final : public Backend {
     cuda::launch_convert(dst, dst_type, src, src_type, n, stream_);
   }
   void add(float* dst, const float* src, size_t n) override { cuda::launch_add(dst, src, n, stream_); }
+
+  std::string head_dim_error(int64_t D) const override {
+    if (cuda::config::head_dim_built(D)) return "";
+    return "head dim " + std::to_string(D) + " is not built for the CUDA backend (supported: " + built_head_dims() + ")";
+  }
+
+  // One reduction kernel and one 24-byte read: the host waits for the stream here.
+  RangeSummary summarize_ranges(const int32_t* ranges, int64_t rows) override {
+    if (!summary_dev_) {
+      LVX_CUDA_CHECK(cudaMalloc(&summary_dev_, 3 * sizeof(long long)));
+      LVX_CUDA_CHECK(cudaMallocHost(&summary_host_, 3 * sizeof(long long)));
+    }
+    cuda::launch_summarize_ranges(ranges, rows, summary_dev_, stream_);
+    LVX_CUDA_CHECK(cudaMemcpyAsync(summary_host_, summary_dev_, 3 * sizeof(long long), cudaMemcpyDeviceToHost, stream_));
+    LVX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return RangeSummary{rows ? summary_host_[0] : 0, summary_host_[1], summary_host_[2]};
+  }
 
   void attend_fwd_step(const FwdStep& a) override {
     const StepShape& s = a.s;
@@ -286,12 +306,13 @@ class CudaBackend final : public Backend {
   std::vector<int> free_marks_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  long long* summary_dev_ = nullptr;   // summarize_ranges: device result
+  long long* summary_host_ = nullptr;  // and its pinned host copy
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> gpu::make_backend(int device) { return std::make_unique<CudaBackend>(device); }
 bool gpu::built() { return true; }
-bool gpu::head_dim_supported(int64_t D) { return cuda::config::head_dim_built(D); }
 
 }  // namespace lvx

@@ -7,7 +7,7 @@ out=${1:-/tmp/lvx_cuda_build}
 mkdir -p "$out"
 flags="-std=c++17 -O3 --use_fast_math -Xcompiler -fPIC -I../src -I. -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a"
 cmake -DLVX_INST_DIR="$out/inst" -P gen_instances.cmake
-srcs="cuda_backend.cu elementwise.cu split_kv.cpp tensor_map.cu $(ls "$out"/inst/*.cu)"
+srcs="cuda_backend.cu elementwise.cu ranges.cu split_kv.cpp tensor_map.cu $(ls "$out"/inst/*.cu)"
 for s in $srcs; do
   o="$out/$(basename "$s" | tr . _).o"
   echo "nvcc $s"

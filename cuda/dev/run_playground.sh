@@ -8,7 +8,7 @@ mkdir -p "$build"
 arch=${ARCH:--gencode=arch=compute_90a,code=sm_90a}
 flags="-std=c++17 -O3 --use_fast_math -Xcompiler -fPIC -I../src -I. $arch"
 cmake -DLVX_INST_DIR="$build/inst" -P gen_instances.cmake
-srcs="cuda_backend.cu elementwise.cu split_kv.cpp tensor_map.cu $(ls "$build"/inst/*.cu) ../src/core/error.cpp"
+srcs="cuda_backend.cu elementwise.cu ranges.cu split_kv.cpp tensor_map.cu $(ls "$build"/inst/*.cu) ../src/core/error.cpp ../src/core/backend.cpp"
 objs=""
 for s in $srcs; do
   o="$build/$(basename "$s" | tr . _).o"

@@ -1,77 +1,54 @@
-// A context binds a communicator, a backend (CPU or one GPU) and a transport,
-// and owns the buffers reused across calls. Calls on a communicator are
+// A device context: one backend (the CPU or one GPU) on one communicator's planner. It
+// is the front door shared by the C API and the Python bindings: plan() checks a rank's
+// call (validate.hpp) and has the planner plan it; forward() and backward() execute a
+// plan (its schedule on this backend and the plan's transport, made on first use, once
+// every rank agreed on it) and decide nothing. Making a context is local; its calls are
 // collective: every rank makes the same calls in the same order.
 #pragma once
 
-#include <mpi.h>
-
-#include <deque>
+#include <map>
 #include <memory>
 #include <string>
 
+#include "context/phase_log.hpp"
 #include "core/backend.hpp"
+#include "core/workspace.hpp"
 #include "plan/cost_model.hpp"
 #include "plan/plan.hpp"
+#include "plan/planner.hpp"
+#include "plan/validate.hpp"
 #include "schedules/schedules.hpp"
 #include "transport/transport.hpp"
-#include "core/workspace.hpp"
 
 namespace lvx {
 
-// The stats of one phase (forward or backward) over calls. A call's device timing
-// is read only when stats are asked for, so calls never wait for the device; at
-// most kMaxPending calls stay unread (older ones are read then, long finished).
-class PhaseLog {
- public:
-  struct Totals {
-    PhaseStats sum;
-    int64_t calls = 0;
-  };
-  static constexpr size_t kMaxPending = 32;
-  void add(const PhaseStats& stats, PhaseTiming timing, Backend& be);
-  const PhaseStats& last(Backend& be);
-  Totals totals(Backend& be);
-  void reset_totals(Backend& be);
-  void discard(Backend& be);  // drops unread timings (their marks are released)
-
- private:
-  struct Pending {
-    PhaseStats stats;
-    PhaseTiming timing;
-  };
-  void read_oldest(Backend& be);
-  std::deque<Pending> pending_;
-  PhaseStats last_;
-  Totals totals_;
-};
-
 struct ContextOptions {
   DeviceKind device = DeviceKind::cpu;
-  int device_index = -1;        // CUDA device; -1: local rank modulo the device count
-  int threads = 0;              // CPU threads; 0: cores / ranks on this node
-  std::string transport = "auto";  // auto | mpi | nccl
+  int device_index = -1;                       // CUDA device; -1: local rank modulo the device count
+  int threads = 0;                             // CPU threads; 0: cores / ranks on this node
+  TransportKind transport = TransportKind::automatic;  // as asked: automatic, mpi or nccl
 };
 
 class Context {
  public:
-  // comm == MPI_COMM_NULL: a single process that never touches MPI.
-  Context(MPI_Comm comm, const ContextOptions& options);
+  Context(std::shared_ptr<Planner> planner, const ContextOptions& options);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
-  int rank() const { return rank_; }
-  int size() const { return size_; }
+  int rank() const { return planner_->rank(); }
+  int size() const { return planner_->size(); }
   Backend& backend() { return *backend_; }
-  std::string transport_name() const;
+  Planner& planner() { return *planner_; }
 
-  // Collective: one allgather of every rank's description. Raises the same
-  // error on every rank when any rank's input is bad (local_error non-empty) or
-  // the ranks disagree on something they must share.
-  Plan make_plan(const LocalProblem& local, const std::string& local_error = "");
+  // Collective: checks this rank's call and plans it with every rank. local_error: what
+  // the caller already found wrong (the plan then fails on every rank with it).
+  Plan plan(const Problem& call, const std::string& local_error = "");
 
+  // Execute a plan of this context's planner. With `shape` (the caller's local problem
+  // when it reuses a plan it did not just make) a mismatch is an error of the call.
   void forward(const Plan& plan, const ForwardIO& io);
-  void backward(const Plan& plan, const BackwardIO& io);
+  void backward(const Plan& plan, const BackwardIO& io, const Problem* shape = nullptr);
 
   // Frees the buffers kept between calls (they grow to the largest call so far).
   void release_buffers();
@@ -82,27 +59,29 @@ class Context {
   const PhaseStats& backward_stats() { return bwd_log_.last(*backend_); }
   PhaseLog& phase_log(int phase) { return phase == 0 ? fwd_log_ : bwd_log_; }
   const Plan& last_plan() const { return last_plan_; }
+  // The transport of the last call ("none" for one rank), as it names itself.
+  std::string transport_name() const;
 
   CostParams cost_params;  // used by algorithm "auto"; rank 0's values decide
 
  private:
-  template <typename Fn>
-  void run_collective(const char* what, Fn&& fn);
-  Plan effective(const Plan& plan) const;
+  struct OwnedTransport {
+    MPI_Comm comm = MPI_COMM_NULL;  // the transport's own duplicate of the planner's communicator
+    std::unique_ptr<Transport> transport;
+  };
+  Transport* transport_for(const Plan& plan);
   template <typename IO>
-  void run_phase(const char* what, const Plan& plan, const IO& io, PhaseLog& log,
-                 void (*single)(ScheduleEnv&, const IO&), void (*const (&schedules)[3])(ScheduleEnv&, const IO&));
+  void run_phase(const char* what, const Plan& plan, const IO& io, PhaseLog& log, const Problem* shape);
 
-  MPI_Comm comm_ = MPI_COMM_NULL;
-  int rank_ = 0, size_ = 1;
+  std::shared_ptr<Planner> planner_;
+  ContextOptions options_;
+  int device_ = -1;  // CUDA device index
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<Transport> transport_;
   std::unique_ptr<Workspace> workspace_;
+  std::map<TransportKind, OwnedTransport> transports_;
+  Transport* last_transport_ = nullptr;
   PhaseLog fwd_log_, bwd_log_;
   Plan last_plan_;
 };
-
-// Host-side q_ranges check: returns "" or a message; sets max_end.
-std::string check_ranges_host(const int32_t* ranges, int64_t rows, int64_t* max_end);
 
 }  // namespace lvx

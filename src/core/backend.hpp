@@ -12,8 +12,6 @@
 
 namespace lvx {
 
-enum class DeviceKind { cpu = 0, cuda = 1 };
-
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -31,6 +29,17 @@ class Backend {
                        size_t width, size_t rows) = 0;
   virtual void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n) = 0;
   virtual void add(float* dst, const float* src, size_t n) = 0;  // dst += src
+
+  // Why this backend cannot run head dim D, or "" (the CUDA kernels are built for a few).
+  virtual std::string head_dim_error(int64_t /*D*/) const { return ""; }
+
+  // Over `rows` q_ranges rows [begin, end) in this backend's memory: the smallest begin,
+  // the rows with begin > end and the largest end (0 when larger ones are absent), with
+  // one host read (the front door's check, validate.hpp). Host memory by default.
+  struct RangeSummary {
+    int64_t min_begin = 0, reversed_rows = 0, max_end = 0;
+  };
+  virtual RangeSummary summarize_ranges(const int32_t* ranges, int64_t rows);
 
   virtual void attend_fwd_step(const FwdStep& a) = 0;
   virtual void attend_bwd_step(const BwdStep& a) = 0;

@@ -11,12 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/types.hpp"
+
 namespace lvx {
-
-enum class DType : int32_t { f32 = 0, f16 = 1, bf16 = 2 };
-
-inline size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
-const char* dtype_name(DType t);
 
 // Sizes of one step: a Q block of Lq rows against a KV block of Lkv rows.
 struct StepShape {

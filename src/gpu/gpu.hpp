@@ -18,9 +18,6 @@ namespace lvx::gpu {
 bool built();
 bool nccl_built();
 
-// Head dims the CUDA kernels are built for (checked before any collective work).
-bool head_dim_supported(int64_t D);
-
 // Throws "unsupported" in a build without CUDA.
 std::unique_ptr<Backend> make_backend(int device);
 

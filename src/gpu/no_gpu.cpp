@@ -12,7 +12,6 @@ namespace {
 
 bool built() { return false; }
 bool nccl_built() { return false; }
-bool head_dim_supported(int64_t) { return false; }
 std::unique_ptr<Backend> make_backend(int) { no_cuda(); }
 bool mpi_cuda_aware() { return false; }
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm, Backend&, int, bool) { no_cuda(); }

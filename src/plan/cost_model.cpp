@@ -1,6 +1,9 @@
 #include "plan/cost_model.hpp"
 
 #include <algorithm>
+#include <string>
+
+#include "core/error.hpp"
 
 namespace lvx {
 
@@ -28,6 +31,21 @@ double ring_time(const Plan& p, const CostParams& c, const RingCost& r, bool acc
 }
 
 }  // namespace
+
+CostParams make_cost_params(double flops_per_s, double bytes_per_s, double latency_s, const std::vector<double>& kernel) {
+  LVX_REQUIRE(flops_per_s > 0 && bytes_per_s > 0 && latency_s >= 0,
+              "cost parameters: flops_per_s and bytes_per_s must be > 0 and latency_s >= 0");
+  LVX_REQUIRE(kernel.empty() || kernel.size() == 8,
+              "cost parameters: kernel takes 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
+              "s_per_q_elem, s_per_call), got " + std::to_string(kernel.size()));
+  for (double v : kernel) LVX_REQUIRE(v >= 0, "cost parameters: kernel terms must be >= 0");
+  CostParams c{flops_per_s, bytes_per_s, latency_s, {}, {}};
+  if (!kernel.empty()) {
+    c.fwd = {kernel[0], kernel[1], kernel[2], kernel[3]};
+    c.bwd = {kernel[4], kernel[5], kernel[6], kernel[7]};
+  }
+  return c;
+}
 
 double step_seconds(const KernelCost& k, double flops_per_s, double flops, double q_elems, double kv_elems) {
   const double per_flop = k.s_per_flop > 0 ? k.s_per_flop : 1.0 / flops_per_s;
@@ -61,7 +79,7 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
     case Algorithm::lvx: {
       const double in_f = q_row * es + rng, acc_f = 4.0 * (q_row + lse_row);
       const double in_b = 2 * q_row * es + 8.0 * lse_row + rng, acc_b = 4.0 * q_row;
-      if (p.lvx_gather) {
+      if (p.lvx_gathered()) {
         // The gather (P − 1 messages each way at once), overlapped with a step over
         // the own block or not; one step over the rest; the others' partial results
         // go home (exposed). The slowest rank paces everyone.
@@ -77,7 +95,7 @@ Prediction predict(Algorithm a, const Plan& p, const CostParams& c) {
             };
             const double t_in = std::max(own * (P - 1), others) * in / c.bytes_per_s + c.latency_s;
             const double t_back = std::max(own * (P - 1), others) * acc / c.bytes_per_s + c.latency_s;
-            worst = std::max(worst, p.lvx_overlap ? std::max(step(own), t_in) + step(others) + t_back
+            worst = std::max(worst, p.lvx_overlapped() ? std::max(step(own), t_in) + step(others) + t_back
                                                   : t_in + step(own + others) + t_back);
           }
           return worst;
@@ -148,19 +166,23 @@ double lvx_gather_bytes(const Plan& p) {
   return rows * p.Hq * (p.D * (2.0 * dtype_size(p.dtype) + 8.0) + 8.0);
 }
 
-bool lvx_should_gather(const Plan& p, int32_t mode, int64_t max_bytes, int32_t device) {
-  if (mode != kGatherAuto) return mode != kGatherRing;
-  return device == 1 && lvx_gather_bytes(p) <= double(max_bytes);
-}
-
-bool lvx_should_overlap(const Plan& p, int32_t mode) {
-  if (mode == kGatherOverlap || mode == kGatherSingle) return mode == kGatherOverlap;
+LvxForm choose_lvx_form(const Plan& p, const Settings& s, bool device_direct) {
+  if (p.P == 1) return LvxForm::ring;
+  switch (s.gather_mode) {
+    case GatherMode::ring: return LvxForm::ring;
+    case GatherMode::single: return LvxForm::single;
+    case GatherMode::overlap: return LvxForm::overlap;
+    case GatherMode::any: break;
+    case GatherMode::automatic:
+      if (!device_direct || lvx_gather_bytes(p) > double(s.gather_max_bytes)) return LvxForm::ring;
+      break;
+  }
   int64_t lkv_min = p.lkv_max, lq_min = p.lq_max;
   for (int r = 0; r < p.P; ++r) {
     lkv_min = std::min(lkv_min, p.lkv[r]);
     lq_min = std::min(lq_min, p.lq[r]);
   }
-  return double(lkv_min) * p.Hkv < 1.5 * double(p.lq_total - lq_min) * p.Hq;
+  return double(lkv_min) * p.Hkv < 1.5 * double(p.lq_total - lq_min) * p.Hq ? LvxForm::overlap : LvxForm::single;
 }
 
 Algorithm choose_algorithm(const Plan& plan, const CostParams& c) {

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "plan/plan.hpp"
+#include "plan/settings.hpp"
 
 namespace lvx {
 
@@ -26,6 +28,10 @@ struct CostParams {
   KernelCost fwd, bwd;            // calibrated step costs (zeros: flops_per_s alone)
 };
 
+// Checked parameters: flops_per_s and bytes_per_s > 0, latency_s >= 0; kernel empty or 8
+// numbers >= 0 (forward, then backward: s_per_flop, s_per_kv_elem, s_per_q_elem, s_per_call).
+CostParams make_cost_params(double flops_per_s, double bytes_per_s, double latency_s, const std::vector<double>& kernel);
+
 // Seconds of one step of B·Lq·Hq queries against B·Lkv·Hkv keys (D per head),
 // without the per-call part.
 double step_seconds(const KernelCost& k, double flops_per_s, double flops, double q_elems, double kv_elems);
@@ -38,24 +44,22 @@ struct Prediction {
 
 Prediction predict(Algorithm a, const Plan& plan, const CostParams& c);
 // The feasible algorithm with the smallest predicted forward+backward time.
-// How lvx moves the query side (LVX_LVX_GATHER).
-enum LvxGatherMode : int32_t {
-  kGatherAuto = -1, kGatherRing = 0, kGatherAny = 1, kGatherOverlap = 2, kGatherSingle = 3
-};
-// Whether lvx gathers the query side (Plan::lvx_gather): the gather modes always,
-// ring never; auto on GPUs, where one long step runs much closer to the kernel's
-// peak than P short ones, as long as the gathered buffers fit in max_bytes.
-bool lvx_should_gather(const Plan& p, int32_t mode, int64_t max_bytes, int32_t device);
-// Whether a gathered lvx attends to its own block while the others arrive
-// (Plan::lvx_overlap). Unless forced: when Lkv·Hkv < 1.5 · (the others' Lq·Hq).
-// The extra step pays a pass over the local K/V (~1.5 ns per K/V row-head in the
-// backward on an H200, D = 128) to hide the gather (~2.2 ns per gathered query
-// row-head: Q and dO at ~235 GB/s over NVLink); the ratio, ~1.5, picked the faster
-// form on all five shapes of the 4x H200 table.
-bool lvx_should_overlap(const Plan& p, int32_t mode);
+Algorithm choose_algorithm(const Plan& plan, const CostParams& c);
+
+// lvx's form for a plan (Plan::lvx_form) under the settings (LVX_LVX_GATHER,
+// LVX_GATHER_MAX_MB), for a transport that moves device buffers directly or not:
+//   - gathered or ring: as forced; under auto, gathered only where the transport moves
+//     device buffers without host staging (through pinned host buffers the ring, which
+//     overlaps every transfer, is faster: measured on 4 H200s) and the gathered buffers
+//     fit in gather_max_bytes. On GPUs one long step runs much closer to the kernel's
+//     peak than P short ones.
+//   - overlap or single, unless forced: overlap when Lkv·Hkv < 1.5 · (the others' Lq·Hq).
+//     The extra step pays a pass over the local K/V (~1.5 ns per K/V row-head in the
+//     backward on an H200, D = 128) to hide the gather (~2.2 ns per gathered query
+//     row-head: Q and dO at ~235 GB/s over NVLink); the ratio, ~1.5, picked the faster
+//     form on all five shapes of the 4x H200 table.
+LvxForm choose_lvx_form(const Plan& p, const Settings& s, bool device_direct);
 // Bytes of the query-side buffers a gathered lvx backward holds.
 double lvx_gather_bytes(const Plan& p);
-
-Algorithm choose_algorithm(const Plan& plan, const CostParams& c);
 
 }  // namespace lvx

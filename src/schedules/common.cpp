@@ -1,43 +1,11 @@
-// Pieces shared by the schedules: plan bookkeeping, phase timing, and the
-// single-device attention used for P == 1 and inside ulysses.
+// Pieces shared by the schedules: phase timing, the single-device attention used for
+// P == 1 and inside ulysses, and the choice of a plan's schedule.
 #include <algorithm>
 
+#include "core/error.hpp"
 #include "schedules/schedules.hpp"
 
 namespace lvx {
-
-const char* algorithm_name(Algorithm a) {
-  switch (a) {
-    case Algorithm::lvx: return "lvx";
-    case Algorithm::ring: return "ring";
-    case Algorithm::ulysses: return "ulysses";
-    case Algorithm::automatic: return "auto";
-  }
-  return "unknown";
-}
-
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::f32: return "float32";
-    case DType::f16: return "float16";
-    case DType::bf16: return "bfloat16";
-  }
-  return "unknown";
-}
-
-void finish_plan(Plan& p) {
-  p.q_off.assign(p.P, 0);
-  p.kv_off.assign(p.P, 0);
-  p.lq_total = p.lkv_total = p.lq_max = p.lkv_max = 0;
-  for (int r = 0; r < p.P; ++r) {
-    p.q_off[r] = p.lq_total;
-    p.kv_off[r] = p.lkv_total;
-    p.lq_total += p.lq[r];
-    p.lkv_total += p.lkv[r];
-    p.lq_max = std::max(p.lq_max, p.lq[r]);
-    p.lkv_max = std::max(p.lkv_max, p.lkv[r]);
-  }
-}
 
 void PhaseTiming::release(Backend& be) {
   for (int m : {start, end})
@@ -163,6 +131,28 @@ void single_rank_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   sched::local_backward(env.backend, env.workspace, p.step(0, 0), p.dtype, p.scale, io, phase.timer);
   phase.finish();
+}
+
+void run_schedule(ScheduleEnv& env, const ForwardIO& io) {
+  if (env.plan.P == 1) return single_rank_forward(env, io);
+  switch (env.plan.algorithm) {
+    case Algorithm::lvx: return lvx_schedule_forward(env, io);
+    case Algorithm::ring: return ring_schedule_forward(env, io);
+    case Algorithm::ulysses: return ulysses_schedule_forward(env, io);
+    case Algorithm::automatic: break;
+  }
+  LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
+}
+
+void run_schedule(ScheduleEnv& env, const BackwardIO& io) {
+  if (env.plan.P == 1) return single_rank_backward(env, io);
+  switch (env.plan.algorithm) {
+    case Algorithm::lvx: return lvx_schedule_backward(env, io);
+    case Algorithm::ring: return ring_schedule_backward(env, io);
+    case Algorithm::ulysses: return ulysses_schedule_backward(env, io);
+    case Algorithm::automatic: break;
+  }
+  LVX_FAIL(Status::internal, "plan with an unresolved algorithm");
 }
 
 }  // namespace lvx

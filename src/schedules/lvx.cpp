@@ -4,7 +4,7 @@
 //   accumulator follows one step behind and ends on the Q owner.
 //   Backward: Q, dO, LSE, Dl (+ q_ranges) are prefetched; the fp32 dQ accumulator
 //   follows and returns to its owner; dK, dV accumulate where K, V live.
-// Gathered form (Plan::lvx_gather, 2 steps): every rank sends its query-side block
+// Gathered form (Plan::lvx_form single or overlap, 1 or 2 steps): every rank sends its query-side block
 // to all others while attending to its own, then attends to all the others' blocks
 // in one step and sends each owner its partial result (O, LSE or dQ) back. Same
 // bytes as the ring; one long step runs near the kernel's peak where P short ones
@@ -208,7 +208,7 @@ void lvx_forward_gathered(ScheduleEnv& env, const ForwardIO& io, PhaseScope& pha
   Transport& tr = *env.transport;
   const size_t es = dtype_size(p.dtype);
   const int64_t o_row = p.B * p.Hq * p.D, lse_row = p.B * p.Hq;
-  const bool overlap = p.lvx_overlap;
+  const bool overlap = p.lvx_overlapped();
   const Others oth(p, !overlap);
   const int64_t own = p.lq[p.rank], G = oth.rows;
   QueryGather in(env, "lvx.gf", oth,
@@ -261,7 +261,7 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
   Transport& tr = *env.transport;
   const size_t es = dtype_size(p.dtype);
   const int64_t q_row = p.B * p.Hq * p.D;
-  const bool overlap = p.lvx_overlap;
+  const bool overlap = p.lvx_overlapped();
   const Others oth(p, !overlap);
   const int64_t own = p.lq[p.rank], G = oth.rows;
   QueryGather in(env, "lvx.gb", oth,
@@ -310,11 +310,11 @@ void lvx_backward_gathered(ScheduleEnv& env, const BackwardIO& io, PhaseScope& p
 
 }  // namespace
 
-void lvx_forward(ScheduleEnv& env, const ForwardIO& io) {
+void lvx_schedule_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
-  if (p.lvx_gather) {
+  if (p.lvx_gathered()) {
     lvx_forward_gathered(env, io, phase);
     phase.finish();
     return;
@@ -346,7 +346,7 @@ void lvx_forward(ScheduleEnv& env, const ForwardIO& io) {
   phase.finish();
 }
 
-void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
+void lvx_schedule_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
@@ -362,7 +362,7 @@ void lvx_backward(ScheduleEnv& env, const BackwardIO& io) {
   phase.timer.begin();
   be.row_dot(RowDot{p.B, p.lq[p.rank], p.Hq, p.D, p.dtype, io.dout, io.o, dl});
   phase.timer.end();
-  if (p.lvx_gather) {
+  if (p.lvx_gathered()) {
     lvx_backward_gathered(env, io, phase, dl, dk, dv);
     phase.finish();
     return;

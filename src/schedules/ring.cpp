@@ -7,7 +7,7 @@ namespace lvx {
 
 using namespace sched;
 
-void ring_forward(ScheduleEnv& env, const ForwardIO& io) {
+void ring_schedule_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
@@ -48,7 +48,7 @@ void ring_forward(ScheduleEnv& env, const ForwardIO& io) {
   phase.finish();
 }
 
-void ring_backward(ScheduleEnv& env, const BackwardIO& io) {
+void ring_schedule_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);

@@ -22,7 +22,7 @@ struct PhaseStats {
 
 // A phase's device timing as backend marks: the phase span, its compute spans and
 // the compute stream's stalls on transfers. Reading them waits for the device, so
-// they are read only when someone asks for the stats (PhaseLog, context.hpp) and
+// they are read only when someone asks for the stats (PhaseLog, context/phase_log.hpp) and
 // a call returns as soon as its work is issued.
 struct PhaseTiming {
   int start = -1, end = -1;
@@ -62,24 +62,28 @@ struct ScheduleEnv {
   PhaseTiming& timing;  // device timing, read later
 };
 
+// The plan's schedule: the one-rank one when P == 1, else the algorithm's.
+void run_schedule(ScheduleEnv& env, const ForwardIO& io);
+void run_schedule(ScheduleEnv& env, const BackwardIO& io);
+
 // One rank: plain local attention, whatever the algorithm.
 void single_rank_forward(ScheduleEnv& env, const ForwardIO& io);
 void single_rank_backward(ScheduleEnv& env, const BackwardIO& io);
-// The schedules below need P > 1.
-void lvx_forward(ScheduleEnv& env, const ForwardIO& io);
-void lvx_backward(ScheduleEnv& env, const BackwardIO& io);
-void ring_forward(ScheduleEnv& env, const ForwardIO& io);
-void ring_backward(ScheduleEnv& env, const BackwardIO& io);
-void ulysses_forward(ScheduleEnv& env, const ForwardIO& io);
-void ulysses_backward(ScheduleEnv& env, const BackwardIO& io);
+// The schedules below need P > 1 (lvx.cpp, ring.cpp, ulysses.cpp).
+void lvx_schedule_forward(ScheduleEnv& env, const ForwardIO& io);
+void lvx_schedule_backward(ScheduleEnv& env, const BackwardIO& io);
+void ring_schedule_forward(ScheduleEnv& env, const ForwardIO& io);
+void ring_schedule_backward(ScheduleEnv& env, const BackwardIO& io);
+void ulysses_schedule_forward(ScheduleEnv& env, const ForwardIO& io);
+void ulysses_schedule_backward(ScheduleEnv& env, const BackwardIO& io);
 
-// Shared pieces (schedule_common.cpp).
+// Shared pieces (common.cpp).
 namespace sched {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();  // an empty LSE
 
 constexpr int kTagQ = 11, kTagRanges = 12, kTagAcc = 13, kTagLse = 14, kTagDout = 15,
-              kTagDl = 16, kTagK = 17, kTagV = 18, kTagDk = 19, kTagDv = 20, kTagA2A = 21;
+              kTagDl = 16, kTagK = 17, kTagV = 18, kTagDk = 19, kTagA2A = 21;
 
 // Marks backend work between begin() and end() as compute (PhaseTiming::compute).
 class ComputeTimer {

@@ -174,7 +174,7 @@ HeadSharded head_sharded(const Plan& p) {
 
 }  // namespace
 
-void ulysses_forward(ScheduleEnv& env, const ForwardIO& io) {
+void ulysses_schedule_forward(ScheduleEnv& env, const ForwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
@@ -204,7 +204,7 @@ void ulysses_forward(ScheduleEnv& env, const ForwardIO& io) {
   phase.finish();
 }
 
-void ulysses_backward(ScheduleEnv& env, const BackwardIO& io) {
+void ulysses_schedule_backward(ScheduleEnv& env, const BackwardIO& io) {
   const Plan& p = env.plan;
   Backend& be = env.backend;
   PhaseScope phase(env);
