@@ -243,6 +243,7 @@ void bind_context(py::module_& m) {
             py::dict d;
             d["algorithm"] = std::string(lvx::name(plan.algorithm));
             d["transport"] = c.transport_name();
+            d["path"] = std::string(lvx::name(plan.transport));  // none, mpi, mpi-staged, mpi-direct or nccl
             d["backend"] = c.backend().describe();
             d["P"] = c.size();
             d["lvx_gather"] = plan.algorithm == lvx::Algorithm::lvx && plan.lvx_gathered();

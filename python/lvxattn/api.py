@@ -100,7 +100,8 @@ def total_stats() -> dict:
 
 
 def last_stats() -> dict:
-    """What the last call on this process did: algorithm, transport, and per phase
+    """What the last call on this process did: algorithm, transport (as it names itself),
+    path (the planner's transport: none, mpi, mpi-staged, mpi-direct or nccl), lvx_form, and per phase
     (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds.
     Waits for that call's device work."""
     if _last_context is None:

@@ -79,9 +79,10 @@ def test_gpu_algorithms_and_transports_match_reference(case):
     torch.cuda.synchronize(dev)
     stats = lvxattn.last_stats()
     if P > 1:
-        assert stats["transport"].startswith(transport)
-        if algorithm == "lvx":  # auto gathers over NCCL, not through host staging
-            assert stats["lvx_gather"] == (form in ("gather", "overlap", "single") or (not form and transport == "nccl"))
+        assert stats["transport"].startswith(transport) and stats["path"].startswith(transport)
+        if algorithm == "lvx":  # auto gathers where the path moves device memory, not through host staging
+            direct = stats["path"] in ("nccl", "mpi-direct")
+            assert stats["lvx_gather"] == (form in ("gather", "overlap", "single") or (not form and direct))
             assert not form or form == "gather" or stats["lvx_form"] == form
 
     tol = TOL[dtype]
