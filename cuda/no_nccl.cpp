@@ -1,6 +1,6 @@
 // Builds with CUDA but without NCCL: asking for the NCCL transport is a clear error.
 #include "core/error.hpp"
-#include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 
 namespace lvx::gpu {
 

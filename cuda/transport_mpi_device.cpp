@@ -28,7 +28,7 @@
 #include "core/backend.hpp"
 #include "cuda_check.hpp"
 #include "comm_stream.hpp"
-#include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 #include "core/mpi_check.hpp"
 
 #if __has_include(<mpi-ext.h>)

@@ -14,7 +14,7 @@
 #include "core/backend.hpp"
 #include "cuda_check.hpp"
 #include "comm_stream.hpp"
-#include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 #include "core/mpi_check.hpp"
 
 #define LVX_NCCL_CHECK(call)                                                                 \

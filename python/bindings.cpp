@@ -16,6 +16,7 @@
 #include "context/context.hpp"
 #include "core/error.hpp"
 #include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 #include "lvx/lvx.h"
 #include "plan/cost_model.hpp"
 #include "plan/planner.hpp"

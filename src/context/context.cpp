@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/mpi_check.hpp"
 #include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 #include "transport/mpi_host.hpp"
 
 namespace lvx {

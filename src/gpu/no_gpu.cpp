@@ -1,6 +1,7 @@
 // Stand-ins for builds without the CUDA layer: asking for it is a clear error.
 #include "core/error.hpp"
 #include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 
 namespace lvx::gpu {
 
