@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -167,7 +168,8 @@ MpiDeviceSupport gather_evidence() {
   MPI_Initialized(&initialized);
   if (!initialized) return {MpiDeviceAccess::none, "MPI is not initialized"};
   const std::string lib = library_version();
-  void* libmpi = mpi_library();
+  std::unique_ptr<void, int (*)(void*)> handle(mpi_library(), dlclose);
+  void* libmpi = handle.get();
   std::string no;  // what was looked at, for the "none" answer
   auto sym = [&](const char* name) { return libmpi ? dlsym(libmpi, name) : nullptr; };
 
