@@ -62,7 +62,7 @@ say "python $($py -c 'import sys, torch; print(sys.version.split()[0], "torch", 
 say "nvcc: $(nvcc --version | tail -1); system mpirun: $(command -v mpirun || echo none)"
 
 # ---- the MPI and the build (the build is 1-2 min at -j16) ---------------------------------
-step setup 300 tools/cuda_aware_mpi.sh --prefix "$prefix" --wheels "$wheels" --python "$py" --with-tests \
+step setup 300 bash tools/cuda_aware_mpi.sh --prefix "$prefix" --wheels "$wheels" --python "$py" --with-tests \
   --build "$build" --jobs 16
 grep -aE "^  (mpirun|mpicc|UCX|mpi4py|built)|lvxattn: (CUDA|NCCL)" "$out/setup.log" | tee -a "$summary"
 if [ ! -f "$prefix/env.sh" ] || ! ls "$build"/_core*.so >/dev/null 2>&1; then
