@@ -11,8 +11,67 @@
 
 #include "attend_fwd_parts.cuh"
 #include "kernel_traits.cuh"
+#include "visibility.cuh"
 
 namespace lvx::cuda {
+
+// O += P·V of a straddling tile for one warp (rows row0, row0 + 8 per thread; iv their
+// intervals; v_tile [BN][S] from KV row n0), exact under the selects described above.
+template <typename T, int D, int BN, int S>
+__device__ __forceinline__ void fwd_pv_masked(float (&acc)[D / 8][4], const float (&s)[BN / 8][4], const T* v_tile,
+                                              int n0, int hi, const int2 (&iv)[2], bool valid0, bool valid1,
+                                              int lane) {
+  const int g = lane / 4, t = lane % 4;
+  const int ra = (lane % 8) + ((lane >> 3) & 1) * 8, ca = (lane >> 4) * 8;
+  (void)g;
+  // Tile columns seen by some row of the warp (any) and by every row (all); rows past Lq
+  // see nothing and constrain nothing.
+  uint32_t any[BN / 32], all[BN / 32];
+#pragma unroll
+  for (int w = 0; w < BN / 32; ++w) {
+    const uint32_t m0 = valid0 ? interval_bits(iv[0].x, min(iv[0].y, hi), n0 + 32 * w) : 0u;
+    const uint32_t m1 = valid1 ? interval_bits(iv[1].x, min(iv[1].y, hi), n0 + 32 * w) : 0u;
+    any[w] = __reduce_or_sync(0xffffffffu, m0 | m1);
+    all[w] = __reduce_and_sync(0xffffffffu, (valid0 ? m0 : ~0u) & (valid1 ? m1 : ~0u));
+  }
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    const uint32_t any16 = (any[kk / 2] >> (16 * (kk % 2))) & 0xFFFFu;
+    const uint32_t all16 = (all[kk / 2] >> (16 * (kk % 2))) & 0xFFFFu;
+    if (any16 == 0) continue;  // no row of the warp sees these 16 KV rows: P is 0 there
+    uint32_t pa[4];
+    probs_fragment<T>(s, kk, pa);
+    SliceSelect sel(~all16 & 0xFFFFu, t);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, v_tile + (kk * 16 + ra) * S + dp * 16 + ca);
+      if (all16 != 0xFFFFu) sel.apply<T>(vb);
+      mma16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
+      mma16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+    if (all16 == 0xFFFFu) continue;
+    // Non-finite V values in rows only some rows see: their terms, for those rows.
+    uint32_t fix = __reduce_or_sync(0xffffffffu, sel.zeroed_rows(t)) & any16;
+    while (fix) {
+      const int c = __ffs(fix) - 1;
+      fix &= fix - 1;
+      const int col = n0 + kk * 16 + c;
+      const float2 pr = a_frag_pair<T>(pa, c, lane);
+      const bool see0 = valid0 && col >= iv[0].x && col < iv[0].y && col < hi;
+      const bool see1 = valid1 && col >= iv[1].x && col < iv[1].y && col < hi;
+      const T* vr = v_tile + (kk * 16 + c) * S + 2 * t;
+#pragma unroll
+      for (int db = 0; db < D / 8; ++db) {
+        const float2 v = Pack2<T>::to_float2(*reinterpret_cast<const uint32_t*>(vr + db * 8));
+        if (see0 && nonfinite(v.x)) acc[db][0] += pr.x * v.x;
+        if (see0 && nonfinite(v.y)) acc[db][1] += pr.x * v.y;
+        if (see1 && nonfinite(v.x)) acc[db][2] += pr.y * v.x;
+        if (see1 && nonfinite(v.y)) acc[db][3] += pr.y * v.y;
+      }
+    }
+  }
+}
 
 template <typename T, typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParams p) {
@@ -103,17 +162,21 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParam
     const bool need_mask = n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi);
     fwd_online_softmax<BN, D>(s, acc, mrow, lrow, p.scale_log2, need_mask, n0, hi, iv, t);
 
+    if (!need_mask) {
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t pa[4];
-      probs_fragment<T>(s, kk, pa);
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        uint32_t pa[4];
+        probs_fragment<T>(s, kk, pa);
 #pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_tile + (kk * 16 + ra) * S + dp * 16 + ca);
-        mma16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
-        mma16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_tile + (kk * 16 + ra) * S + dp * 16 + ca);
+          mma16816<T>(acc[2 * dp], pa, vb[0], vb[1]);
+          mma16816<T>(acc[2 * dp + 1], pa, vb[2], vb[3]);
+        }
       }
+    } else {
+      fwd_pv_masked<T, D, BN, S>(acc, s, v_tile, n0, hi, iv, row0 < Lq, row0 + 8 < Lq, lane);
     }
   }
 
