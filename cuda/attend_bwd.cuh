@@ -7,6 +7,9 @@
 // adds its dQ contribution with fp32 atomics. Query tiles that see none of the
 // block's KV rows are skipped; the element mask applies only where a tile is not
 // seen whole. Rows with lse = -inf contribute nothing.
+// Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
+// in straddling tiles Pᵀ and dSᵀ are selects, and the B operands of dV += Pᵀ dO,
+// dK += dSᵀ Q (query rows) and dQ += dS K (KV rows) take SliceSelect with fix-ups.
 #pragma once
 
 #include "attend_bwd_parts.cuh"
@@ -16,16 +19,17 @@
 namespace lvx::cuda {
 
 // acc += X_aᵀ·R over the query rows of a straddling tile, for one warp's 16 KV rows
-// [kw0, kw1): dV += Pᵀ dO (xa = Pᵀ, rows = dO) or dK += dSᵀ Q (xa = dSᵀ, rows = Q).
+// [kw0, kw1) (kv_row0 = kw0 + g): dV += Pᵀ dO (xa = Pᵀ, rows = dO) or dK += dSᵀ Q (xa = dSᵀ, rows = Q).
 // X_a is 0 where a query cannot see a KV row; query rows (rows [BM][S], intervals iv,
 // tile from query q0) that do not see all of [kw0, kw1) have their NaN/±Inf values
 // selected to 0, and the rows that see some of [kw0, kw1) get those terms back for
 // exactly the KV rows they see.
 template <typename T, int D, int BM, int S>
 __device__ __forceinline__ void bwd_kv_product_masked(float (&acc)[D / 8][4], const uint32_t (&xa)[BM / 16][4],
-                                                      const T* rows, const int2* iv, int q0, int Lq, int kw0,
-                                                      int kw1, int kv_row0, int lane) {
-  const int t = lane % 4;
+                                                      const T* rows, const int2* iv, int q0, int Lq, int Lkv,
+                                                      int kv_row0, int lane) {
+  const int g = lane / 4, t = lane % 4;
+  const int kw0 = kv_row0 - g, kw1 = min(kw0 + 16, Lkv);
   const int ra = (lane % 8) + ((lane >> 3) & 1) * 8, ca = (lane >> 4) * 8;
 #pragma unroll
   for (int kk = 0; kk < BM / 16; ++kk) {
@@ -84,19 +88,12 @@ __device__ __forceinline__ void bwd_dq_unit_masked(float (&a)[4][4], const T* sd
   const int qr = ma * 16 + (lane & 15);
   const int2 r = iv[qr];
   const bool valid = q0 + qr < Lq;
-  uint32_t any[BN / 32], all[BN / 32];
-#pragma unroll
-  for (int w = 0; w < BN / 32; ++w) {
-    const uint32_t m = valid ? interval_bits(r.x, r.y, n0 + 32 * w) : 0u;
-    any[w] = __reduce_or_sync(0xffffffffu, m);
-    all[w] = __reduce_and_sync(0xffffffffu, valid ? m : ~0u) | ~interval_bits(n0, kv_hi, n0 + 32 * w);
-  }
-  const int2 r0 = iv[ma * 16 + g], r1 = iv[ma * 16 + g + 8];
-  const bool valid0 = q0 + ma * 16 + g < Lq, valid1 = q0 + ma * 16 + g + 8 < Lq;
 #pragma unroll
   for (int kk = 0; kk < BN / 16; ++kk) {
-    const uint32_t any16 = (any[kk / 2] >> (16 * (kk % 2))) & 0xFFFFu;
-    const uint32_t all16 = (all[kk / 2] >> (16 * (kk % 2))) & 0xFFFFu;
+    const int c0 = n0 + kk * 16;
+    const uint32_t m = valid ? interval_bits(r.x, r.y, c0) & 0xFFFFu : 0u;
+    const uint32_t any16 = __reduce_or_sync(0xffffffffu, m);
+    const uint32_t all16 = (__reduce_and_sync(0xffffffffu, valid ? m : 0xFFFFu) | ~interval_bits(n0, kv_hi, c0)) & 0xFFFFu;
     if (any16 == 0) continue;  // dS is 0 for every (query, KV row) here
     uint32_t dsa[4];
     ldmatrix_x4_trans(dsa, sdS + (kk * 16 + rb) * DS + ma * 16 + cb);
@@ -115,7 +112,9 @@ __device__ __forceinline__ void bwd_dq_unit_masked(float (&a)[4][4], const T* sd
       const int c = __ffs(fix) - 1;
       fix &= fix - 1;
       const int k = kk * 16 + c, col = n0 + k;
-      const bool see0 = valid0 && col >= r0.x && col < r0.y, see1 = valid1 && col >= r1.x && col < r1.y;
+      const int2 r0 = iv[ma * 16 + g], r1 = iv[ma * 16 + g + 8];
+      const bool see0 = q0 + ma * 16 + g < Lq && col >= r0.x && col < r0.y;
+      const bool see1 = q0 + ma * 16 + g + 8 < Lq && col >= r1.x && col < r1.y;
       const float ds0 = Pack2<T>::to_float2((uint32_t)*reinterpret_cast<const uint16_t*>(sdS + k * DS + ma * 16 + g)).x;
       const float ds1 =
           Pack2<T>::to_float2((uint32_t)*reinterpret_cast<const uint16_t*>(sdS + k * DS + ma * 16 + g + 8)).x;
@@ -194,7 +193,6 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
   const int ra = (lane % 8) + ((lane >> 3) & 1) * 8, ca = (lane >> 4) * 8;
   const int rb = (lane % 8) + (lane >> 4) * 8, cb = ((lane >> 3) & 1) * 8;
   const int kv_row0 = n0 + warp * 16 + g;  // this thread's KV rows: kv_row0, kv_row0 + 8
-  const int kw0 = n0 + warp * 16, kw1 = min(kw0 + 16, Lkv);  // the warp's KV rows
 
   bool whole = true;
   int it = next_item(0, whole);
@@ -216,7 +214,6 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
     // Sᵀ = K Qᵀ for the warp's 16 KV rows, then Pᵀ, packed to 16 bits at once: S and
     // dP are never live together in fp32, which leaves registers for the pipeline.
     uint32_t pa[BM / 16][4];
-    uint32_t hidden;
     {
       float s[BM / 8][4];
 #pragma unroll
@@ -233,7 +230,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
           mma16816<T>(s[2 * np + 1], ka, qb[2], qb[3]);
         }
       }
-      bwd_probs<T, BM>(s, pa, hidden, sLse[buf], sIv[buf], p.scale_log2, need_mask, kv_row0, Lkv, t);
+      bwd_probs<T, BM>(s, pa, sLse[buf], sIv[buf], p.scale_log2, need_mask, kv_row0, Lkv, t);
     }
 
     // dV += Pᵀ dO.
@@ -248,7 +245,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
           mma16816<T>(dv[2 * dp2 + 1], pa[kk], ob[2], ob[3]);
         }
     } else {
-      bwd_kv_product_masked<T, D, BM, S>(dv, pa, do_tile, sIv[buf], q0, Lq, kw0, kw1, kv_row0, lane);
+      bwd_kv_product_masked<T, D, BM, S>(dv, pa, do_tile, sIv[buf], q0, Lq, Lkv, kv_row0, lane);
     }
 
     // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − Dl) with Pᵀ as rounded for the dV product.
@@ -268,8 +265,8 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
       }
     }
     uint32_t da[BM / 16][4];
-    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[buf], hidden, da, t);
-    else bwd_dscores<T, BM, false>(pa, dp, sDl[buf], 0u, da, t);
+    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[buf], sLse[buf], sIv[buf], kv_row0, Lkv, da, t);
+    else bwd_dscores<T, BM, false>(pa, dp, sDl[buf], sLse[buf], sIv[buf], kv_row0, Lkv, da, t);
 
     // dSᵀ to shared memory for the dQ product; dK += dSᵀ Q (scale applied at the end).
 #pragma unroll
@@ -291,7 +288,7 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
           mma16816<T>(dk[2 * dp2 + 1], da[kk], qb[2], qb[3]);
         }
     } else {
-      bwd_kv_product_masked<T, D, BM, S>(dk, da, q_tile, sIv[buf], q0, Lq, kw0, kw1, kv_row0, lane);
+      bwd_kv_product_masked<T, D, BM, S>(dk, da, q_tile, sIv[buf], q0, Lq, Lkv, kv_row0, lane);
     }
     __syncthreads();
     if constexpr (!Tr::kWithDq) {

@@ -106,31 +106,31 @@ __device__ __forceinline__ void bwd_load_row_stats(const BwdParams& p, int b, in
   }
 }
 
+// Whether score s[nb][e] of a (16 KV rows x BM queries) slab (KV row kv_row0 + 8·(e / 2),
+// query 8nb + 2t + e % 2) is hidden: the query cannot see the KV row, or sees nothing.
+__device__ __forceinline__ bool bwd_hidden(const float* lse, const int2* iv, int kv_row0, int Lkv, int nb, int e,
+                                           int t) {
+  const int qc = nb * 8 + 2 * t + (e & 1), kv = kv_row0 + (e >> 1) * 8;
+  const int2 r = iv[qc];
+  return lse[qc] == -INFINITY || kv < r.x || kv >= r.y || kv >= Lkv;
+}
+
 // Pᵀ of one (16 KV rows x BM queries) slab from the scores Sᵀ in place, then packed as
 // m16k16 A fragments (pa[kk] = queries 16kk .. 16kk + 15). With need_mask, P is 0 by a
-// select where the query cannot see the KV row (exp2 of -inf − lse is NaN when lse is
-// NaN) and `hidden` gets bit 4·nb + e for each such element s[nb][e]; else hidden = 0.
+// select where the score is hidden (exp2 of -inf − lse is NaN when lse is NaN).
 template <typename T, int BM>
-__device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], uint32_t& hidden,
-                                          const float* lse, const int2* iv, float scale_log2, bool need_mask,
-                                          int kv_row0, int Lkv, int t) {
-  static_assert(BM / 8 * 4 <= 32, "one bit per score of the slab");
+__device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
+                                          const int2* iv, float scale_log2, bool need_mask, int kv_row0, int Lkv,
+                                          int t) {
   constexpr float kLog2e = 1.4426950408889634f;
-  hidden = 0;
 #pragma unroll
   for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int qc = nb * 8 + 2 * t + (e & 1);
       const float l2 = lse[qc] * kLog2e;
-      bool zero = l2 == -INFINITY;
       const float pv = exp2f(s[nb][e] * scale_log2 - l2);
-      if (need_mask) {
-        const int kv = kv_row0 + (e >> 1) * 8;
-        const int2 r = iv[qc];
-        zero = zero || kv < r.x || kv >= r.y || kv >= Lkv;
-        hidden |= (uint32_t)zero << (4 * nb + e);
-      }
+      const bool zero = need_mask ? bwd_hidden(lse, iv, kv_row0, Lkv, nb, e, t) : l2 == -INFINITY;
       s[nb][e] = zero ? 0.f : pv;
     }
 #pragma unroll
@@ -143,11 +143,12 @@ __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[
 }
 
 // dSᵀ = Pᵀ ∘ (dPᵀ − Dl), with Pᵀ as rounded for the dV product, packed like pa. kSelect:
-// 0 by a select where `hidden` (bwd_probs) marks the element: there dPᵀ = V dOᵀ may be
-// NaN (a V or dO row the query cannot see), and 0·NaN = NaN.
+// 0 by a select where the score is hidden (bwd_hidden): there dPᵀ = V dOᵀ may be NaN (a
+// V or dO row the query cannot see), and 0·NaN = NaN.
 template <typename T, int BM, bool kSelect>
 __device__ __forceinline__ void bwd_dscores(const uint32_t (&pa)[BM / 16][4], const float (&dp)[BM / 8][4],
-                                            const float* dl, uint32_t hidden, uint32_t (&da)[BM / 16][4], int t) {
+                                            const float* dl, const float* lse, const int2* iv, int kv_row0, int Lkv,
+                                            uint32_t (&da)[BM / 16][4], int t) {
 #pragma unroll
   for (int kk = 0; kk < BM / 16; ++kk)
 #pragma unroll
@@ -158,8 +159,8 @@ __device__ __forceinline__ void bwd_dscores(const uint32_t (&pa)[BM / 16][4], co
       const int qc = nb * 8 + 2 * t;
       float x = pv.x * (dp[nb][e0] - dl[qc]), y = pv.y * (dp[nb][e0 + 1] - dl[qc + 1]);
       if (kSelect) {
-        x = (hidden >> (4 * nb + e0)) & 1u ? 0.f : x;
-        y = (hidden >> (4 * nb + e0 + 1)) & 1u ? 0.f : y;
+        x = bwd_hidden(lse, iv, kv_row0, Lkv, nb, e0, t) ? 0.f : x;
+        y = bwd_hidden(lse, iv, kv_row0, Lkv, nb, e0 + 1, t) ? 0.f : y;
       }
       da[kk][r] = Pack2<T>::from(x, y);
     }

@@ -11,6 +11,15 @@
 //     to the fp32 dQ in global memory with one TMA reduce-add (the memory system does
 //     the adds in whole lines, where per-thread atomics capped the kernel). The
 //     consumers meet once per tile (dSᵀ complete), at a named barrier.
+// Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
+// Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and the
+// producer sets K rows no query row of the step sees to 0 where they hold NaN/±Inf; the
+// other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
+// tile whose rows do not all see every KV row of the block lands on q_land: rows that
+// see none of them become 0, and a NaN/±Inf in a row that sees some marks the tile.
+// A marked tile (sExact) forms dV, dK and dQ term by term over the (KV row, query)
+// pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
+// dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select).
 #pragma once
 
 #include "attend_bwd_parts.cuh"
@@ -41,6 +50,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   __shared__ float sLse[S][BM], sDl[S][BM];
   __shared__ int2 sIv[S][BM];
   __shared__ int sItem[S], sWhole[S], sExact[S];
+  __shared__ uint32_t sKpart[BwdSm90::kBlockN / 32];  // producer: K rows with a NaN/±Inf some query sees
   __shared__ __align__(8) uint64_t bars[2 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + BwdSm90::kKvBytes;
   const uint32_t sQ = sV + BwdSm90::kKvBytes, sdO = sQ + S * kQ;  // [S] each
@@ -85,7 +95,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       tma_load_rows(sV + BN * 128, &tv, 64, hk, n0, b, bar);
     }
     // K rows with a NaN/±Inf: those no query row of the step sees become 0; the others
-    // (kpart, bit r of word r / 32) make every tile whose rows do not all see them exact.
+    // (sKpart, bit r of word r / 32) make every tile whose rows do not all see them exact.
     uint32_t kpart[BN / 32];
 #pragma unroll
     for (int i = 0; i < BN / 32; ++i) kpart[i] = 0;
@@ -118,6 +128,10 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(kv_full);
     }
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
+    __syncwarp();
     uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
     int it = 0;
     for (int j = 0;; ++j) {
@@ -139,7 +153,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
       bool exact = false;
 #pragma unroll
-      for (int i = 0; i < BN / 32; ++i) exact |= (kpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
+      for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
       // Q and dO rows of rows that do not see every KV row of the block are fixed.
       const bool qfix = p.q_ranges && !(all_lo <= n0 && all_hi >= kv_hi);
       if (lane == 0) {
@@ -225,11 +239,12 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     const bool issuer = tid % 128 == 0;
     if (issuer) bulk_wait_read();  // the previous reduce-add has read the stage
     named_barrier(2 + cw, 128);
+    const int row0 = (int)opaque(warp * 16 + g);  // addresses formed here, not held across the loop
 #pragma unroll
     for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
-        const int row = warp * 16 + g + ri * 8, chunk = (nb % 4) * 2 + t / 2;
+        const int row = row0 + ri * 8, chunk = (nb % 4) * 2 + t / 2;
         const uint32_t addr = dq_stage + (nb / 4) * BM * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
         asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
                      "f"(dq[nb][2 * ri + 1] * p.scale));
@@ -256,12 +271,21 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   };
   // The exact products of a tile the producer marked, term by term over the (KV row,
   // query) pairs that see each other; no wgmma is in flight during them.
-  // acc (dV or dK of this thread's KV rows) += X_aᵀ (Pᵀ or dSᵀ) · rows (dO or Q tile):
-  auto kv_exact = [&](float (&acc)[D / 8][4], const uint32_t (&xa)[BM / 16][4], uint32_t rows_tile, const int2* iv) {
+  // acc (dV or dK of this thread's KV rows) += Xᵀ · rows (dO or Q tile), Xᵀ = Pᵀ from its
+  // A fragments xa, or (from_ds) dSᵀ from its shared-memory tile ds_tile:
+  auto kv_exact = [&](float (&acc)[D / 8][4], const uint32_t (&xa)[BM / 16][4], bool from_ds, uint32_t ds_tile,
+                      uint32_t rows_tile, const int2* iv) {
+    const int ds_row = cw * 64 + warp * 16 + g;
 #pragma unroll 1
     for (int i = 0; i < BM; ++i) {
       const int2 r = iv[i];
-      const float2 x = a_frag_pair<T, BM / 16>(xa, i, lane);
+      float2 x;
+      if (from_ds) {
+        const uint32_t dsb = opaque(ds_tile);
+        x = make_float2(tile_elem<T>(dsb, BN, ds_row, i / 8, i % 8), tile_elem<T>(dsb, BN, ds_row + 8, i / 8, i % 8));
+      } else {
+        x = a_frag_pair<T, BM / 16>(xa, i, lane);
+      }
       const bool see0 = kv_row0 >= r.x && kv_row0 < r.y, see1 = kv_row0 + 8 >= r.x && kv_row0 + 8 < r.y;
       const uint32_t base = opaque(rows_tile);
 #pragma unroll
@@ -318,8 +342,8 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     if (sExact[st]) {
       // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
       // dQ term by term.
-      uint32_t pa[BM / 16][4], hidden;
-      bwd_probs<T, BM>(s, pa, hidden, sLse[st], sIv[st], p.scale_log2, true, kv_row0, Lkv, t);
+      uint32_t pa[BM / 16][4];
+      bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, true, kv_row0, Lkv, t);
       float dp[BM / 8][4];
       float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
       wg_fence();
@@ -330,10 +354,10 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       wg_wait<0>();
       wg_fence_regs(dp_flat);
       uint32_t da[BM / 16][4];
-      bwd_dscores<T, BM, true>(pa, dp, sDl[st], hidden, da, t);
-      kv_exact(dv, pa, do_tile, sIv[st]);
-      kv_exact(dk, da, q_tile, sIv[st]);
+      bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
       store_ds(da, ds_tile);
+      kv_exact(dv, pa, false, ds_tile, do_tile, sIv[st]);
+      kv_exact(dk, pa, true, ds_tile, q_tile, sIv[st]);
       fence_proxy_async();
       named_barrier(1, 256);  // dSᵀ of both warpgroups in place
       float dq[BM / 8][4];
@@ -351,8 +375,8 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     }
 
     // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
-    uint32_t pa[BM / 16][4], hidden;
-    bwd_probs<T, BM>(s, pa, hidden, sLse[st], sIv[st], p.scale_log2, need_mask, kv_row0, Lkv, t);
+    uint32_t pa[BM / 16][4];
+    bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, need_mask, kv_row0, Lkv, t);
 
     // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
     float dp[BM / 8][4];
@@ -371,8 +395,8 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
 
     // dSᵀ, then dK += dSᵀ Q, and dSᵀ to shared memory for dQ.
     uint32_t da[BM / 16][4];
-    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[st], hidden, da, t);
-    else bwd_dscores<T, BM, false>(pa, dp, sDl[st], 0u, da, t);
+    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+    else bwd_dscores<T, BM, false>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
     wg_fence_regs(dk_flat);
     wg_fence();
 #pragma unroll

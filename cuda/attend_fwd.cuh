@@ -7,6 +7,34 @@
 // fwd_combine merges the slices and the accumulator.
 // A block only visits the KV rows that some of its query rows can see, and applies
 // the per-element mask only on tiles not seen whole by every row.
+//
+// Values a row cannot see never reach a result (both kernel families, forward and
+// backward). Query row i sees KV rows j in [b_i, e_i) (q_ranges). Where i cannot see j,
+// P and dS are 0 by a select, not a product: S = -inf there, but P = exp(S − lse) is
+// NaN when lse is (row i sees a NaN), and dS = P ∘ (dP − Dl) with dP = dO Vᵀ NaN where
+// V or dO is. The tile products O += P V, dV += Pᵀ dO, dK += dSᵀ Q and dQ += dS K still
+// take the terms 0·x of every hidden pair (i, j), and 0·NaN = 0·Inf = NaN: an operand row
+// (V or K row j, Q or dO row i) holding a NaN/±Inf must not meet a hidden pair.
+//   - A tile every row sees whole (all columns in every interval): nothing more.
+//   - A straddling tile: operand rows that no row of the product sees (padding outside
+//     every interval, rows past the block's last visible one or its split, gaps
+//     between the rows' intervals; query rows that see none of the tile's KV rows)
+//     have their NaN/±Inf values set to 0; every term they take part in is 0·x, so
+//     this changes nothing else. Rows only some rows see are found when they hold a
+//     NaN/±Inf, and their terms go in exactly for the pairs (i, j) that see each other.
+// mma.sync kernels (this file, attend_bwd.cuh), per warp and per 16-row k slice of a
+// product: slice rows every row of the warp's mma sees: as before; rows none sees:
+// the slice's mma is skipped (its P or dS is 0); otherwise the NaN/±Inf halves of B
+// operand registers in rows not every row sees become 0 (SliceSelect, visibility.cuh),
+// and for the rows some row sees, those values' terms are added to the accumulators
+// after the mma for exactly the rows that see them (read back from shared memory).
+// sm_90a kernels (attend_fwd_sm90.cuh, attend_bwd_sm90.cuh): B operands are read from
+// shared memory by two consumer warpgroups, so the producer warp fixes a staged tile
+// before it signals it: rows no row sees become 0 there, and a NaN/±Inf in a row only
+// some rows see marks the tile, whose affected products the consumers then form term
+// by term (a select per term) instead of by wgmma.
+// Cost: none on tiles every row sees whole; a few masks per straddling tile, and the
+// selects and fix-ups only where a straddling tile's operands hold NaN/±Inf.
 #pragma once
 
 #include "attend_fwd_parts.cuh"
@@ -197,8 +225,13 @@ __global__ void fwd_combine_kernel(const FwdParams p) {
   const size_t part_rows = (size_t)p.B * p.Lq * p.Hq;
   const float lse_a = p.lse[lse_idx];
   float mx = lse_a;
-  for (int s = 0; s < p.splits; ++s) mx = fmaxf(mx, p.lse_part[s * part_rows + lse_idx]);
-  if (mx == -INFINITY) return;
+  bool nan = is_nan(lse_a);
+  for (int s = 0; s < p.splits; ++s) {
+    const float ls = p.lse_part[s * part_rows + lse_idx];
+    mx = fmaxf(mx, ls);
+    nan |= is_nan(ls);
+  }
+  if (mx == -INFINITY && !nan) return;  // nothing seen (a NaN, seen by the row, goes on as NaN)
   float wsum = __expf(lse_a - mx);
   constexpr int kPer = (D + 31) / 32;
   float o[kPer];

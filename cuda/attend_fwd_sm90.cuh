@@ -9,6 +9,12 @@
 //   - software pipelining inside each warpgroup: S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1}
 //     are issued together, and the softmax of S_j runs while P_{j-1}·V_{j-1} is on the
 //     tensor cores (the rescale of O waits for it).
+// Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
+// a V tile not every row of the block sees whole lands on v_land; the producer warp
+// sets its rows no row sees (past hi included) to 0 in shared memory, scans the rows
+// only some rows see for NaN/±Inf, marks the stage (s_slow) if one holds any, and then
+// signals v_full. A marked tile's O += P V is formed term by term over the KV rows each
+// row sees (pv_exact), with no wgmma in flight; K needs nothing (S is masked by a select).
 #pragma once
 
 #include "attend_fwd_parts.cuh"

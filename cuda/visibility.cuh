@@ -22,8 +22,9 @@ template <> __device__ __forceinline__ uint32_t nonfinite_halves<__half>(uint32_
 }
 // 0xFFFF in each half whose bit 15 / 31 is set in m (a nonfinite_halves result).
 __device__ __forceinline__ uint32_t halves_of(uint32_t m) { return (m >> 15) * 0xFFFFu; }
-// NaN or ±Inf, by the exponent bits (independent of fast-math assumptions).
+// NaN or ±Inf / NaN, by the bits (independent of fast-math assumptions).
 __device__ __forceinline__ bool nonfinite(float x) { return (__float_as_uint(x) & 0x7F800000u) == 0x7F800000u; }
+__device__ __forceinline__ bool is_nan(float x) { return (__float_as_uint(x) & 0x7FFFFFFFu) > 0x7F800000u; }
 
 // Bit c set when column c0 + c (c < 32) lies in [a, b).
 __device__ __forceinline__ uint32_t interval_bits(int a, int b, int c0) {
