@@ -291,12 +291,6 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
       bwd_kv_product_masked<T, D, BM, S>(dk, da, q_tile, sIv[buf], q0, Lq, Lkv, kv_row0, lane);
     }
     __syncthreads();
-    if constexpr (!Tr::kWithDq) {
-      it = it_next;
-      whole = whole_next;
-      buf ^= 1;
-      continue;
-    }
 
     // dQ[q0 .. q0+BM) += scale · dS K, in (16-row, 32-column) units spread over warps.
     float* gdq = p.dq + ((size_t)b * Lq * p.Hq + h) * D;
