@@ -93,9 +93,9 @@ def _tile_runs(visible_row: torch.Tensor) -> list[tuple[int, int]]:
 def _tile_intervals(mask: torch.Tensor):
     """``mask [B, L, images, tiles]`` -> (first tile, end tile, sees) ``[B, L]`` each, and
     ``(batch, row, runs)`` of the first row whose visible tiles are not one run (or None)."""
-    batch, rows = mask.shape[:2]
-    visible = (mask == 1).reshape(batch, rows, -1)
-    tiles = visible.shape[-1]
+    batch, rows, images, tiles_per_image = mask.shape
+    tiles = images * tiles_per_image
+    visible = (mask == 1).reshape(batch, rows, tiles)
     index = torch.arange(tiles, device=mask.device)
     count = visible.sum(-1)
     first = torch.where(visible, index, tiles).amin(-1)
@@ -593,6 +593,9 @@ class ShardedMllama(nn.Module):
         def local_check():
             if (input_ids is None) == (inputs_embeds is None):
                 raise ValueError("give exactly one of input_ids and inputs_embeds")
+            if self.text == "sharded" and text_rows < 1:
+                raise ValueError("text='sharded' needs at least one text row on every rank (the model's own "
+                                 "layers do not take an empty sequence)")
             if self.text == "sharded" and labels is not None:
                 raise ValueError("labels need the whole text; with text='sharded' compute the loss from the logits")
             if cross_attention_states is not None and cross_attention_states.dim() == 3 and \
