@@ -47,7 +47,7 @@ def tiny_model(layers=4, cross=(1, 3), seed=0) -> MllamaForConditionalGeneration
                   attention_heads=2, image_size=8, patch_size=4, max_num_tiles=TILES, vision_output_dim=32,
                   intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2]])
     text = dict(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                num_key_value_heads=2, cross_attention_layers=list(cross), vocab_size=50, rope_scaling=None,
+                num_key_value_heads=2, cross_attention_layers=list(cross), vocab_size=50,
                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
     model = MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text))
