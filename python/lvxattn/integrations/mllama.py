@@ -71,8 +71,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 TEXT_MODES = ("replicated", "sharded")
 
-__all__ = ["TEXT_MODES", "CrossAttentionPlan", "ShardedMllama", "patch", "unpatch", "plan_cross_attention",
-           "q_ranges_from_mask", "shard_visual"]
+__all__ = ["TEXT_MODES", "CrossAttentionPlan", "ShardedMllama", "cross_attention_layer_ids", "patch", "unpatch",
+           "plan_cross_attention", "q_ranges_from_mask", "shard_visual"]
+
+
+def cross_attention_layer_ids(num_layers: int) -> list[int]:
+    """Layers 3, 8, 13, ... below ``num_layers``: where Llama-3.2-11B-Vision puts its
+    cross-attention layers (transformers' ``MllamaTextConfig`` default, 8 of 40 layers),
+    for smaller stacks in the same ratio."""
+    return list(range(3, num_layers, 5))
 
 
 # ---------------------------------------------------------------------------
