@@ -36,17 +36,19 @@ hf_logging.set_verbosity_error()   # tiny vocabularies make the config warn abou
 pytestmark = pytest.mark.timeout(300, method="thread")
 
 HIDDEN, IMAGES, TILES = 32, 3, 2
-TOL = 5e-5   # fp32: lvxattn's kernels against the model's SDPA, relative (norm-wise)
+# fp32, relative (norm-wise): lvxattn's kernels against the model's SDPA. The largest
+# errors are the gates' (scalars summed over every row): 7e-5 seen at hidden 512.
+TOL = 1e-4
 
 
-def tiny_model(layers=4, cross=(1, 3), seed=0) -> MllamaForConditionalGeneration:
-    """A random Mllama: 4 query heads, 2 KV heads (GQA), head dim 8; 8x8 images in
-    4x4 patches give 5 visual tokens per tile. Gates and norm weights are random
-    so that every parameter has a gradient that matters."""
+def tiny_model(layers=4, cross=(1, 3), seed=0, hidden=HIDDEN) -> MllamaForConditionalGeneration:
+    """A random Mllama: 4 query heads, 2 KV heads (GQA), head dim hidden / 4 (8); 8x8
+    images in 4x4 patches give 5 visual tokens per tile. Gates and norm weights are
+    random so that every parameter has a gradient that matters."""
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_global_layers=1,
                   attention_heads=2, image_size=8, patch_size=4, max_num_tiles=TILES, vision_output_dim=32,
                   intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2]])
-    text = dict(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+    text = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
                 num_key_value_heads=2, cross_attention_layers=list(cross), vocab_size=50,
                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(seed)
@@ -81,11 +83,11 @@ def interleaved_mask(batch: int, rows: int) -> torch.Tensor:
     return m
 
 
-def problem(batch=2, rows=12, seed=0):
+def problem(batch=2, rows=12, seed=0, hidden=HIDDEN, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 50, (batch, rows), generator=gen)
-    visual = torch.randn(batch, IMAGES * TILES * 5, HIDDEN, generator=gen)
-    return ids, visual, interleaved_mask(batch, rows)
+    visual = torch.randn(batch, IMAGES * TILES * 5, hidden, generator=gen)
+    return ids.to(device), visual.to(device), interleaved_mask(batch, rows).to(device)
 
 
 def reference_run(model, ids, visual, mask, loss_weights=None):
@@ -102,7 +104,7 @@ def reference_run(model, ids, visual, mask, loss_weights=None):
     return out.logits.detach(), loss.detach(), grads, x.grad
 
 
-def check_grads(got: dict, want: dict, what: str):
+def check_grads(got: dict, want: dict, what: str, tol: float = TOL):
     assert got.keys() == want.keys()
     bad = {}
     for name, g in want.items():
@@ -110,15 +112,16 @@ def check_grads(got: dict, want: dict, what: str):
             assert got[name] is None, f"{what}: {name} has a gradient the model does not give it"
             continue
         err = rel_err(got[name], g)
-        if not err < TOL:
+        if not err < tol:
             bad[name] = err
     assert not bad, f"{what}: {bad}"
     assert any(g is not None and "cross_attn.k_proj" in n for n, g in want.items())
 
 
-def run_replicated(comm, algorithm="lvx", recompute=False, zero_kv=None, seed=0):
-    model = tiny_model(seed=seed)
-    ids, visual, mask = problem(seed=seed)
+def run_replicated(comm, algorithm="lvx", recompute=False, zero_kv=None, seed=0, device="cpu", hidden=HIDDEN,
+                   tol=TOL):
+    model = tiny_model(seed=seed, hidden=hidden).to(device)
+    ids, visual, mask = problem(seed=seed, hidden=hidden, device=device)
     ref_logits, ref_loss, ref_grads, ref_dx = reference_run(model, ids, visual, mask)
 
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
@@ -131,10 +134,10 @@ def run_replicated(comm, algorithm="lvx", recompute=False, zero_kv=None, seed=0)
     what = f"P={size} {algorithm} recompute={recompute} visual split {counts}"
     # Two cross-attention layers went through lvxattn, forward and backward.
     assert lvxattn.total_stats()["forward"]["calls"] == 2 and lvxattn.total_stats()["backward"]["calls"] == 2
-    assert rel_err(out.logits, ref_logits) < TOL, what
-    assert abs(float(out.loss.detach()) - float(ref_loss)) < TOL * abs(float(ref_loss)), what
-    check_grads({n: p.grad for n, p in model.named_parameters()}, ref_grads, what)
-    assert rel_err(x.grad, shard(ref_dx, counts, rank)) < TOL, what
+    assert rel_err(out.logits, ref_logits) < tol, what
+    assert abs(float(out.loss.detach()) - float(ref_loss)) < tol * abs(float(ref_loss)), what
+    check_grads({n: p.grad for n, p in model.named_parameters()}, ref_grads, what, tol)
+    assert rel_err(x.grad, shard(ref_dx, counts, rank)) < tol, what
     sharded.remove()
 
 
@@ -345,3 +348,49 @@ def test_bad_input_fails_on_every_rank():
             out = sharded(input_ids=ids, cross_attention_states=x, cross_attention_mask=mask, labels=ids)
             assert rel_err(out.logits, want) < TOL
             sharded.remove()
+
+
+# ---------------------------------------------------------------------------
+# GPU (one process): the CUDA backend inside the model, head dim 128 as in Llama 3.2 Vision
+
+
+def needs_gpu(test):
+    for mark in (pytest.mark.gpu,
+                 pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+                 pytest.mark.skipif(not lvxattn.cuda_built(), reason="built without the CUDA backend")):
+        test = mark(test)
+    return test
+
+
+@needs_gpu
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gpu_fp32_matches_model(recompute):
+    # Looser than on the CPU: the CUDA backend adds dK, dV with atomics (any order).
+    run_replicated(None, recompute=recompute, device="cuda", hidden=512, tol=3 * TOL)
+
+
+@needs_gpu
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gpu_bf16_no_worse_than_the_models_own_bf16(recompute):
+    """bf16 rounds differently in lvxattn and in the model's SDPA: both are measured
+    against the model in float64, and lvxattn may be off by at most twice as much.
+    Two layers (self, cross) and all parameter gradients as one vector: bf16
+    gradients of deeper random stacks and of single scalars (the gates) are too
+    noisy to tell one rounding from another (seen on the CPU backend)."""
+    model = tiny_model(layers=2, cross=(1,), hidden=512).cuda()
+    ids, visual, mask = problem(hidden=512, device="cuda")
+    exact = reference_run(model.double(), ids, visual.double(), mask)
+    own = reference_run(model.bfloat16(), ids, visual.bfloat16(), mask)
+    sharded = lvx_mllama.ShardedMllama(model, recompute_kv=recompute)
+    x = visual.bfloat16().requires_grad_(True)
+    out = sharded(input_ids=ids, cross_attention_states=x, cross_attention_mask=mask, labels=ids)
+    out.loss.backward()
+    names = [n for n, g in exact[2].items() if g is not None]
+
+    def flat(grads):
+        return torch.cat([grads[n].double().flatten() for n in names])
+
+    ours = (out.logits, out.loss.detach(), flat({n: p.grad for n, p in model.named_parameters()}), x.grad)
+    exact, own = (exact[0], exact[1], flat(exact[2]), exact[3]), (own[0], own[1], flat(own[2]), own[3])
+    for what, got, base, want in zip(("logits", "loss", "parameter gradients", "visual gradient"), ours, own, exact):
+        assert rel_err(got, want) <= 2 * rel_err(base, want) + 1e-3, (what, rel_err(got, want), rel_err(base, want))
