@@ -119,23 +119,29 @@ def check_grads(got: dict, want: dict, what: str, tol: float = TOL):
 
 
 def run_replicated(comm, algorithm="lvx", recompute=False, zero_kv=None, seed=0, device="cpu", hidden=HIDDEN,
-                   tol=TOL):
+                   tol=TOL, rows=12, weighted=False):
+    """``weighted``: the loss is ``sum(logits * W)`` instead of the model's loss on labels
+    (with 2 rows the labels' loss leaves the self-attention gradients exactly 0)."""
     model = tiny_model(seed=seed, hidden=hidden).to(device)
-    ids, visual, mask = problem(seed=seed, hidden=hidden, device=device)
-    ref_logits, ref_loss, ref_grads, ref_dx = reference_run(model, ids, visual, mask)
+    ids, visual, mask = problem(rows=rows, seed=seed, hidden=hidden, device=device)
+    weights = torch.randn(ids.shape[0], rows, 50, generator=torch.Generator().manual_seed(seed)).to(device) \
+        if weighted else None
+    ref_logits, ref_loss, ref_grads, ref_dx = reference_run(model, ids, visual, mask, weights)
 
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
     counts = uneven_split(visual.shape[1], size, zero_kv, seed)
     sharded = lvx_mllama.ShardedMllama(model, comm, algorithm=algorithm, recompute_kv=recompute)
     x = shard(visual, counts, rank).requires_grad_(True)
     lvxattn.reset_stats()
-    out = sharded(input_ids=ids, cross_attention_states=x, cross_attention_mask=mask, labels=ids)
-    out.loss.backward()
-    what = f"P={size} {algorithm} recompute={recompute} visual split {counts}"
+    out = sharded(input_ids=ids, cross_attention_states=x, cross_attention_mask=mask,
+                  labels=None if weighted else ids)
+    loss = (out.logits * weights).sum() if weighted else out.loss
+    loss.backward()
+    what = f"P={size} {algorithm} recompute={recompute} text {rows} rows, visual split {counts}"
     # Two cross-attention layers went through lvxattn, forward and backward.
     assert lvxattn.total_stats()["forward"]["calls"] == 2 and lvxattn.total_stats()["backward"]["calls"] == 2
     assert rel_err(out.logits, ref_logits) < tol, what
-    assert abs(float(out.loss.detach()) - float(ref_loss)) < tol * abs(float(ref_loss)), what
+    assert abs(float(loss.detach()) - float(ref_loss)) < tol * abs(float(ref_loss)), what
     check_grads({n: p.grad for n, p in model.named_parameters()}, ref_grads, what, tol)
     assert rel_err(x.grad, shard(ref_dx, counts, rank)) < tol, what
     sharded.remove()
@@ -261,6 +267,15 @@ def test_replicated_text_matches_model(algorithm, recompute):
         with sub_comm(WORLD, P) as comm:
             if comm is not None:
                 run_replicated(comm, algorithm, recompute, zero_kv=1 if P > 1 else None)
+
+
+@pytest.mark.mpi(min_size=1)
+def test_replicated_text_shorter_than_the_ranks():
+    """2 text rows over up to 3 ranks: a rank attends with no rows (and holds no visual tokens)."""
+    for P in rank_counts():
+        with sub_comm(WORLD, P) as comm:
+            if comm is not None:
+                run_replicated(comm, recompute=True, zero_kv=P - 1 if P > 1 else None, rows=2, weighted=True)
 
 
 @pytest.mark.mpi(min_size=1)
