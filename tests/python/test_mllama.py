@@ -354,6 +354,10 @@ def test_bad_input_fails_on_every_rank():
             wide = torch.randn(2, counts[rank], HIDDEN + (rank == 0)) if rank == 0 else x
             fails_everywhere(comm, lvxattn.InvalidArgumentError, "rank 0: .*hidden size",
                              lambda: sharded(input_ids=ids, cross_attention_states=wide, cross_attention_mask=mask))
+            # Ranks configured differently.
+            mixed = lvx_mllama.ShardedMllama(model, comm, algorithm="ring" if rank == 0 else "lvx")
+            fails_everywhere(comm, lvxattn.RankMismatchError, r"ranks disagree on algorithm \(rank 0: ring, rank 1: lvx",
+                             lambda: mixed(input_ids=ids, cross_attention_states=x, cross_attention_mask=mask))
             # The global visual length does not split into the mask's tiles.
             cut = x[:, :-1] if rank == P - 1 and x.shape[1] else x
             fails_everywhere(comm, lvxattn.InvalidArgumentError, "not a multiple",

@@ -302,14 +302,15 @@ def plan_cross_attention(cross_attention_states: torch.Tensor, text_rows: int, *
     ``lvxattn.RankMismatchError`` when ranks disagree (batch, hidden size, dtype,
     device, mask tiles; in replicated mode also text length and content).
     """
-    if text not in TEXT_MODES:
-        raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
-    if algorithm not in lvxattn.ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {lvxattn.ALGORITHMS}, got {algorithm!r}")
     local = None
     try:
+        if text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {TEXT_MODES}, got {text!r}")
+        if algorithm not in lvxattn.ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {lvxattn.ALGORITHMS}, got {algorithm!r}")
         summary, local = _local_summary(cross_attention_states, text_rows, cross_attention_mask, q_ranges, local_check)
-        summary["fingerprint"] = (summary["fingerprint"], fingerprint)
+        summary.update(fingerprint=(summary["fingerprint"], fingerprint), text=text, algorithm=algorithm,
+                       recompute=bool(recompute_kv))
         shared: Any = summary
     except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
         shared = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
@@ -320,7 +321,7 @@ def plan_cross_attention(cross_attention_states: torch.Tensor, text_rows: int, *
     if errors:
         raise lvxattn.InvalidArgumentError(_combined(errors, size))
     rank = 0 if comm is None else comm.Get_rank()
-    keys = ["batch", "visual_dim", "dtype", "device", "mask", "tiles"]
+    keys = ["text", "algorithm", "recompute", "batch", "visual_dim", "dtype", "device", "mask", "tiles"]
     if text == "replicated":
         keys += ["text_rows", "fingerprint"]
     for key in keys:
