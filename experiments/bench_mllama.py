@@ -1,9 +1,9 @@
 """A training step of a Llama-3.2-11B-Vision-shaped text stack on a long visual sequence:
 the model's own cross-attention against lvxattn (``lvxattn.integrations.mllama``).
 
-    python experiments/bench_mllama.py                        # one GPU: sdpa vs lvx, ~5 minutes on an H200
+    python experiments/bench_mllama.py                        # one GPU: sdpa vs lvx (trials stop after 240 s)
     mpirun -n 4 python experiments/bench_mllama.py            # several GPUs: lvx vs ring, same integration
-    python experiments/bench_mllama.py --device cpu --tiny    # smoke test of the harness (~1 minute)
+    python experiments/bench_mllama.py --device cpu --tiny    # smoke test of the harness (~2 minutes on 2 busy cores)
 
 Model: ``MllamaForCausalLM`` with ``MllamaTextConfig``'s defaults, which are the
 Llama-3.2-11B-Vision checkpoint's text stack (hidden 4096, 32 query and 8 KV heads
@@ -105,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, help="upper bound of the search (global tokens)")
     p.add_argument("--granularity", type=int, help="bisect to this many global tokens")
     p.add_argument("--trial-limit", type=float, default=60.0, help="stop growing after a trial this slow (s)")
-    p.add_argument("--time-budget", type=float, default=270.0, help="no new trial after this many s")
+    p.add_argument("--time-budget", type=float, default=240.0, help="no new trial after this many s")
     p.add_argument("--cpu-budget-mb", type=float, default=64.0)
     p.add_argument("--csv", default=str(RESULTS / "bench_mllama.csv"))
     args = p.parse_args(argv)
