@@ -50,6 +50,18 @@ if [[ " $steps " == *" test "* ]]; then
       tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
     echo "gpu distributed tests n=$n rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_dist_n$n.log" | sort | uniq -c | head -5
   done
+  # NaN/Inf outside the rows' intervals: both kernel families in one process, then lvx,
+  # ring and ulysses at 1-3 ranks (ranks share the GPUs through host-staged MPI).
+  for sm90 in 1 0; do
+    LVX_CUDA_SM90=$sm90 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/python/test_gpu_masked_values.py >"$out/test_gpu_masked_sm90_$sm90.log" 2>&1
+    echo "gpu masked-value tests (LVX_CUDA_SM90=$sm90) rc=$?"; grep -E "passed|failed" "$out/test_gpu_masked_sm90_$sm90.log" | tail -3
+  done
+  for n in ${MASKED_RANKS:-1 2 3}; do
+    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
+      tests/python/test_gpu_masked_values.py >"$out/test_gpu_masked_n$n.log" 2>&1
+    echo "gpu masked-value tests n=$n rc=$?"; grep -E "passed|failed" "$out/test_gpu_masked_n$n.log" | sort | uniq -c | head -5
+  done
 fi
 
 if [[ " $steps " == *" bench "* ]]; then
