@@ -1,41 +1,88 @@
-// CPU attention step kernels (semantics in kernels.hpp).
+// CPU attention step kernels (semantics in kernels.hpp), compiled once per
+// x86-64 level into lvx::cpu::isa_<level> (LVX_CPU_ISA; CMakeLists.txt) and
+// chosen at run time by isa_dispatch.cpp.
 //
-// Both passes work on transposed score tiles Sᵀ[j][i] = scale·K_j·Q_i (KV rows j
-// down, query rows i across), so every softmax statistic is a vector over the
-// query rows of the tile and every product is a tile_gemm with a contiguous,
-// 16-multiple N dimension. Forward: items are (batch, KV head, query tile);
-// the KV tiles of a head group are converted once and used by all its query
-// heads; the KV range is split over items when there are too few of them.
-// Backward: items are (batch, KV head, KV tile) holding dK/dV tiles in local
-// accumulators; dQ goes to a per-worker buffer that is summed at the end.
-#include <algorithm>
+// Tiles are kTq query rows × kTk KV rows; the products are BLAS sgemm calls
+// (blas.hpp), one per tile and head, in the pool's threads:
+//   forward   S = scale·Q Kᵀ,  online softmax,  O += P V
+//   backward  S, P = exp(S − lse),  dP = dO Vᵀ,  dS = P ∘ (dP − Dl),
+//             dV += Pᵀ dO,  dK += scale·dSᵀ Q,  dQ += scale·dS K
+// fp32 inputs are read where they lie (leading dimension H·D); fp16/bf16 tiles are
+// widened to fp32 first (exactly), so every product accumulates in fp32.
+// Forward items are (batch, KV head, query tile): the KV tiles of a head group are
+// widened once for all its query heads, and the KV range is split over items when
+// there are too few of them. Backward items are (batch, KV head, KV tile): they own
+// their rows of dK/dV; dQ goes to a per-worker buffer summed at the end.
+//
+// Masks. Within a tile, each query row sees one interval of columns; consecutive
+// rows that see the same interval form a run. The products that sum over KV rows
+// (P V, dS K) are issued per run over the run's interval only, so a K or V row that
+// a query row does not see never enters that row's sums (a 0 weight would still let
+// NaN/Inf through: 0·NaN = NaN). S and dP are computed over the union of the
+// intervals and masked by selection; Pᵀ dO and dSᵀ Q sum over query rows, with
+// P = dS = 0 selected outside each row's interval.
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "convert.hpp"
-#include "cpu/attend_cpu.hpp"
+#include "cpu/blas.hpp"
+#include "cpu/parallel.hpp"
+#include "kernels.hpp"
 #include "simd.hpp"
-#include "tile_gemm.hpp"
+#include "thread_pool.hpp"
 
-namespace lvx::cpu {
+#ifndef LVX_CPU_ISA
+#error "attend_cpu.cpp is compiled once per ISA level with -DLVX_CPU_ISA=<name> (CMakeLists.txt)"
+#endif
+#define LVX_CAT2(a, b) a##b
+#define LVX_CAT(a, b) LVX_CAT2(a, b)
 
+namespace lvx::cpu::LVX_CAT(isa_, LVX_CPU_ISA) {
+
+// Everything here has internal linkage: the variants share no code (isa.hpp).
 namespace {
 
-constexpr int64_t kTq = 64;   // query rows per tile (N of the score tiles)
-constexpr int64_t kTk = 128;  // KV rows per tile
+constexpr int64_t kTq = 64;   // query rows per tile
+constexpr int64_t kTk = 256;  // KV rows per tile (a multiple of every vector width)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr int kTqVecs = kTq / kLanes;
 
-int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline void fill(float* p, int64_t n, float x) {
+  for (int64_t i = 0; i < n; ++i) p[i] = x;
+}
 
-// Visible KV rows of each query row of a tile, in block-local coordinates.
-// Padding rows (beyond nq) and rows that see nothing get the empty [0, 0).
+// Runs fn(item, worker) for item in [0, n) on the pool (parallel.hpp).
+template <typename F>
+void for_items(ThreadPool& pool, int64_t n, F& fn) {
+  parallel_items(pool, n, [](void* c, int64_t item, int worker) { (*static_cast<F*>(c))(item, worker); }, &fn);
+}
+
+// A row-major fp32 matrix view: element (r, c) at p[r·ld + c].
+struct Mat {
+  const float* p;
+  int64_t ld;
+  const float* row(int64_t r) const { return p + r * ld; }
+};
+
+// rows × d elements of src (row stride ld) as fp32: in place for fp32, else widened into buf.
+template <typename T>
+Mat as_f32(const T* src, int64_t ld, int64_t rows, int64_t d, float* buf) {
+  if constexpr (sizeof(T) == 4) {
+    return Mat{reinterpret_cast<const float*>(src), ld};
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < d; ++c) buf[r * d + c] = to_f32(src[r * ld + c]);
+    return Mat{buf, d};
+  }
+}
+
+// Visible KV rows of each query row of a query tile, in block-local coordinates
+// (rows that see nothing and rows past nq get [0, 0)), and their union.
 struct RowWindows {
-  alignas(64) float lo[kTq];
-  alignas(64) float hi[kTq];
-  int64_t min_lo = 0, max_hi = 0;  // union of the windows
+  int64_t lo[kTq], hi[kTq];
+  int64_t min_lo = 0, max_hi = 0;
 
   void build(const int32_t* ranges, int64_t nq, int64_t kv_begin, int64_t lkv) {
     min_lo = lkv;
@@ -43,228 +90,229 @@ struct RowWindows {
     for (int64_t i = 0; i < kTq; ++i) {
       int64_t a = 0, b = 0;
       if (i < nq) {
-        a = ranges ? std::max<int64_t>(ranges[2 * i] - kv_begin, 0) : 0;
-        b = ranges ? std::min<int64_t>(ranges[2 * i + 1] - kv_begin, lkv) : lkv;
+        a = ranges ? max64(ranges[2 * i] - kv_begin, 0) : 0;
+        b = ranges ? min64(ranges[2 * i + 1] - kv_begin, lkv) : lkv;
         if (b <= a) a = b = 0;
       }
-      lo[i] = static_cast<float>(a);
-      hi[i] = static_cast<float>(b);
+      lo[i] = a;
+      hi[i] = b;
       if (b > a) {
-        min_lo = std::min(min_lo, a);
-        max_hi = std::max(max_hi, b);
+        min_lo = min64(min_lo, a);
+        max_hi = max64(max_hi, b);
       }
     }
     if (max_hi <= min_lo) min_lo = max_hi = 0;
   }
-  // True when every row of the tile sees all of KV rows [j0, j1).
-  bool covers(int64_t j0, int64_t j1, int64_t nq) const {
-    for (int64_t i = 0; i < nq; ++i)
-      if (lo[i] > j0 || hi[i] < j1) return false;
-    return true;
+};
+
+// A KV tile [j0, j0 + nk) seen from a query tile: each row's visible tile columns
+// [lo, hi), the runs of consecutive rows that see the same non-empty columns, and
+// the union [c0, c1) of all rows' columns.
+struct TileView {
+  struct Run {
+    int64_t r0, r1, c0, c1;
+  };
+  int32_t lo[kTq], hi[kTq];
+  Run runs[kTq];
+  int n_runs = 0;
+  int64_t c0 = 0, c1 = 0;
+
+  void build(const RowWindows& w, int64_t nq, int64_t j0, int64_t nk) {
+    n_runs = 0;
+    c0 = nk;
+    c1 = 0;
+    for (int64_t i = 0; i < nq; ++i) {
+      int64_t a = min64(max64(w.lo[i] - j0, 0), nk), b = min64(max64(w.hi[i] - j0, 0), nk);
+      if (b <= a) a = b = 0;
+      lo[i] = static_cast<int32_t>(a);
+      hi[i] = static_cast<int32_t>(b);
+      if (b <= a) continue;
+      c0 = min64(c0, a);
+      c1 = max64(c1, b);
+      Run* last = n_runs ? &runs[n_runs - 1] : nullptr;
+      if (last && last->r1 == i && last->c0 == a && last->c1 == b)
+        last->r1 = i + 1;
+      else
+        runs[n_runs++] = Run{i, i + 1, a, b};
+    }
+    if (c1 <= c0) c0 = c1 = 0;
   }
 };
 
-// Sᵀ[j][i] ← -inf where query row i does not see KV row j0 + j.
-void mask_scores(float* st, int64_t nk, int64_t j0, const RowWindows& w) {
-  for (int64_t j = 0; j < nk; ++j) {
-    v16 jv = splat(static_cast<float>(j0 + j));
-    for (int v = 0; v < kTqVecs; ++v) {
-      float* p = st + j * kTq + v * kLanes;
-      auto hidden = (jv < load(w.lo + v * kLanes)) | (jv >= load(w.hi + v * kLanes));
-      store(p, hidden ? splat(kNegInf) : load(p));
-    }
+// One row of the online softmax over the scores p[a, b) (masked lanes are selected
+// away, never multiplied): the running max m and sum l are updated, p[a, b) becomes
+// exp(S − m), and the row's running output is rescaled by exp(m_old − m).
+inline void softmax_row(float* p, int64_t a, int64_t b, float* m, float* l, float* orow, int64_t d) {
+  const vi lanes = lane_index();
+  const vi va = splat_i(static_cast<int32_t>(a)), vb = splat_i(static_cast<int32_t>(b));
+  const int64_t v0 = a - a % kLanes;
+  vf mx = splat(kNegInf);
+  for (int64_t v = v0; v < b; v += kLanes) {
+    vi idx = lanes + static_cast<int32_t>(v);
+    vf x = load(p + v);
+    x = (idx >= va && idx < vb) ? x : splat(kNegInf);
+    mx = x > mx ? x : mx;
   }
-}
-
-// dst[r][0..D) ← src row r (stride `ld` elements), zero-padded to Dp columns.
-template <typename T>
-void pack_rows(float* dst, int64_t dp, const T* src, int64_t ld, int64_t rows, int64_t d,
-               int64_t rows_padded, float mul = 1.f) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* s = src + r * ld;
-    float* o = dst + r * dp;
-    for (int64_t c = 0; c < d; ++c) o[c] = to_f32(s[c]) * mul;
-    for (int64_t c = d; c < dp; ++c) o[c] = 0.f;
+  const float m_old = *m, mt = hmax(mx);
+  const float m_new = mt > m_old ? mt : m_old;
+  const float m_safe = m_new == kNegInf ? 0.f : m_new;
+  vf sum = vf{};
+  for (int64_t v = v0; v < b; v += kLanes) {
+    vi idx = lanes + static_cast<int32_t>(v);
+    vf x = load(p + v);
+    x = (idx >= va && idx < vb) ? x : splat(kNegInf);
+    vf e = vexp(x - splat(m_safe));
+    store(p + v, e);
+    sum += e;
   }
-  for (int64_t r = rows; r < rows_padded; ++r)
-    for (int64_t c = 0; c < dp; ++c) dst[r * dp + c] = 0.f;
-}
-
-// dst[c][r] (kTq columns) ← src row r, column c; missing rows are zero.
-template <typename T>
-void pack_transposed(float* dst, const T* src, int64_t ld, int64_t rows, int64_t d, float mul) {
-  for (int64_t c = 0; c < d; ++c) {
-    float* o = dst + c * kTq;
-    for (int64_t r = 0; r < rows; ++r) o[r] = to_f32(src[r * ld + c]) * mul;
-    for (int64_t r = rows; r < kTq; ++r) o[r] = 0.f;
-  }
+  const float alpha = std::exp(m_old - m_safe);
+  *l = *l * alpha + hsum(sum);
+  *m = m_new;
+  if (alpha != 1.f)
+    for (int64_t c = 0; c < d; ++c) orow[c] *= alpha;
 }
 
 // (o, lse) ← merge((o, lse), (ob, lse_b)) for one row of D values.
 inline void merge_row(float* o, float* lse, const float* ob, float lse_b, int64_t d) {
-  float la = *lse;
+  const float la = *lse;
   if (lse_b == kNegInf) return;
   if (la == kNegInf) {
     for (int64_t c = 0; c < d; ++c) o[c] = ob[c];
     *lse = lse_b;
     return;
   }
-  float m = std::max(la, lse_b);
+  const float m = la > lse_b ? la : lse_b;
   float wa = std::exp(la - m), wb = std::exp(lse_b - m);
-  float s = wa + wb;
+  const float s = wa + wb;
   wa /= s;
   wb /= s;
   for (int64_t c = 0; c < d; ++c) o[c] = o[c] * wa + ob[c] * wb;
   *lse = m + std::log(s);
 }
 
-// Scratch of one worker, grown on demand and reused across calls.
-struct Scratch {
-  std::vector<float> a, b, c, d, e, f, g, dq;
-  static float* need(std::vector<float>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
-  }
-};
-
-Scratch& worker_scratch(int /*worker*/) {
-  static thread_local Scratch scratch;
-  return scratch;
-}
+// Scratch slots (parallel.hpp): per item 0-7, the caller's per-call buffers 8-11.
+enum Slot { kO, kM, kL, kS, kDs, kKt, kVt, kQt, kDot, kTouched, kDqAll, kPartO, kPartLse, kSlots };
+static_assert(kSlots <= kScratchSlots, "parallel.hpp: more scratch slots");
 
 // ---------------------------------------------------------------- forward --
 
 template <typename T>
 void fwd_typed(const FwdStep& a, ThreadPool& pool) {
   const StepShape& s = a.s;
-  const int64_t G = s.Hq / s.Hkv, D = s.D, Dp = round16(D);
+  const int64_t G = s.Hq / s.Hkv, D = s.D;
   const int64_t q_tiles = ceil_div(s.Lq, kTq), kv_tiles = ceil_div(s.Lkv, kTk);
   const int64_t items = s.B * s.Hkv * q_tiles;
   // Split the KV range when there are too few items to keep every worker busy.
   int64_t chunks = 1;
-  if (items < 4 * pool.size()) chunks = std::min(kv_tiles, ceil_div(4 * pool.size(), items));
+  if (items < 4 * pool.size()) chunks = min64(kv_tiles, ceil_div(4 * pool.size(), items));
   const int64_t tiles_per_chunk = ceil_div(kv_tiles, chunks);
   chunks = ceil_div(kv_tiles, tiles_per_chunk);
   const int64_t rows_q = s.B * s.Lq * s.Hq;
-  // Split-KV partials live in the calling thread's scratch: grown once, then reused.
-  // (Workers see these through the pointers: a thread_local named inside the
-  // lambda would be each worker's own, empty copy.)
-  static thread_local std::vector<float> part_o_store, part_lse_store;
+  // Split-KV partials live in the calling thread's scratch; workers see them by pointer.
   float* part_o = nullptr;
   float* part_lse = nullptr;
   if (chunks > 1) {
-    if (part_o_store.size() < size_t(chunks * rows_q * Dp)) part_o_store.resize(chunks * rows_q * Dp);
-    part_lse_store.assign(chunks * rows_q, kNegInf);  // rows a chunk never reaches stay empty
-    part_o = part_o_store.data();
-    part_lse = part_lse_store.data();
+    part_o = thread_scratch(kPartO, chunks * rows_q * D);
+    part_lse = thread_scratch(kPartLse, chunks * rows_q);
+    fill(part_lse, chunks * rows_q, kNegInf);  // rows a chunk never reaches stay empty
   }
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
   const int64_t ldq = s.Hq * D, ldkv = s.Hkv * D;
 
-  pool.parallel_for(items * chunks, [&](int64_t item, int worker) {
+  auto item_fn = [&](int64_t item, int) {
     const int64_t chunk = item % chunks;
     const int64_t qt = (item / chunks) % q_tiles;
     const int64_t g = (item / chunks / q_tiles) % s.Hkv;
     const int64_t b = item / chunks / q_tiles / s.Hkv;
-    const int64_t i0 = qt * kTq, nq = std::min(kTq, s.Lq - i0);
+    const int64_t i0 = qt * kTq, nq = min64(kTq, s.Lq - i0);
     RowWindows win;
     win.build(a.q_ranges ? a.q_ranges + (b * s.Lq + i0) * 2 : nullptr, nq, a.kv_begin, s.Lkv);
-    int64_t j_begin = std::max(win.min_lo, chunk * tiles_per_chunk * kTk);
-    int64_t j_end = std::min(win.max_hi, std::min(s.Lkv, (chunk + 1) * tiles_per_chunk * kTk));
+    const int64_t j_begin = max64(win.min_lo, chunk * tiles_per_chunk * kTk);
+    const int64_t j_end = min64(win.max_hi, min64(s.Lkv, (chunk + 1) * tiles_per_chunk * kTk));
+    if (j_begin >= j_end) return;
 
-    Scratch& sc = worker_scratch(worker);
-    float* qt_all = Scratch::need(sc.a, G * D * kTq);       // Qᵀ per head, scaled
-    float* o_all = Scratch::need(sc.b, G * kTq * Dp);       // running O per head
-    float* m_all = Scratch::need(sc.c, G * kTq);            // running max
-    float* l_all = Scratch::need(sc.d, G * kTq);            // running sum
-    float* st = Scratch::need(sc.e, kTk * kTq);             // Sᵀ / Pᵀ tile
-    float* kt = Scratch::need(sc.f, kTk * Dp);              // K tile, fp32
-    float* vt = Scratch::need(sc.g, kTk * Dp);              // V tile, fp32 padded
-    for (int64_t h = 0; h < G; ++h) {
-      const int64_t hq = g * G + h;
-      pack_transposed(qt_all + h * D * kTq, q + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, a.scale);
-    }
-    std::fill(o_all, o_all + G * kTq * Dp, 0.f);
-    std::fill(m_all, m_all + G * kTq, kNegInf);
-    std::fill(l_all, l_all + G * kTq, 0.f);
+    float* o_all = thread_scratch(kO, G * kTq * D);  // running O per head
+    float* m_all = thread_scratch(kM, G * kTq);      // running max
+    float* l_all = thread_scratch(kL, G * kTq);      // running sum
+    float* st = thread_scratch(kS, kTq * kTk);       // S, then P
+    float* qbuf = thread_scratch(kQt, G * kTq * D);
+    float* kbuf = thread_scratch(kKt, kTk * D);
+    float* vbuf = thread_scratch(kVt, kTk * D);
+    // Q rows of each head of the group, widened once per item.
+    for (int64_t h = 0; h < G; ++h) as_f32(q + (b * s.Lq + i0) * ldq + (g * G + h) * D, ldq, nq, D, qbuf + h * kTq * D);
+    auto q_head = [&](int64_t h) {
+      if constexpr (sizeof(T) == 4) return Mat{reinterpret_cast<const float*>(q) + (b * s.Lq + i0) * ldq + (g * G + h) * D, ldq};
+      return Mat{qbuf + h * kTq * D, D};
+    };
+    fill(o_all, G * kTq * D, 0.f);
+    fill(m_all, G * kTq, kNegInf);
+    fill(l_all, G * kTq, 0.f);
 
+    TileView tv;
     for (int64_t j0 = j_begin - j_begin % kTk; j0 < j_end; j0 += kTk) {
-      const int64_t nk = std::min(kTk, s.Lkv - j0);
-      const bool full = win.covers(j0, j0 + nk, nq);
-      pack_rows(kt, Dp, k + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
-      pack_rows(vt, Dp, v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
+      const int64_t nk = min64(kTk, s.Lkv - j0);
+      tv.build(win, nq, j0, nk);
+      if (!tv.n_runs) continue;
+      const int64_t c0 = tv.c0, nc = tv.c1 - tv.c0;
+      const int64_t kv_off = (b * s.Lkv + j0 + c0) * ldkv + g * D;
+      // Views start at tile column c0: column c of the tile is view row c − c0.
+      const Mat kt = as_f32(k + kv_off, ldkv, nc, D, kbuf);
+      const Mat vt = as_f32(v + kv_off, ldkv, nc, D, vbuf);
       for (int64_t h = 0; h < G; ++h) {
-        float* o = o_all + h * kTq * Dp;
+        float* o = o_all + h * kTq * D;
         float* m = m_all + h * kTq;
         float* l = l_all + h * kTq;
-        tile_gemm<false>(nk, kTq, D, kt, Dp, 1, qt_all + h * D * kTq, kTq, st, kTq);
-        if (!full) mask_scores(st, nk, j0, win);
-        for (int vv = 0; vv < kTqVecs; ++vv) {
-          v16 mt = splat(kNegInf);
-          for (int64_t j = 0; j < nk; ++j) {
-            v16 x = load(st + j * kTq + vv * kLanes);
-            mt = x > mt ? x : mt;
-          }
-          v16 m_old = load(m + vv * kLanes);
-          v16 m_new = mt > m_old ? mt : m_old;
-          v16 m_safe = m_new == splat(kNegInf) ? splat(0.f) : m_new;
-          v16 sum = v16{};
-          for (int64_t j = 0; j < nk; ++j) {
-            float* p = st + j * kTq + vv * kLanes;
-            v16 e = exp16(load(p) - m_safe);
-            store(p, e);
-            sum += e;
-          }
-          v16 alpha = exp16(m_old - m_safe);
-          store(l + vv * kLanes, load(l + vv * kLanes) * alpha + sum);
-          store(m + vv * kLanes, m_new);
-          for (int i = 0; i < kLanes; ++i) {
-            float al = alpha[i];
-            if (al != 1.f) {
-              float* orow = o + (vv * kLanes + i) * Dp;
-              for (int64_t c = 0; c < Dp; ++c) orow[c] *= al;
-            }
-          }
+        const Mat qh = q_head(h);
+        sgemm(false, true, nq, nc, D, a.scale, qh.p, qh.ld, kt.p, kt.ld, 0.f, st + c0, kTk);
+        for (int r = 0; r < tv.n_runs; ++r) {
+          const auto& run = tv.runs[r];
+          for (int64_t i = run.r0; i < run.r1; ++i)
+            softmax_row(st + i * kTk, run.c0, run.c1, m + i, l + i, o + i * D, D);
         }
-        // O[i][:] += Σ_j Pᵀ[j][i]·V[j][:]
-        tile_gemm<true>(nq, Dp, nk, st, 1, kTq, vt, Dp, o, Dp);
+        for (int r = 0; r < tv.n_runs; ++r) {
+          const auto& run = tv.runs[r];
+          sgemm(false, false, run.r1 - run.r0, D, run.c1 - run.c0, 1.f, st + run.r0 * kTk + run.c0, kTk,
+                vt.row(run.c0 - c0), vt.ld, 1.f, o + run.r0 * D, D);
+        }
       }
     }
     // Normalize and merge into the accumulator (or this chunk's partial).
     for (int64_t h = 0; h < G; ++h) {
       const int64_t hq = g * G + h;
       for (int64_t i = 0; i < nq; ++i) {
-        float l = l_all[h * kTq + i];
+        const float l = l_all[h * kTq + i];
         if (l == 0.f) continue;  // saw no key (NaN inputs give NaN l and propagate)
-        float* orow = o_all + (h * kTq + i) * Dp;
-        float inv = 1.f / l;
+        float* orow = o_all + (h * kTq + i) * D;
+        const float inv = 1.f / l;
         for (int64_t c = 0; c < D; ++c) orow[c] *= inv;
-        float lse_b = m_all[h * kTq + i] + std::log(l);
-        const int64_t row = (b * s.Lq + i0 + i) * s.Hq + hq;      // O row index
-        const int64_t lrow = (b * s.Hq + hq) * s.Lq + i0 + i;     // LSE index
+        const float lse_b = m_all[h * kTq + i] + std::log(l);
+        const int64_t row = (b * s.Lq + i0 + i) * s.Hq + hq;   // O row index
+        const int64_t lrow = (b * s.Hq + hq) * s.Lq + i0 + i;  // LSE index
         if (chunks == 1) {
           merge_row(a.o + row * D, a.lse + lrow, orow, lse_b, D);
         } else {
-          std::copy(orow, orow + D, part_o + (chunk * rows_q + row) * Dp);
+          float* dst = part_o + (chunk * rows_q + row) * D;
+          for (int64_t c = 0; c < D; ++c) dst[c] = orow[c];
           part_lse[chunk * rows_q + row] = lse_b;
         }
       }
     }
-  });
+  };
+  for_items(pool, items * chunks, item_fn);
 
   if (chunks > 1) {
-    pool.parallel_for(s.B * s.Hq, [&](int64_t bh, int) {
+    auto merge_fn = [&](int64_t bh, int) {
       const int64_t b = bh / s.Hq, hq = bh % s.Hq;
       for (int64_t i = 0; i < s.Lq; ++i) {
         const int64_t row = (b * s.Lq + i) * s.Hq + hq;
         const int64_t lrow = (b * s.Hq + hq) * s.Lq + i;
         for (int64_t c = 0; c < chunks; ++c)
-          merge_row(a.o + row * D, a.lse + lrow, part_o + (c * rows_q + row) * Dp,
-                    part_lse[c * rows_q + row], D);
+          merge_row(a.o + row * D, a.lse + lrow, part_o + (c * rows_q + row) * D, part_lse[c * rows_q + row], D);
       }
-    });
+    };
+    for_items(pool, s.B * s.Hq, merge_fn);
   }
 }
 
@@ -273,137 +321,131 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
 template <typename T>
 void bwd_typed(const BwdStep& a, ThreadPool& pool) {
   const StepShape& s = a.s;
-  const int64_t G = s.Hq / s.Hkv, D = s.D, Dp = round16(D);
+  const int64_t G = s.Hq / s.Hkv, D = s.D;
   const int64_t q_tiles = ceil_div(s.Lq, kTq), kv_tiles = ceil_div(s.Lkv, kTk);
   const int64_t items = s.B * s.Hkv * kv_tiles;
   const int workers = pool.size();
   const int64_t rows_q = s.B * s.Lq * s.Hq;
-  // Each worker accumulates dQ in its own scratch (no atomics); summed at the end.
-  std::vector<float*> dq_part(workers, nullptr);
+  // Each worker sums dQ in its own part of one buffer (no atomics), zeroed when the
+  // worker first touches it; the parts are added into a.dq at the end.
+  float* dq_all = thread_scratch(kDqAll, static_cast<size_t>(workers) * rows_q * D);
+  float* touched = thread_scratch(kTouched, workers);
+  fill(touched, workers, 0.f);
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
   const T* dout = static_cast<const T*>(a.dout);
   const int64_t ldq = s.Hq * D, ldkv = s.Hkv * D;
 
-  pool.parallel_for(items, [&](int64_t item, int worker) {
+  auto item_fn = [&](int64_t item, int worker) {
     const int64_t jt = item % kv_tiles;
     const int64_t g = (item / kv_tiles) % s.Hkv;
     const int64_t b = item / kv_tiles / s.Hkv;
-    const int64_t j0 = jt * kTk, nk = std::min(kTk, s.Lkv - j0);
-    Scratch& sc = worker_scratch(worker);
-    if (!dq_part[worker]) {
-      dq_part[worker] = Scratch::need(sc.dq, rows_q * Dp);
-      std::fill(dq_part[worker], dq_part[worker] + rows_q * Dp, 0.f);
-    }
-    float* dq_w = dq_part[worker];
-
-    float* kt = Scratch::need(sc.a, kTk * Dp);
-    float* vt = Scratch::need(sc.b, kTk * Dp);
-    float* dk = Scratch::need(sc.c, kTk * Dp);
-    float* dv = Scratch::need(sc.d, kTk * Dp);
-    float* pt = Scratch::need(sc.e, kTk * kTq);   // Pᵀ
-    float* dst = Scratch::need(sc.f, kTk * kTq);  // dPᵀ, then dSᵀ
-    float* qpack = Scratch::need(sc.g, 2 * D * kTq + 2 * kTq * Dp);
-    float* qtr = qpack;                   // scale·Qᵀ [D][Tq]
-    float* dotr = qtr + D * kTq;          // dOᵀ [D][Tq]
-    float* qrow = dotr + D * kTq;         // Q rows [Tq][Dp]
-    float* dorow = qrow + kTq * Dp;       // dO rows [Tq][Dp]
-    bool loaded = false;
-    std::fill(dk, dk + kTk * Dp, 0.f);
-    std::fill(dv, dv + kTk * Dp, 0.f);
+    const int64_t j0 = jt * kTk, nk = min64(kTk, s.Lkv - j0);
+    float* dq_w = dq_all + static_cast<int64_t>(worker) * rows_q * D;
+    float* pt = thread_scratch(kS, kTq * kTk);   // P
+    float* dst = thread_scratch(kDs, kTq * kTk);  // dP, then dS
+    float* kbuf = thread_scratch(kKt, kTk * D);
+    float* vbuf = thread_scratch(kVt, kTk * D);
+    float* qbuf = thread_scratch(kQt, kTq * D);
+    float* dobuf = thread_scratch(kDot, kTq * D);
+    // dK, dV rows of this tile, summed in place (items own disjoint rows).
+    float* dk = a.dk + ((b * s.Lkv + j0) * s.Hkv + g) * D;
+    float* dv = a.dv + ((b * s.Lkv + j0) * s.Hkv + g) * D;
+    const vi lanes = lane_index();
+    Mat kt{nullptr, 0}, vt{nullptr, 0};
+    RowWindows win;
+    TileView tv;
 
     for (int64_t qt = 0; qt < q_tiles; ++qt) {
-      const int64_t i0 = qt * kTq, nq = std::min(kTq, s.Lq - i0);
-      RowWindows win;
+      const int64_t i0 = qt * kTq, nq = min64(kTq, s.Lq - i0);
       win.build(a.q_ranges ? a.q_ranges + (b * s.Lq + i0) * 2 : nullptr, nq, a.kv_begin, s.Lkv);
       if (win.max_hi <= j0 || win.min_lo >= j0 + nk) continue;
-      const bool full = win.covers(j0, j0 + nk, nq);
-      if (!loaded) {
-        pack_rows(kt, Dp, k + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
-        pack_rows(vt, Dp, v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
-        loaded = true;
+      tv.build(win, nq, j0, nk);
+      if (!tv.n_runs) continue;
+      if (!kt.p) {
+        if (touched[worker] == 0.f) {
+          fill(dq_w, rows_q * D, 0.f);
+          touched[worker] = 1.f;
+        }
+        kt = as_f32(k + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, kbuf);
+        vt = as_f32(v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, vbuf);
       }
+      const int64_t c0 = tv.c0, c1 = tv.c1, nc = c1 - c0;
       for (int64_t h = 0; h < G; ++h) {
         const int64_t hq = g * G + h;
-        const T* qsrc = q + (b * s.Lq + i0) * ldq + hq * D;
-        const T* dsrc = dout + (b * s.Lq + i0) * ldq + hq * D;
-        pack_transposed(qtr, qsrc, ldq, nq, D, a.scale);
-        pack_transposed(dotr, dsrc, ldq, nq, D, 1.f);
-        pack_rows(qrow, Dp, qsrc, ldq, nq, D, nq);
-        pack_rows(dorow, Dp, dsrc, ldq, nq, D, nq);
-        alignas(64) float lse[kTq], dl[kTq];
-        for (int64_t i = 0; i < kTq; ++i) {
+        const Mat qh = as_f32(q + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, qbuf);
+        const Mat doh = as_f32(dout + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, dobuf);
+        sgemm(false, true, nq, nc, D, a.scale, qh.p, qh.ld, kt.row(c0), kt.ld, 0.f, pt + c0, kTk);  // S
+        sgemm(false, true, nq, nc, D, 1.f, doh.p, doh.ld, vt.row(c0), vt.ld, 0.f, dst + c0, kTk);   // dP
+        for (int64_t i = 0; i < nq; ++i) {
           const int64_t lrow = (b * s.Hq + hq) * s.Lq + i0 + i;
-          lse[i] = i < nq ? a.lse[lrow] : kNegInf;
-          dl[i] = i < nq ? a.dl[lrow] : 0.f;
-        }
-        // Sᵀ = K·(scale·Qᵀ); Pᵀ = exp(Sᵀ − lse), 0 where masked or lse = -inf.
-        tile_gemm<false>(nk, kTq, D, kt, Dp, 1, qtr, kTq, pt, kTq);
-        if (!full) mask_scores(pt, nk, j0, win);
-        // dPᵀ = V·dOᵀ
-        tile_gemm<false>(nk, kTq, D, vt, Dp, 1, dotr, kTq, dst, kTq);
-        for (int vv = 0; vv < kTqVecs; ++vv) {
-          v16 lv = load(lse + vv * kLanes);
-          auto dead = lv == splat(kNegInf);
-          v16 lsafe = dead ? splat(0.f) : lv;
-          v16 dlv = load(dl + vv * kLanes);
-          for (int64_t j = 0; j < nk; ++j) {
-            float* pp = pt + j * kTq + vv * kLanes;
-            float* dp = dst + j * kTq + vv * kLanes;
-            v16 p = exp16(load(pp) - lsafe);
-            p = dead ? v16{} : p;
-            store(pp, p);
-            store(dp, p * (load(dp) - dlv));  // dSᵀ
+          const float lse = a.lse[lrow];
+          // A row with lse = -inf saw no key anywhere: P = 0 (an empty [lo, hi) says so).
+          const bool dead = lse == kNegInf;
+          const vi va = splat_i(dead ? 0 : tv.lo[i]), vb = splat_i(dead ? 0 : tv.hi[i]);
+          const vf vl = splat(dead ? 0.f : lse), vdl = splat(a.dl[lrow]);
+          float* pr = pt + i * kTk;
+          float* dr = dst + i * kTk;
+          for (int64_t c = c0 - c0 % kLanes; c < c1; c += kLanes) {
+            const vi idx = lanes + static_cast<int32_t>(c);
+            const auto vis = idx >= va && idx < vb;
+            const vf p = vis ? vexp(load(pr + c) - vl) : vf{};
+            store(pr + c, p);
+            store(dr + c, vis ? p * (load(dr + c) - vdl) : vf{});  // dS
           }
         }
-        tile_gemm<true>(nk, Dp, nq, pt, kTq, 1, dorow, Dp, dv, Dp);          // dV += Pᵀ dO
-        tile_gemm<true>(nk, Dp, nq, dst, kTq, 1, qrow, Dp, dk, Dp, a.scale); // dK += scale dSᵀ Q
-        // dQ[i] += scale Σ_j dSᵀ[j][i] K[j]; rows of head hq are strided by Hq·Dp.
-        tile_gemm<true>(nq, Dp, nk, dst, 1, kTq, kt, Dp,
-                        dq_w + ((b * s.Lq + i0) * s.Hq + hq) * Dp, s.Hq * Dp, a.scale);
+        sgemm(true, false, nc, D, nq, 1.f, pt + c0, kTk, doh.p, doh.ld, 1.f, dv + c0 * ldkv, ldkv);      // dV += Pᵀ dO
+        sgemm(true, false, nc, D, nq, a.scale, dst + c0, kTk, qh.p, qh.ld, 1.f, dk + c0 * ldkv, ldkv);  // dK += scale dSᵀ Q
+        for (int r = 0; r < tv.n_runs; ++r) {  // dQ += scale dS K, per run over its columns only
+          const auto& run = tv.runs[r];
+          sgemm(false, false, run.r1 - run.r0, D, run.c1 - run.c0, a.scale, dst + run.r0 * kTk + run.c0, kTk,
+                kt.row(run.c0), kt.ld, 1.f, dq_w + ((b * s.Lq + i0 + run.r0) * s.Hq + hq) * D, s.Hq * D);
+        }
       }
     }
-    if (!loaded) return;
-    for (int64_t j = 0; j < nk; ++j) {
-      float* dkr = a.dk + ((b * s.Lkv + j0 + j) * s.Hkv + g) * D;
-      float* dvr = a.dv + ((b * s.Lkv + j0 + j) * s.Hkv + g) * D;
-      for (int64_t c = 0; c < D; ++c) {
-        dkr[c] += dk[j * Dp + c];
-        dvr[c] += dv[j * Dp + c];
-      }
-    }
-  });
+  };
+  for_items(pool, items, item_fn);
 
-  pool.parallel_for(s.B * s.Lq, [&](int64_t row_block, int) {
+  auto sum_fn = [&](int64_t row_block, int) {
+    float* out = a.dq + row_block * s.Hq * D;
     for (int w = 0; w < workers; ++w) {
-      if (!dq_part[w]) continue;
-      const float* src = dq_part[w] + row_block * s.Hq * Dp;
-      float* dst = a.dq + row_block * s.Hq * D;
-      for (int64_t h = 0; h < s.Hq; ++h)
-        for (int64_t c = 0; c < D; ++c) dst[h * D + c] += src[h * Dp + c];
+      if (touched[w] == 0.f) continue;
+      const float* src = dq_all + static_cast<int64_t>(w) * rows_q * D + row_block * s.Hq * D;
+      for (int64_t e = 0; e < s.Hq * D; ++e) out[e] += src[e];
     }
-  });
+  };
+  for_items(pool, s.B * s.Lq, sum_fn);
+}
+
+// Calls fn(T{}) with T the C++ storage type of `t`.
+template <typename Fn>
+void with_type(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::f32: fn(float{}); break;
+    case DType::f16: fn(_Float16{}); break;
+    case DType::bf16: fn(Bf16{}); break;
+  }
 }
 
 }  // namespace
 
 void attend_fwd_step(const FwdStep& a, ThreadPool& pool) {
   if (a.s.B * a.s.Lq * a.s.Hq == 0 || a.s.Lkv == 0) return;
-  with_storage_type(a.dtype, [&](auto tag) { fwd_typed<decltype(tag)>(a, pool); });
+  with_type(a.dtype, [&](auto tag) { fwd_typed<decltype(tag)>(a, pool); });
 }
 
 void attend_bwd_step(const BwdStep& a, ThreadPool& pool) {
   if (a.s.B * a.s.Lq * a.s.Hq == 0 || a.s.Lkv == 0) return;
-  with_storage_type(a.dtype, [&](auto tag) { bwd_typed<decltype(tag)>(a, pool); });
+  with_type(a.dtype, [&](auto tag) { bwd_typed<decltype(tag)>(a, pool); });
 }
 
 void row_dot(const RowDot& a, ThreadPool& pool) {
-  with_storage_type(a.dtype, [&](auto tag) {
+  with_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* dout = static_cast<const T*>(a.dout);
     const T* o = static_cast<const T*>(a.o);
-    pool.parallel_for(a.B * a.L, [&](int64_t bl, int) {
+    auto fn = [&](int64_t bl, int) {
       const int64_t b = bl / a.L, i = bl % a.L;
       for (int64_t h = 0; h < a.H; ++h) {
         const int64_t base = (bl * a.H + h) * a.D;
@@ -411,35 +453,38 @@ void row_dot(const RowDot& a, ThreadPool& pool) {
         for (int64_t c = 0; c < a.D; ++c) acc += to_f32(dout[base + c]) * to_f32(o[base + c]);
         a.dl[(b * a.H + h) * a.L + i] = acc;
       }
-    });
+    };
+    for_items(pool, a.B * a.L, fn);
   });
 }
 
 void merge_lse(const MergeLse& a, ThreadPool& pool) {
-  pool.parallel_for(a.B * a.L, [&](int64_t bl, int) {
+  auto fn = [&](int64_t bl, int) {
     const int64_t b = bl / a.L, i = bl % a.L;
     for (int64_t h = 0; h < a.H; ++h) {
       const int64_t row = bl * a.H + h, lrow = (b * a.H + h) * a.L + i;
       merge_row(a.o + row * a.D, a.lse + lrow, a.o_in + row * a.D, a.lse_in[lrow], a.D);
     }
-  });
+  };
+  for_items(pool, a.B * a.L, fn);
 }
 
 void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n, ThreadPool& pool) {
   constexpr int64_t kChunk = 1 << 16;
-  const int64_t chunks = ceil_div(static_cast<int64_t>(n), kChunk);
-  with_storage_type(src_type, [&](auto stag) {
+  const int64_t total = static_cast<int64_t>(n);
+  with_type(src_type, [&](auto stag) {
     using S = decltype(stag);
-    with_storage_type(dst_type, [&](auto dtag) {
+    with_type(dst_type, [&](auto dtag) {
       using Dt = decltype(dtag);
-      const S* s = static_cast<const S*>(src);
-      Dt* d = static_cast<Dt*>(dst);
-      pool.parallel_for(chunks, [&](int64_t c, int) {
-        const int64_t e = std::min<int64_t>(static_cast<int64_t>(n), (c + 1) * kChunk);
-        for (int64_t i = c * kChunk; i < e; ++i) d[i] = from_f32<Dt>(to_f32(s[i]));
-      });
+      const S* sp = static_cast<const S*>(src);
+      Dt* dp = static_cast<Dt*>(dst);
+      auto fn = [&](int64_t c, int) {
+        const int64_t e = min64(total, (c + 1) * kChunk);
+        for (int64_t i = c * kChunk; i < e; ++i) dp[i] = from_f32<Dt>(to_f32(sp[i]));
+      };
+      for_items(pool, ceil_div(total, kChunk), fn);
     });
   });
 }
 
-}  // namespace lvx::cpu
+}  // namespace lvx::cpu::LVX_CAT(isa_, LVX_CPU_ISA)

@@ -1,0 +1,22 @@
+// What the per-ISA kernels (attend_cpu.cpp) take from code compiled once
+// (isa_dispatch.cpp): the pool loop and per-thread scratch. Both are plain
+// functions so the variants share no template code (see isa.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "thread_pool.hpp"
+
+namespace lvx::cpu {
+
+// Runs fn(ctx, item, worker) for item in [0, n) on the pool, each item with
+// denormals flushed to zero in its thread (fp_env.hpp); the caller's mode is kept.
+void parallel_items(ThreadPool& pool, int64_t n, void (*fn)(void*, int64_t, int), void* ctx);
+
+// A float buffer of at least n elements owned by the calling thread, slot 0..kScratchSlots-1;
+// grown on demand and kept, so steady-state calls allocate nothing.
+constexpr int kScratchSlots = 16;
+float* thread_scratch(int slot, size_t n);
+
+}  // namespace lvx::cpu
