@@ -17,8 +17,8 @@ class FlushDenormals {
   FlushDenormals() : saved_(_mm_getcsr()) {
     if ((saved_ & kFtzDaz) != kFtzDaz) _mm_setcsr(saved_ | kFtzDaz);
   }
-  ~FlushDenormals() {
-    if ((saved_ & kFtzDaz) != kFtzDaz) _mm_setcsr(saved_);
+  ~FlushDenormals() {  // control bits back; the sticky exception flags (bits 0-5) stay raised
+    if ((saved_ & kFtzDaz) != kFtzDaz) _mm_setcsr((_mm_getcsr() & 0x3fu) | (saved_ & ~0x3fu));
   }
 #elif defined(__aarch64__)
   FlushDenormals() {
