@@ -11,6 +11,7 @@
 #include "backend.hpp"
 #include "context.hpp"
 #include "cost_model.hpp"
+#include "cpu/attend_cpu.hpp"
 #include "error.hpp"
 
 namespace py = pybind11;
@@ -110,6 +111,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_head_dim_supported", &lvx::cuda_head_dim_supported, py::arg("D"));
   m.def("nccl_built", &lvx::nccl_transport_built, "whether this build has the NCCL transport");
   m.def("dtype_size", [](int t) { return lvx::dtype_size(static_cast<lvx::DType>(t)); });
+  m.def("cpu_isas_available", &lvx::cpu::cpu_isas_available,
+        "CPU kernel variants built and supported by this CPU, best first");
+  m.def("cpu_isa", &lvx::cpu::cpu_isa, "the CPU kernel variant that runs");
+  m.def("set_cpu_isa", &lvx::cpu::set_cpu_isa, py::arg("name"),
+        "switch the CPU kernel variant; False when not built or not supported");
+  m.def("cpu_kernels_describe", &lvx::cpu::cpu_kernels_describe, "CPU kernel variant and BLAS, in words");
 
   m.def(
       "predict",
