@@ -23,6 +23,7 @@
 // P = dS = 0 selected outside each row's interval.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "convert.hpp"
 #include "cpu/blas.hpp"
@@ -30,6 +31,9 @@
 #include "kernels.hpp"
 #include "simd.hpp"
 #include "thread_pool.hpp"
+#if defined(__AVX512BF16__)
+#include "cpu/gemm_bf16.hpp"
+#endif
 
 #ifndef LVX_CPU_ISA
 #error "attend_cpu.cpp is compiled once per ISA level with -DLVX_CPU_ISA=<name> (CMakeLists.txt)"
@@ -188,9 +192,20 @@ inline void merge_row(float* o, float* lse, const float* ob, float lse_b, int64_
   *lse = m + std::log(s);
 }
 
-// Scratch slots (parallel.hpp): per item 0-7, the caller's per-call buffers 8-11.
+// Scratch slots (parallel.hpp): fp32 per item, then the caller's per-call buffers;
+// bf16 pairs (uint32) per item.
 enum Slot { kO, kM, kL, kS, kDs, kKt, kVt, kQt, kDot, kTouched, kDqAll, kPartO, kPartLse, kSlots };
-static_assert(kSlots <= kScratchSlots, "parallel.hpp: more scratch slots");
+enum PairSlot { kQ2, kDo2, kKt2, kVt2, kV2, kP2, kPairSlots };
+static_assert(kSlots <= kScratchSlots && kPairSlots <= kScratchSlots, "parallel.hpp: more scratch slots");
+
+// bf16 inputs use the AVX-512 BF16 products (gemm_bf16.hpp) where this variant has them.
+#if defined(__AVX512BF16__)
+template <typename T>
+constexpr bool kBf16Dot = std::is_same_v<T, Bf16>;
+#else
+template <typename T>
+constexpr bool kBf16Dot = false;
+#endif
 
 // ---------------------------------------------------------------- forward --
 
@@ -234,15 +249,34 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
     // The G query heads of the group are stacked (row h·nq + i) so that one product
     // covers up to kStackRows rows: heads go in sub-groups of gs.
     const int64_t gs = max64(1, min64(G, kStackRows / nq));
-    float* o_all = thread_scratch(kO, G * nq * D);  // running O
-    float* m_all = thread_scratch(kM, G * nq);      // running max
-    float* l_all = thread_scratch(kL, G * nq);      // running sum
-    float* st = thread_scratch(kS, gs * nq * kTk);  // S, then P, of a sub-group
-    float* qs = thread_scratch(kQt, G * nq * D);    // Q rows of the group, fp32
+    // (Scratch sizes do not depend on the item, so each is allocated once.)
+    constexpr int64_t kMaxRows = kStackRows > kTq ? kStackRows : kTq;  // ≥ gs·nq
+    float* o_all = thread_scratch(kO, G * kTq * D);  // running O
+    float* m_all = thread_scratch(kM, G * kTq);      // running max
+    float* l_all = thread_scratch(kL, G * kTq);      // running sum
+    float* st = thread_scratch(kS, kMaxRows * kTk);  // S, then P, of a sub-group
+    float* qs = thread_scratch(kQt, G * kTq * D);    // Q rows of the group, fp32
     float* kbuf = thread_scratch(kKt, kTk * D);
     float* vbuf = thread_scratch(kVt, kTk * D);
+    const int64_t d2 = (D + 1) / 2;  // D in bf16 pairs
+    [[maybe_unused]] uint32_t* q2 = nullptr;
+    [[maybe_unused]] uint32_t* kt2 = nullptr;
+    [[maybe_unused]] uint32_t* v2 = nullptr;
+    [[maybe_unused]] uint32_t* p2 = nullptr;
+    if constexpr (kBf16Dot<T>) {
+      q2 = thread_scratch_u32(kQ2, G * kTq * d2);
+      kt2 = thread_scratch_u32(kKt2, d2 * (kTk + 16));
+      v2 = thread_scratch_u32(kV2, (kTk / 2) * (D + 32));
+      p2 = thread_scratch_u32(kP2, kMaxRows * (kTk / 2));
+    }
     for (int64_t h = 0; h < G; ++h) {
       const T* src = q + (b * s.Lq + i0) * ldq + (g * G + h) * D;
+#if defined(__AVX512BF16__)
+      if constexpr (kBf16Dot<T>) {
+        pack_a_bf16(reinterpret_cast<const uint16_t*>(src), ldq, nq, D, q2 + h * nq * d2);
+        continue;
+      }
+#endif
       float* dst = qs + h * nq * D;
       for (int64_t i = 0; i < nq; ++i)
         for (int64_t c = 0; c < D; ++c) dst[i * D + c] = to_f32(src[i * ldq + c]);
@@ -260,14 +294,24 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
       const bool one_run = tv.n_runs == 1 && tv.runs[0].r0 == 0 && tv.runs[0].r1 == nq;
       const int64_t kv_off = (b * s.Lkv + j0 + c0) * ldkv + g * D;
       // Views start at tile column c0: column c of the tile is view row c − c0.
-      const Mat kt = as_f32(k + kv_off, ldkv, nc, D, kbuf);
-      const Mat vt = as_f32(v + kv_off, ldkv, nc, D, vbuf);
+      Mat kt{nullptr, 0}, vt{nullptr, 0};
+      [[maybe_unused]] bool v2_packed = false;
+#if defined(__AVX512BF16__)
+      if constexpr (kBf16Dot<T>) pack_bt_bf16(reinterpret_cast<const uint16_t*>(k + kv_off), ldkv, nc, D, kt2, pair_ld(nc));
+#endif
+      if constexpr (!kBf16Dot<T>) kt = as_f32(k + kv_off, ldkv, nc, D, kbuf);
+      if (!kBf16Dot<T> || !one_run) vt = as_f32(v + kv_off, ldkv, nc, D, vbuf);
       for (int64_t h0 = 0; h0 < G; h0 += gs) {
         const int64_t nh = min64(gs, G - h0), rows = nh * nq;
         float* o = o_all + h0 * nq * D;
         float* m = m_all + h0 * nq;
         float* l = l_all + h0 * nq;
-        sgemm(false, true, rows, nc, D, a.scale, qs + h0 * nq * D, D, kt.p, kt.ld, 0.f, st + c0, kTk);
+#if defined(__AVX512BF16__)
+        if constexpr (kBf16Dot<T>)
+          gemm_bf16(rows, nc, d2, q2 + h0 * nq * d2, d2, kt2, pair_ld(nc), st + c0, kTk, a.scale, false);
+#endif
+        if constexpr (!kBf16Dot<T>)
+          sgemm(false, true, rows, nc, D, a.scale, qs + h0 * nq * D, D, kt.p, kt.ld, 0.f, st + c0, kTk);
         for (int64_t h = 0; h < nh; ++h)
           for (int r = 0; r < tv.n_runs; ++r) {
             const auto& run = tv.runs[r];
@@ -275,6 +319,15 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
               softmax_row(st + i * kTk, run.c0, run.c1, m + i, l + i, o + i * D, D);
           }
         if (one_run) {  // every row of the sub-group sees the same columns: one product
+#if defined(__AVX512BF16__)
+          if constexpr (kBf16Dot<T>) {
+            if (!v2_packed) pack_b_bf16(reinterpret_cast<const uint16_t*>(v + kv_off), ldkv, nc, D, v2, pair_ld(D));
+            v2_packed = true;
+            pack_a_f32(st + c0, kTk, rows, nc, p2);  // P rounded to bf16, as torch does for bf16
+            gemm_bf16(rows, D, (nc + 1) / 2, p2, (nc + 1) / 2, v2, pair_ld(D), o, D, 1.f, true);
+            continue;
+          }
+#endif
           sgemm(false, false, rows, D, nc, 1.f, st + c0, kTk, vt.p, vt.ld, 1.f, o, D);
           continue;
         }
@@ -365,6 +418,18 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
     Mat kt{nullptr, 0}, vt{nullptr, 0};
     RowWindows win;
     TileView tv;
+    const int64_t d2 = (D + 1) / 2;
+    [[maybe_unused]] const int64_t ldt = (nk + 15) / 16 * 16 + 16;  // Kᵀ/Vᵀ pairs row stride
+    [[maybe_unused]] uint32_t* kt2 = nullptr;
+    [[maybe_unused]] uint32_t* vt2 = nullptr;
+    [[maybe_unused]] uint32_t* q2 = nullptr;
+    [[maybe_unused]] uint32_t* do2 = nullptr;
+    if constexpr (kBf16Dot<T>) {
+      kt2 = thread_scratch_u32(kKt2, d2 * ldt);
+      vt2 = thread_scratch_u32(kVt2, d2 * ldt);
+      q2 = thread_scratch_u32(kQ2, kTq * d2);
+      do2 = thread_scratch_u32(kDo2, kTq * d2);
+    }
 
     for (int64_t qt = 0; qt < q_tiles; ++qt) {
       const int64_t i0 = qt * kTq, nq = min64(kTq, s.Lq - i0);
@@ -378,15 +443,31 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
           touched[worker] = 1.f;
         }
         kt = as_f32(k + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, kbuf);
-        vt = as_f32(v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, vbuf);
+#if defined(__AVX512BF16__)
+        if constexpr (kBf16Dot<T>) {
+          pack_bt_bf16(reinterpret_cast<const uint16_t*>(k + (b * s.Lkv + j0) * ldkv + g * D), ldkv, nk, D, kt2, ldt);
+          pack_bt_bf16(reinterpret_cast<const uint16_t*>(v + (b * s.Lkv + j0) * ldkv + g * D), ldkv, nk, D, vt2, ldt);
+        }
+#endif
+        if constexpr (!kBf16Dot<T>) vt = as_f32(v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, vbuf);
       }
       const int64_t c0 = tv.c0, c1 = tv.c1, nc = c1 - c0;
       for (int64_t h = 0; h < G; ++h) {
         const int64_t hq = g * G + h;
         const Mat qh = as_f32(q + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, qbuf);
         const Mat doh = as_f32(dout + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, dobuf);
-        sgemm(false, true, nq, nc, D, a.scale, qh.p, qh.ld, kt.row(c0), kt.ld, 0.f, pt + c0, kTk);  // S
-        sgemm(false, true, nq, nc, D, 1.f, doh.p, doh.ld, vt.row(c0), vt.ld, 0.f, dst + c0, kTk);   // dP
+#if defined(__AVX512BF16__)
+        if constexpr (kBf16Dot<T>) {  // S and dP from the bf16 inputs as they are
+          pack_a_bf16(reinterpret_cast<const uint16_t*>(q + (b * s.Lq + i0) * ldq + hq * D), ldq, nq, D, q2);
+          pack_a_bf16(reinterpret_cast<const uint16_t*>(dout + (b * s.Lq + i0) * ldq + hq * D), ldq, nq, D, do2);
+          gemm_bf16(nq, nc, d2, q2, d2, kt2 + c0, ldt, pt + c0, kTk, a.scale, false);  // S
+          gemm_bf16(nq, nc, d2, do2, d2, vt2 + c0, ldt, dst + c0, kTk, 1.f, false);    // dP
+        }
+#endif
+        if constexpr (!kBf16Dot<T>) {
+          sgemm(false, true, nq, nc, D, a.scale, qh.p, qh.ld, kt.row(c0), kt.ld, 0.f, pt + c0, kTk);  // S
+          sgemm(false, true, nq, nc, D, 1.f, doh.p, doh.ld, vt.row(c0), vt.ld, 0.f, dst + c0, kTk);   // dP
+        }
         for (int64_t i = 0; i < nq; ++i) {
           const int64_t lrow = (b * s.Hq + hq) * s.Lq + i0 + i;
           const float lse = a.lse[lrow];

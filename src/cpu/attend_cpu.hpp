@@ -19,7 +19,8 @@ void row_dot(const RowDot& a, ThreadPool& pool);
 void merge_lse(const MergeLse& a, ThreadPool& pool);
 void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n, ThreadPool& pool);
 
-// Kernel variants: "avx512", "avx2", "baseline" (x86-64), or "baseline" alone elsewhere.
+// Kernel variants: "avx512bf16" (avx512 plus AVX-512 BF16 products for bf16 inputs),
+// "avx512", "avx2", "baseline" (x86-64), or "baseline" alone elsewhere.
 // The environment variable LVX_CPU_ISA picks one at start (an unknown or unsupported
 // name is an error); set_cpu_isa switches later (false when not built or not supported).
 std::vector<std::string> cpu_isas_available();  // built and supported here, best first

@@ -29,6 +29,9 @@ LVX_DECLARE_VARIANT(isa_avx2)
 #if LVX_CPU_HAVE_AVX512
 LVX_DECLARE_VARIANT(isa_avx512)
 #endif
+#if LVX_CPU_HAVE_AVX512BF16
+LVX_DECLARE_VARIANT(isa_avx512bf16)
+#endif
 
 namespace lvx::cpu {
 
@@ -59,12 +62,19 @@ bool has_x86_64_v4() {
          __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
 #endif
+#if LVX_CPU_HAVE_AVX512BF16
+bool has_avx512bf16() { return has_x86_64_v4() && __builtin_cpu_supports("avx512bf16"); }
+#endif
 
 bool always() { return true; }
 
 // Best first.
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = {
+#if LVX_CPU_HAVE_AVX512BF16
+      // = avx512, plus AVX-512 BF16 products for bf16 inputs (gemm_bf16.hpp)
+      LVX_VARIANT("avx512bf16", isa_avx512bf16, has_avx512bf16),
+#endif
 #if LVX_CPU_HAVE_AVX512
       LVX_VARIANT("avx512", isa_avx512, has_x86_64_v4),
 #endif
@@ -141,6 +151,13 @@ void parallel_items(ThreadPool& pool, int64_t n, void (*fn)(void*, int64_t, int)
 float* thread_scratch(int slot, size_t n) {
   static thread_local std::vector<float> slots[kScratchSlots];
   std::vector<float>& v = slots[slot];
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+uint32_t* thread_scratch_u32(int slot, size_t n) {
+  static thread_local std::vector<uint32_t> slots[kScratchSlots];
+  std::vector<uint32_t>& v = slots[slot];
   if (v.size() < n) v.resize(n);
   return v.data();
 }

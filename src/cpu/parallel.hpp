@@ -18,5 +18,6 @@ void parallel_items(ThreadPool& pool, int64_t n, void (*fn)(void*, int64_t, int)
 // grown on demand and kept, so steady-state calls allocate nothing.
 constexpr int kScratchSlots = 16;
 float* thread_scratch(int slot, size_t n);
+uint32_t* thread_scratch_u32(int slot, size_t n);  // the same for bf16 pairs
 
 }  // namespace lvx::cpu
