@@ -3,24 +3,28 @@
 // chosen at run time by isa_dispatch.cpp.
 //
 // Tiles are kTq query rows × kTk KV rows; the products are BLAS sgemm calls
-// (blas.hpp), one per tile and head, in the pool's threads:
+// (blas.hpp), one per tile (and run, below), in the pool's threads:
 //   forward   S = scale·Q Kᵀ,  online softmax,  O += P V
 //   backward  S, P = exp(S − lse),  dP = dO Vᵀ,  dS = P ∘ (dP − Dl),
 //             dV += Pᵀ dO,  dK += scale·dSᵀ Q,  dQ += scale·dS K
-// Input tiles are
-// copied or widened (exactly) into compact fp32 tiles, so every product accumulates in fp32.
+// Input tiles are copied or widened (exactly) into compact fp32 tiles, so every
+// product accumulates in fp32; in the avx512bf16 variant, bf16 inputs take the
+// forward's products and the backward's S, dP through AVX-512 BF16 products
+// (gemm_bf16.hpp; P is rounded to bf16 for P V, sums stay fp32).
 // Forward items are (batch, KV head, query tile): the KV tiles of a head group are
-// widened once for all its query heads, and the KV range is split over items when
-// there are too few of them. Backward items are (batch, KV head, KV tile): they own
-// their rows of dK/dV; dQ goes to a per-worker buffer summed at the end.
+// widened once for all its query heads, whose rows are stacked into one product,
+// and the KV range is split over items when there are too few of them. Backward
+// items are (batch, KV head, KV tile): they own their rows of dK/dV; dQ goes to a
+// per-worker buffer summed at the end.
 //
 // Masks. Within a tile, each query row sees one interval of columns; consecutive
-// rows that see the same interval form a run. The products that sum over KV rows
-// (P V, dS K) are issued per run over the run's interval only, so a K or V row that
-// a query row does not see never enters that row's sums (a 0 weight would still let
-// NaN/Inf through: 0·NaN = NaN). S and dP are computed over the union of the
-// intervals and masked by selection; Pᵀ dO and dSᵀ Q sum over query rows, with
-// P = dS = 0 selected outside each row's interval.
+// rows that see the same interval form a run. Every product that sums over KV rows
+// (P V, dS K) or over query rows (Pᵀ dO, dSᵀ Q) is issued per run, over the run's
+// rows and columns only, so no K, V, Q or dO row enters a sum for a (query row, KV
+// row) pair the row does not see (a 0 weight would still let NaN/Inf through:
+// 0·NaN = NaN). S and dP (one term per pair) are computed over the union of the
+// intervals and masked by selection, never multiplication. In the common tile that
+// every row sees alike, each product is one call.
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -485,12 +489,18 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
             store(dr + c, vis ? p * (load(dr + c) - vdl) : vf{});  // dS
           }
         }
-        sgemm(true, false, nc, D, nq, 1.f, pt + c0, kTk, doh.p, doh.ld, 1.f, dv + c0 * ldkv, ldkv);      // dV += Pᵀ dO
-        sgemm(true, false, nc, D, nq, a.scale, dst + c0, kTk, qh.p, qh.ld, 1.f, dk + c0 * ldkv, ldkv);  // dK += scale dSᵀ Q
-        for (int r = 0; r < tv.n_runs; ++r) {  // dQ += scale dS K, per run over its columns only
+        // Per run, over its rows and columns only: every (i, j) term of the sums is
+        // one that row i sees, so no hidden K, V, Q or dO row enters (not even as 0·NaN).
+        for (int r = 0; r < tv.n_runs; ++r) {
           const auto& run = tv.runs[r];
-          sgemm(false, false, run.r1 - run.r0, D, run.c1 - run.c0, a.scale, dst + run.r0 * kTk + run.c0, kTk,
-                kt.row(run.c0), kt.ld, 1.f, dq_w + ((b * s.Lq + i0 + run.r0) * s.Hq + hq) * D, s.Hq * D);
+          const int64_t nr = run.r1 - run.r0, ncr = run.c1 - run.c0;
+          const float* pr = pt + run.r0 * kTk + run.c0;
+          const float* dsr = dst + run.r0 * kTk + run.c0;
+          sgemm(true, false, ncr, D, nr, 1.f, pr, kTk, doh.row(run.r0), doh.ld, 1.f, dv + run.c0 * ldkv, ldkv);  // dV += Pᵀ dO
+          sgemm(true, false, ncr, D, nr, a.scale, dsr, kTk, qh.row(run.r0), qh.ld, 1.f, dk + run.c0 * ldkv,
+                ldkv);  // dK += scale dSᵀ Q
+          sgemm(false, false, nr, D, ncr, a.scale, dsr, kTk, kt.row(run.c0), kt.ld, 1.f,
+                dq_w + ((b * s.Lq + i0 + run.r0) * s.Hq + hq) * D, s.Hq * D);  // dQ += scale dS K
         }
       }
     }

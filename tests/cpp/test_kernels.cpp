@@ -34,7 +34,8 @@ namespace {
 
 int failures = 0;
 
-// How the K/V rows no query row sees are filled (run_case): left random, or NaN / +Inf.
+// How the K/V rows no query row sees, and the Q/dO rows of query rows that see
+// nothing, are filled (run_case): left random, or NaN / +Inf.
 enum class Poison { none, nan, inf };
 
 void expect_close(const char* what, const std::string& label, double err, double tol) {
@@ -122,6 +123,9 @@ void run_case(lvx::Backend& be, lvx::DType dt, const ref::Shape& s, bool masked,
             k[(b * s.Lkv + j) * s.Hkv * s.D + e] = bad;
             v[(b * s.Lkv + j) * s.Hkv * s.D + e] = bad;
           }
+    for (int64_t i = 0; i < s.B * s.Lq; ++i)  // and Q, dO of the rows that see nothing
+      if (ranges[2 * i + 1] <= ranges[2 * i])
+        for (int64_t e = 0; e < s.Hq * s.D; ++e) q[i * s.Hq * s.D + e] = dout[i * s.Hq * s.D + e] = bad;
   }
   auto qs = to_storage<T>(q), ks = to_storage<T>(k), vs = to_storage<T>(v), ds = to_storage<T>(dout);
   const float ninf = -std::numeric_limits<float>::infinity();
