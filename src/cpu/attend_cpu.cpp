@@ -9,8 +9,9 @@
 //             dV += Pᵀ dO,  dK += scale·dSᵀ Q,  dQ += scale·dS K
 // Input tiles are copied or widened (exactly) into compact fp32 tiles, so every
 // product accumulates in fp32; in the avx512bf16 variant, bf16 inputs take the
-// forward's products and the backward's S, dP through AVX-512 BF16 products
-// (gemm_bf16.hpp; P is rounded to bf16 for P V, sums stay fp32).
+// products through AVX-512 BF16 instead (gemm_bf16.hpp): S and dP always, the
+// others on tiles every row sees alike, with P and dS rounded to bf16 (as torch
+// does for bf16); sums stay fp32.
 // Forward items are (batch, KV head, query tile): the KV tiles of a head group are
 // widened once for all its query heads, whose rows are stacked into one product,
 // and the KV range is split over items when there are too few of them. Backward
@@ -199,7 +200,7 @@ inline void merge_row(float* o, float* lse, const float* ob, float lse_b, int64_
 // Scratch slots (parallel.hpp): fp32 per item, then the caller's per-call buffers;
 // bf16 pairs (uint32) per item.
 enum Slot { kO, kM, kL, kS, kDs, kKt, kVt, kQt, kDot, kTouched, kDqAll, kPartO, kPartLse, kSlots };
-enum PairSlot { kQ2, kDo2, kKt2, kVt2, kV2, kP2, kPairSlots };
+enum PairSlot { kQ2, kDo2, kKt2, kVt2, kV2, kP2, kPi2, kDsi2, kDsa2, kQb2, kDob2, kKb2, kPairSlots };
 static_assert(kSlots <= kScratchSlots && kPairSlots <= kScratchSlots, "parallel.hpp: more scratch slots");
 
 // bf16 inputs use the AVX-512 BF16 products (gemm_bf16.hpp) where this variant has them.
@@ -312,7 +313,7 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
         float* l = l_all + h0 * nq;
 #if defined(__AVX512BF16__)
         if constexpr (kBf16Dot<T>)
-          gemm_bf16(rows, nc, d2, q2 + h0 * nq * d2, d2, kt2, pair_ld(nc), st + c0, kTk, a.scale, false);
+          gemm_bf16(rows, nc, d2, q2 + h0 * nq * d2, d2, 1, kt2, pair_ld(nc), st + c0, kTk, a.scale, false);
 #endif
         if constexpr (!kBf16Dot<T>)
           sgemm(false, true, rows, nc, D, a.scale, qs + h0 * nq * D, D, kt.p, kt.ld, 0.f, st + c0, kTk);
@@ -328,7 +329,7 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
             if (!v2_packed) pack_b_bf16(reinterpret_cast<const uint16_t*>(v + kv_off), ldkv, nc, D, v2, pair_ld(D));
             v2_packed = true;
             pack_a_f32(st + c0, kTk, rows, nc, p2);  // P rounded to bf16, as torch does for bf16
-            gemm_bf16(rows, D, (nc + 1) / 2, p2, (nc + 1) / 2, v2, pair_ld(D), o, D, 1.f, true);
+            gemm_bf16(rows, D, (nc + 1) / 2, p2, (nc + 1) / 2, 1, v2, pair_ld(D), o, D, 1.f, true);
             continue;
           }
 #endif
@@ -428,11 +429,20 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
     [[maybe_unused]] uint32_t* vt2 = nullptr;
     [[maybe_unused]] uint32_t* q2 = nullptr;
     [[maybe_unused]] uint32_t* do2 = nullptr;
+    [[maybe_unused]] uint32_t *pi2 = nullptr, *dsi2 = nullptr, *dsa2 = nullptr, *qb2 = nullptr, *dob2 = nullptr,
+                              *kb2 = nullptr;
+    [[maybe_unused]] int64_t kb2_c0 = -1, kb2_c1 = -1;  // the K rows packed in kb2
     if constexpr (kBf16Dot<T>) {
       kt2 = thread_scratch_u32(kKt2, d2 * ldt);
       vt2 = thread_scratch_u32(kVt2, d2 * ldt);
       q2 = thread_scratch_u32(kQ2, kTq * d2);
       do2 = thread_scratch_u32(kDo2, kTq * d2);
+      pi2 = thread_scratch_u32(kPi2, (kTq / 2) * (kTk + 16));
+      dsi2 = thread_scratch_u32(kDsi2, (kTq / 2) * (kTk + 16));
+      dsa2 = thread_scratch_u32(kDsa2, kTq * (kTk / 2));
+      qb2 = thread_scratch_u32(kQb2, (kTq / 2) * (D + 32));
+      dob2 = thread_scratch_u32(kDob2, (kTq / 2) * (D + 32));
+      kb2 = thread_scratch_u32(kKb2, (kTk / 2) * (D + 32));
     }
 
     for (int64_t qt = 0; qt < q_tiles; ++qt) {
@@ -456,16 +466,29 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
         if constexpr (!kBf16Dot<T>) vt = as_f32(v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, vbuf);
       }
       const int64_t c0 = tv.c0, c1 = tv.c1, nc = c1 - c0;
+      // bf16 inputs, every row seeing the same columns: all five products in bf16.
+      const bool dot_all = kBf16Dot<T> && tv.n_runs == 1 && tv.runs[0].r0 == 0 && tv.runs[0].r1 == nq;
+#if defined(__AVX512BF16__)
+      if (dot_all && (kb2_c0 != c0 || kb2_c1 != c1)) {  // K rows [c0, c1) for dQ = dS K
+        pack_b_bf16(reinterpret_cast<const uint16_t*>(k + (b * s.Lkv + j0 + c0) * ldkv + g * D), ldkv, nc, D, kb2,
+                    pair_ld(D));
+        kb2_c0 = c0;
+        kb2_c1 = c1;
+      }
+#endif
       for (int64_t h = 0; h < G; ++h) {
         const int64_t hq = g * G + h;
-        const Mat qh = as_f32(q + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, qbuf);
-        const Mat doh = as_f32(dout + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, dobuf);
+        Mat qh{nullptr, 0}, doh{nullptr, 0};
+        if (!dot_all) {
+          qh = as_f32(q + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, qbuf);
+          doh = as_f32(dout + (b * s.Lq + i0) * ldq + hq * D, ldq, nq, D, dobuf);
+        }
 #if defined(__AVX512BF16__)
         if constexpr (kBf16Dot<T>) {  // S and dP from the bf16 inputs as they are
           pack_a_bf16(reinterpret_cast<const uint16_t*>(q + (b * s.Lq + i0) * ldq + hq * D), ldq, nq, D, q2);
           pack_a_bf16(reinterpret_cast<const uint16_t*>(dout + (b * s.Lq + i0) * ldq + hq * D), ldq, nq, D, do2);
-          gemm_bf16(nq, nc, d2, q2, d2, kt2 + c0, ldt, pt + c0, kTk, a.scale, false);  // S
-          gemm_bf16(nq, nc, d2, do2, d2, vt2 + c0, ldt, dst + c0, kTk, 1.f, false);    // dP
+          gemm_bf16(nq, nc, d2, q2, d2, 1, kt2 + c0, ldt, pt + c0, kTk, a.scale, false);  // S
+          gemm_bf16(nq, nc, d2, do2, d2, 1, vt2 + c0, ldt, dst + c0, kTk, 1.f, false);    // dP
         }
 #endif
         if constexpr (!kBf16Dot<T>) {
@@ -489,6 +512,23 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
             store(dr + c, vis ? p * (load(dr + c) - vdl) : vf{});  // dS
           }
         }
+#if defined(__AVX512BF16__)
+        if (dot_all) {  // dV += Pᵀ dO, dK += scale dSᵀ Q, dQ += scale dS K with P, dS rounded to bf16
+          const int64_t ldx = pair_ld(nc), nq2 = (nq + 1) / 2, nc2 = (nc + 1) / 2;
+          const auto* qsrc = reinterpret_cast<const uint16_t*>(q + (b * s.Lq + i0) * ldq + hq * D);
+          const auto* dsrc = reinterpret_cast<const uint16_t*>(dout + (b * s.Lq + i0) * ldq + hq * D);
+          pack_b_f32(pt + c0, kTk, nq, nc, pi2, ldx);    // Pᵀ: pair (j, p) at pi2[p·ldx + j]
+          pack_b_f32(dst + c0, kTk, nq, nc, dsi2, ldx);  // dSᵀ likewise
+          pack_a_f32(dst + c0, kTk, nq, nc, dsa2);       // dS row pairs
+          pack_b_bf16(dsrc, ldq, nq, D, dob2, pair_ld(D));
+          pack_b_bf16(qsrc, ldq, nq, D, qb2, pair_ld(D));
+          gemm_bf16(nc, D, nq2, pi2, 1, ldx, dob2, pair_ld(D), dv + c0 * ldkv, ldkv, 1.f, true);
+          gemm_bf16(nc, D, nq2, dsi2, 1, ldx, qb2, pair_ld(D), dk + c0 * ldkv, ldkv, a.scale, true);
+          gemm_bf16(nq, D, nc2, dsa2, nc2, 1, kb2, pair_ld(D), dq_w + ((b * s.Lq + i0) * s.Hq + hq) * D, s.Hq * D,
+                    a.scale, true);
+          continue;
+        }
+#endif
         // Per run, over its rows and columns only: every (i, j) term of the sums is
         // one that row i sees, so no hidden K, V, Q or dO row enters (not even as 0·NaN).
         for (int r = 0; r < tv.n_runs; ++r) {

@@ -27,8 +27,8 @@ inline int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
 inline int64_t pair_ld(int64_t n) { return round16(n) + 16; }
 
 template <int MR, int NV>
-inline void dot_micro(int64_t k2, const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, float* c,
-                      int64_t ldc, float alpha, bool accumulate, __mmask16 tail) {
+inline void dot_micro(int64_t k2, const uint32_t* a, int64_t sam, int64_t sap, const uint32_t* b, int64_t ldb,
+                      float* c, int64_t ldc, float alpha, bool accumulate, __mmask16 tail) {
   __m512 s[MR][NV];
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v) s[m][v] = _mm512_setzero_ps();
@@ -36,7 +36,7 @@ inline void dot_micro(int64_t k2, const uint32_t* a, int64_t lda, const uint32_t
     __m512bh bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(b + p * ldb + 16 * v);
     for (int m = 0; m < MR; ++m) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[m * lda + p]));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[m * sam + p * sap]));
       for (int v = 0; v < NV; ++v) s[m][v] = _mm512_dpbf16_ps(s[m][v], av, bv[v]);
     }
   }
@@ -52,36 +52,38 @@ inline void dot_micro(int64_t k2, const uint32_t* a, int64_t lda, const uint32_t
 }
 
 template <int NV>
-inline void dot_rows(int64_t M, int64_t k2, const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb, float* c,
-                     int64_t ldc, float alpha, bool accumulate, __mmask16 tail) {
+inline void dot_rows(int64_t M, int64_t k2, const uint32_t* a, int64_t sam, int64_t sap, const uint32_t* b,
+                     int64_t ldb, float* c, int64_t ldc, float alpha, bool accumulate, __mmask16 tail) {
   constexpr int MR = 6;
   int64_t m = 0;
-  for (; m + MR <= M; m += MR) dot_micro<MR, NV>(k2, a + m * lda, lda, b, ldb, c + m * ldc, ldc, alpha, accumulate, tail);
-  const uint32_t* ar = a + m * lda;
+  for (; m + MR <= M; m += MR)
+    dot_micro<MR, NV>(k2, a + m * sam, sam, sap, b, ldb, c + m * ldc, ldc, alpha, accumulate, tail);
+  const uint32_t* ar = a + m * sam;
   float* cr = c + m * ldc;
   switch (M - m) {
-    case 5: dot_micro<5, NV>(k2, ar, lda, b, ldb, cr, ldc, alpha, accumulate, tail); break;
-    case 4: dot_micro<4, NV>(k2, ar, lda, b, ldb, cr, ldc, alpha, accumulate, tail); break;
-    case 3: dot_micro<3, NV>(k2, ar, lda, b, ldb, cr, ldc, alpha, accumulate, tail); break;
-    case 2: dot_micro<2, NV>(k2, ar, lda, b, ldb, cr, ldc, alpha, accumulate, tail); break;
-    case 1: dot_micro<1, NV>(k2, ar, lda, b, ldb, cr, ldc, alpha, accumulate, tail); break;
+    case 5: dot_micro<5, NV>(k2, ar, sam, sap, b, ldb, cr, ldc, alpha, accumulate, tail); break;
+    case 4: dot_micro<4, NV>(k2, ar, sam, sap, b, ldb, cr, ldc, alpha, accumulate, tail); break;
+    case 3: dot_micro<3, NV>(k2, ar, sam, sap, b, ldb, cr, ldc, alpha, accumulate, tail); break;
+    case 2: dot_micro<2, NV>(k2, ar, sam, sap, b, ldb, cr, ldc, alpha, accumulate, tail); break;
+    case 1: dot_micro<1, NV>(k2, ar, sam, sap, b, ldb, cr, ldc, alpha, accumulate, tail); break;
     default: break;
   }
 }
 
-// C[M×N] = alpha·A·B (+ C when accumulate); layouts above.
-inline void gemm_bf16(int64_t M, int64_t N, int64_t k2, const uint32_t* a, int64_t lda, const uint32_t* b,
-                      int64_t ldb, float* c, int64_t ldc, float alpha, bool accumulate) {
+// C[M×N] = alpha·A·B (+ C when accumulate); B as above, A's pair (m, p) at a[m·sam + p·sap]:
+// row pairs (sam = K2, sap = 1) or, for Aᵀ of a pair-interleaved X, (sam = 1, sap = ld of X).
+inline void gemm_bf16(int64_t M, int64_t N, int64_t k2, const uint32_t* a, int64_t sam, int64_t sap,
+                      const uint32_t* b, int64_t ldb, float* c, int64_t ldc, float alpha, bool accumulate) {
   for (int64_t n = 0; n < N; n += 64) {
     const int64_t left = N - n;
     const int nv = left >= 64 ? 4 : static_cast<int>((left + 15) / 16);
     const int64_t rem = left - 16 * (nv - 1);  // 1..16 columns in the last vector
     const __mmask16 tail = rem >= 16 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1);
     switch (nv) {
-      case 4: dot_rows<4>(M, k2, a, lda, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
-      case 3: dot_rows<3>(M, k2, a, lda, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
-      case 2: dot_rows<2>(M, k2, a, lda, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
-      default: dot_rows<1>(M, k2, a, lda, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
+      case 4: dot_rows<4>(M, k2, a, sam, sap, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
+      case 3: dot_rows<3>(M, k2, a, sam, sap, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
+      case 2: dot_rows<2>(M, k2, a, sam, sap, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
+      default: dot_rows<1>(M, k2, a, sam, sap, b + n, ldb, c + n, ldc, alpha, accumulate, tail); break;
     }
   }
 }
@@ -144,6 +146,29 @@ inline void pack_b_bf16(const uint16_t* x, int64_t ldx, int64_t k, int64_t n, ui
     for (int64_t j = n; j < ldd; ++j) d[j] = 0;
   }
 }
+
+// (GCC 12 warns, wrongly, that the intrinsics' own undefined pass-through is uninitialized.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Pair-interleaved from fp32 rows (rounded to nearest even bf16): X is k × n (stride ldx);
+// dst[p][j] = {x(2p, j), x(2p+1, j)}, n columns then zeros up to ldd.
+inline void pack_b_f32(const float* x, int64_t ldx, int64_t k, int64_t n, uint32_t* dst, int64_t ldd) {
+  const int64_t k2 = (k + 1) / 2;
+  for (int64_t p = 0; p < k2; ++p) {
+    const float* r0 = x + 2 * p * ldx;
+    const float* r1 = 2 * p + 1 < k ? r0 + ldx : nullptr;
+    uint32_t* d = dst + p * ldd;
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+      const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, r0 + j)));
+      const __m512i hi = r1 ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, r1 + j)))
+                            : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+    for (int64_t j = n; j < ldd; ++j) d[j] = 0;
+  }
+}
+#pragma GCC diagnostic pop
 
 }  // namespace LVX_CPU_ISA
 }  // namespace lvx::cpu
