@@ -222,7 +222,8 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
   const int64_t items = s.B * s.Hkv * q_tiles;
   // Split the KV range when there are too few items to keep every worker busy.
   int64_t chunks = 1;
-  if (items < 4 * pool.size()) chunks = min64(kv_tiles, ceil_div(4 * pool.size(), items));
+  const int workers = pool_workers(pool);
+  if (items < 4 * workers) chunks = min64(kv_tiles, ceil_div(4 * workers, items));
   const int64_t tiles_per_chunk = ceil_div(kv_tiles, chunks);
   chunks = ceil_div(kv_tiles, tiles_per_chunk);
   const int64_t rows_q = s.B * s.Lq * s.Hq;
@@ -391,7 +392,7 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
   const int64_t G = s.Hq / s.Hkv, D = s.D;
   const int64_t q_tiles = ceil_div(s.Lq, kTq), kv_tiles = ceil_div(s.Lkv, kTk);
   const int64_t items = s.B * s.Hkv * kv_tiles;
-  const int workers = pool.size();
+  const int workers = pool_workers(pool);
   const int64_t rows_q = s.B * s.Lq * s.Hq;
   // Each worker sums dQ in its own part of one buffer (no atomics), zeroed when the
   // worker first touches it; the parts are added into a.dq at the end.

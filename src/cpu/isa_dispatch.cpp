@@ -139,6 +139,8 @@ bool set_cpu_isa(const std::string& name) {
 
 std::string cpu_kernels_describe() { return cpu_isa() + " kernels, " + blas_describe(); }
 
+int pool_workers(const ThreadPool& pool) { return pool.size(); }
+
 void parallel_items(ThreadPool& pool, int64_t n, void (*fn)(void*, int64_t, int), void* ctx) {
   auto body = [fn, ctx](int64_t item, int worker) {
     FlushDenormals ftz;

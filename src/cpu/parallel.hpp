@@ -10,6 +10,9 @@
 
 namespace lvx::cpu {
 
+// The pool's thread count (pool.size(), compiled once: see isa.hpp).
+int pool_workers(const ThreadPool& pool);
+
 // Runs fn(ctx, item, worker) for item in [0, n) on the pool, each item with
 // denormals flushed to zero in its thread (fp_env.hpp); the caller's mode is kept.
 void parallel_items(ThreadPool& pool, int64_t n, void (*fn)(void*, int64_t, int), void* ctx);
