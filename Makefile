@@ -18,7 +18,7 @@ export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
 export PYTHONUNBUFFERED := 1
 export NCCL_NVLS_ENABLE := 0
 MPIRUN := mpirun --oversubscribe
-SOURCES := $(shell find src cuda python -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' 2>/dev/null)
+SOURCES := $(shell find src cuda python -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' -o -name 'CMakeLists.txt' 2>/dev/null)
 
 .PHONY: all setup demo test test-cpp test-python test-mpi test-example bench clean
 

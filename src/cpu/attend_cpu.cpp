@@ -30,12 +30,12 @@
 #include <limits>
 #include <type_traits>
 
-#include "convert.hpp"
+#include "core/kernels.hpp"
 #include "cpu/blas.hpp"
+#include "cpu/convert.hpp"
 #include "cpu/parallel.hpp"
-#include "kernels.hpp"
-#include "simd.hpp"
-#include "thread_pool.hpp"
+#include "cpu/simd.hpp"
+#include "cpu/thread_pool.hpp"
 #if defined(__AVX512BF16__)
 #include "cpu/gemm_bf16.hpp"
 #endif

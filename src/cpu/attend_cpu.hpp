@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels.hpp"
-#include "thread_pool.hpp"
+#include "core/kernels.hpp"
+#include "cpu/thread_pool.hpp"
 
 namespace lvx::cpu {
 

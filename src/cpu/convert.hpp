@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/kernels.hpp"
 #include "cpu/isa.hpp"
-#include "kernels.hpp"
 
 namespace lvx::cpu {
 inline namespace LVX_CPU_ISA {

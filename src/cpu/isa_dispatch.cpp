@@ -10,7 +10,7 @@
 #include "cpu/blas.hpp"
 #include "cpu/fp_env.hpp"
 #include "cpu/parallel.hpp"
-#include "error.hpp"
+#include "core/error.hpp"
 
 #define LVX_DECLARE_VARIANT(ns)                                                                 \
   namespace lvx::cpu::ns {                                                                       \

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "thread_pool.hpp"
+#include "cpu/thread_pool.hpp"
 
 namespace lvx::cpu {
 
