@@ -51,7 +51,7 @@ step() {
 }
 # The pytest counts of a log ("12 passed, 3 skipped"), once per run (rank 0's line).
 counts() {
-  grep -aE "[0-9]+ (passed|failed|error)" "$out/$1.log" | sed 's/\x1b\[[0-9;]*m//g; s/ in [0-9.]*s.*//' | sort | uniq -c |
+  grep -aE "[0-9]+ (passed|failed|error|skipped)" "$out/$1.log" | sed 's/\x1b\[[0-9;]*m//g; s/ in [0-9.]*s.*//' | sort | uniq -c |
     sed 's/^ *\([0-9]*\) /  ranks: \1, /' | head -3 | tee -a "$summary"
 }
 
@@ -75,7 +75,7 @@ else
   say "lvxattn: $($py -c 'import lvxattn; print(lvxattn.__file__, lvxattn.available_transports())')"
   say "_core links: $(ldd "$build"/_core*.so | grep -E 'libmpi|libucp' | tr -s ' \t' ' ' | tr '\n' ';')"
   MPIRUN="$LVX_MPIRUN --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x PYTHONUNBUFFERED -x LVX_GIT_SHA ${MPIRUN_EXTRA:-}"
-  PYTEST="$py -m pytest -q -p no:cacheprovider -o faulthandler_timeout=90 --with-mpi"
+  PYTEST="$py -m pytest -q -rsfE -p no:cacheprovider -o faulthandler_timeout=90 --with-mpi"
   GPU_TESTS=tests/python/test_gpu_distributed.py
 
   if [[ " $steps " == *" sanity "* ]]; then
@@ -96,7 +96,7 @@ else
     for n in 2 3; do
       step direct_n$n 130 $MPIRUN -n $n $PYTEST -m "mpi and gpu" $GPU_TESTS -k "mpi-direct or mixed or probe"
       counts direct_n$n
-      grep -aE "^(FAILED|ERROR)|SKIPPED.*MPI does not" "$out/direct_n$n.log" | sort -u | head -8 | tee -a "$summary"
+      grep -aE "^(FAILED|ERROR)|^SKIPPED.*(MPI does not|no evidence)" "$out/direct_n$n.log" | sort -u | head -8 | tee -a "$summary"
     done
   fi
 
