@@ -309,8 +309,9 @@ def cross_attention(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=No
     best MPI path: mpi-direct where every rank's MPI takes CUDA buffers, else mpi-staged),
     ``"nccl"``, ``"mpi-staged"`` (through pinned host memory) or ``"mpi-direct"`` (CUDA
     buffers handed to a CUDA-aware MPI). Host tensors always go over MPI. A transport that
-    cannot run, or ranks that disagree on whether their MPI takes CUDA buffers, raise the
-    same error on every rank (UnsupportedError, RankMismatchError).
+    cannot run, or ranks that disagree on whether their MPI takes CUDA buffers (for
+    ``"auto"``, ``"mpi"`` and ``"mpi-direct"``, NCCL or not), raise the same error on every
+    rank (UnsupportedError, RankMismatchError).
     """
     o, _ = cross_attention_forward(q, k, v, comm, algorithm, q_ranges, scale, transport)
     return o
