@@ -2,7 +2,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <sstream>
 #include <vector>
 
 #include "core/error.hpp"
@@ -90,11 +89,24 @@ std::vector<T> allgather(MPI_Comm comm, int size, const T& mine) {
 template <typename T>
 void fail_on_errors(const std::vector<T>& all) {
   const int P = static_cast<int>(all.size());
-  std::ostringstream errs;
+  std::string errs;
   int bad = 0;
   for (int r = 0; r < P; ++r)
-    if (all[r].has_error) errs << (bad++ ? "; " : "") << (P > 1 ? "rank " + std::to_string(r) + ": " : "") << all[r].error;
-  if (bad) LVX_FAIL(Status::invalid_argument, errs.str());
+    if (all[r].has_error)
+      errs += (bad++ ? "; " : "") + (P > 1 ? "rank " + std::to_string(r) + ": " : std::string()) +
+              std::string(all[r].error, strnlen(all[r].error, sizeof all[r].error));
+  if (bad) LVX_FAIL(Status::invalid_argument, errs);
+}
+
+// A field's value as text, with no iostreams: a library loaded into a process whose C++
+// runtime is older than the compiler's (a Python interpreter that loaded the system's
+// libstdc++ first) may crash formatting numbers through a stream.
+std::string field_text(int64_t v) { return std::to_string(v); }
+std::string field_text(int32_t v) { return std::to_string(v); }
+std::string field_text(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
 }
 
 template <typename T>
@@ -102,16 +114,11 @@ void check_agree(const std::vector<Descriptor>& all, const char* field, T Descri
                  std::string (*show)(T) = nullptr) {
   for (size_t r = 1; r < all.size(); ++r) {
     if (all[r].*member == all[0].*member) continue;
-    std::ostringstream os;
-    os << "ranks disagree on " << field << ":";
-    for (size_t q = 0; q < all.size(); ++q) {
-      os << (q ? "," : "") << " rank " << q << " has ";
-      if (show)
-        os << show(all[q].*member);
-      else
-        os << all[q].*member;
-    }
-    LVX_FAIL(Status::mismatch, os.str());
+    std::string text = std::string("ranks disagree on ") + field + ":";
+    for (size_t q = 0; q < all.size(); ++q)
+      text += std::string(q ? "," : "") + " rank " + std::to_string(q) + " has " +
+              (show ? show(all[q].*member) : field_text(all[q].*member));
+    LVX_FAIL(Status::mismatch, text);
   }
 }
 
