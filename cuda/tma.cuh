@@ -3,9 +3,9 @@
 // reallocation and named barriers; and, on the host, the tensor maps the loads read.
 //
 // Tensor maps describe a [B, L, H, D] 16-bit tensor (the layout of q, k, v, dout) as
-// four dimensions {D, H, L, B}; one box is 64 head-dim elements (128 bytes) of one
-// head for `rows` consecutive rows, stored with the 128-byte swizzle, i.e. one
-// column block of the swizzled-rows layout of wgmma.cuh. Rows past L read as zeros.
+// four dimensions {D, H, L, B}; one box is one column block of the swizzled-rows layout
+// of wgmma.cuh: 64 head-dim elements (128 bytes, 128-byte swizzle) or 32 (64 bytes,
+// 64-byte swizzle) of one head for `rows` consecutive rows. Rows past L read as zeros.
 #pragma once
 
 #include <cuda.h>
@@ -15,8 +15,9 @@
 
 namespace lvx::cuda {
 
-// The tensor map of a [B, L, H, D] tensor (D = 128 or 64·k) with boxes of `rows` rows.
-CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows);
+// The tensor map of a [B, L, H, D] tensor with boxes of `rows` rows x `box_cols` columns
+// (64: 128-byte swizzle; 32: 64-byte swizzle). D is a multiple of box_cols.
+CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows, int box_cols);
 // Likewise for fp32 (the dQ accumulator): boxes of 32 columns (128 bytes) x `rows`,
 // 128-byte swizzle: row r's 16-byte chunk c sits at chunk position c ^ (r % 8).
 CUtensorMap f32_rows_tensor_map(const float* base, int D, int H, long long L, int B, int rows);

@@ -5,7 +5,7 @@
 // KV rows only some rows see, Q/dO of rows that see nothing or only part of the KV);
 // the reference computes each row from its visible KV rows only, and the check asks
 // for the reference's NaN/±Inf pattern exactly and exact zeros where it has nothing.
-// Build and run: cuda/dev/run_playground.sh
+// Build and run: cuda/dev/run_playground.sh [small] [dims=64,96] [dtypes=bf16,f16]
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -377,14 +378,73 @@ int main(int argc, char** argv) {
       {"latest Q/dO empty rows", 2, 93, 411, 4, 1, 64, 2, 0, 411, kQEmpty},
       {"D128 many tiles V partial", 1, 517, 1300, 2, 1, 128, 4, 0, 1300, kVPartial},
       {"D128 many tiles K partial", 1, 517, 1300, 2, 1, 128, 4, 0, 1300, kKPartial},
+      // D = 64 and 96 over many tiles (sm_90a: forward 128 x 128 tiles; backward 128
+      // query rows per tile at D = 64, 64 at D = 96 with dQ in 64 + 32 column parts):
+      // odd and even tile counts, lengths no multiple of them, GQA, B = 2, every mask,
+      // split-KV, and NaN/±Inf where some rows cannot see them.
+      {"D64 tiles GQA", 2, 517, 1300, 8, 2, 64, 0, 0, 1300},
+      {"D64 tiles all_previous", 1, 300, 1000, 4, 2, 64, 1, 100, 1300},
+      {"D64 tiles random", 2, 260, 900, 4, 4, 64, 3, 30, 1000},
+      {"D64 tiles latest", 1, 517, 1100, 2, 1, 64, 2, 0, 1100},
+      {"D64 split-KV", 2, 40, 4100, 2, 1, 64, 0, 0, 4100},
+      {"D64 split-KV latest", 1, 130, 3000, 4, 2, 64, 2, 0, 3000},
+      {"D96 tiles GQA", 2, 300, 1100, 6, 2, 96, 0, 0, 1100},
+      {"D96 tiles all_previous", 1, 300, 1000, 4, 2, 96, 1, 100, 1300},
+      {"D96 tiles random", 2, 260, 900, 4, 4, 96, 3, 30, 1000},
+      {"D96 tiles latest", 1, 517, 1100, 2, 1, 96, 2, 0, 1100},
+      {"D96 split-KV B2", 2, 40, 4100, 2, 1, 96, 0, 0, 4100},
+      {"D64 shared edge K/V pad", 1, 300, 1000, 2, 1, 64, 5, 0, 1000, kKvHidden},
+      {"D64 layout V partial", 2, 150, 700, 4, 2, 64, 4, 0, 700, kVPartial},
+      {"D64 layout K partial", 2, 150, 700, 4, 2, 64, 4, 0, 700, kKPartial},
+      {"D64 layout Q/dO empty", 2, 260, 700, 4, 4, 64, 4, 0, 700, kQEmpty},
+      {"D64 layout Q/dO partial", 1, 260, 700, 4, 2, 64, 4, 0, 700, kQPartial},
+      {"D64 split-KV V partial", 1, 40, 4100, 2, 1, 64, 4, 0, 4100, kVPartial},
+      {"D96 shared edge K/V pad", 1, 300, 1000, 2, 1, 96, 5, 0, 1000, kKvHidden},
+      {"D96 layout V partial", 2, 150, 700, 4, 2, 96, 4, 0, 700, kVPartial},
+      {"D96 layout K partial", 2, 150, 700, 4, 2, 96, 4, 0, 700, kKPartial},
+      {"D96 layout Q/dO empty", 2, 150, 700, 4, 4, 96, 4, 0, 700, kQEmpty},
+      {"D96 layout Q/dO partial", 1, 150, 700, 4, 2, 96, 4, 0, 700, kQPartial},
   };
   if (small)
     cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 140, 4, 2, 128, 1, 0, 140},
              {"small D96 split", 1, 9, 600, 1, 1, 96, 0, 0, 600},
              {"small D128 V partial", 1, 70, 300, 2, 1, 128, 4, 0, 300, kVPartial},
-             {"small D64 K partial", 1, 37, 150, 2, 1, 64, 4, 0, 150, kKPartial}};
+             {"small D64 K partial", 1, 37, 150, 2, 1, 64, 4, 0, 150, kKPartial},
+             {"small D64 tiles", 1, 150, 300, 2, 1, 64, 3, 0, 300},
+             {"small D96 tiles", 1, 150, 300, 2, 1, 96, 3, 0, 300},
+             {"small D64 Q/dO partial", 1, 150, 300, 2, 1, 64, 4, 0, 300, kQPartial},
+             {"small D96 V partial", 1, 150, 300, 2, 1, 96, 4, 0, 300, kVPartial}};
+  // Optional filters: dims=64,96 (head dims), dtypes=bf16,f16,f32.
+  std::vector<int> dims;
+  std::vector<DType> dtypes = {DType::bf16, DType::f16, DType::f32};
+  for (int a = 1; a < argc; ++a) {
+    const std::string arg = argv[a];
+    auto list = [&](const std::string& prefix) {
+      std::vector<std::string> items;
+      std::string rest = arg.substr(prefix.size());
+      for (size_t pos = 0; pos <= rest.size();) {
+        const size_t end = std::min(rest.find(',', pos), rest.size());
+        items.push_back(rest.substr(pos, end - pos));
+        pos = end + 1;
+      }
+      return items;
+    };
+    if (arg.rfind("dims=", 0) == 0)
+      for (const std::string& d : list("dims=")) dims.push_back(std::atoi(d.c_str()));
+    if (arg.rfind("dtypes=", 0) == 0) {
+      dtypes.clear();
+      for (const std::string& d : list("dtypes="))
+        dtypes.push_back(d == "bf16" ? DType::bf16 : d == "f16" ? DType::f16 : DType::f32);
+    }
+  }
+  if (!dims.empty()) {
+    std::vector<Case> kept;
+    for (const Case& c : cases)
+      if (std::find(dims.begin(), dims.end(), c.D) != dims.end()) kept.push_back(c);
+    cases = kept;
+  }
   int fails = 0;
-  for (DType t : {DType::bf16, DType::f16, DType::f32})
+  for (DType t : dtypes)
     for (const Case& c : cases) fails += !run_case(*be, c, t);
   std::printf("%s: %d failing\n", fails ? "FAIL" : "PASS", fails);
   return fails ? 1 : 0;
