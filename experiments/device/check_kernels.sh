@@ -10,7 +10,7 @@
 #   3. times the public call against SDPA cuDNN and flash (experiments/bench_gpu_kernels.py),
 #      then the mma.sync kernels alone on the head-dim 64 and 96 shapes (the "before").
 # Logs and CSVs go to $OUT (logs as one archive); the summary at the end says what passed.
-# Usage: SHA=<git sha> experiments/device/check_kernels.sh
+# Usage: SHA=<git sha> experiments/device/check_kernels.sh   (with .whl/ carried, below)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,9 +21,14 @@ mkdir -p "$out"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpus.txt"
+# Wheels the machine lacks (it has no network), carried in .whl/: the CPU kernels' CBLAS,
+# scipy-openblas32 (pip download --no-deps --only-binary=:all: --python-version 3.12
+#   --platform manylinux2014_x86_64 -d .whl scipy-openblas32).
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
+python3 -c "import scipy_openblas32" 2>/dev/null ||
+  echo "note: scipy_openblas32 is not importable (carry .whl/ with its wheel); CMake will look for a system CBLAS"
 
 # ---- 1. builds ----------------------------------------------------------------------
 (cd cuda && BUILD=/tmp/b JOBS=8 RUN=0 VARIANTS=0 timeout 300 dev/run_playground.sh >"$out/playground_build.log" 2>&1
