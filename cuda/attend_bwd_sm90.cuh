@@ -21,9 +21,12 @@
 // other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
 // tile whose rows do not all see every KV row of the block lands on q_land: rows that
 // see none of them become 0, and a NaN/±Inf in a row that sees some marks the tile.
-// A marked tile (sExact) forms dV, dK and dQ term by term over the (KV row, query)
+// A marked tile (sFlags bit 1) forms dV, dK and dQ term by term over the (KV row, query)
 // pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
-// dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select).
+// dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select). Only a tile some row does
+// not see whole can be exact or need the selects; such tiles branch off once per tile, and
+// a kernel without q_ranges (kRanges false: every row sees every KV row) is compiled
+// without any of it.
 #pragma once
 
 #include <type_traits>
@@ -67,7 +70,7 @@ struct BwdSm90 {
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
 };
 
-template <typename T, int D>
+template <typename T, int D, bool kRanges>
 __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
@@ -80,7 +83,9 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   extern __shared__ __align__(128) unsigned char smem_sm90[];
   __shared__ float sLse[S][BM], sDl[S][BM];
   __shared__ int2 sIv[S][BM];
-  __shared__ int sItem[S], sWhole[S], sExact[S];
+  __shared__ int sItem[S];    // the stage's item (-1: no more)
+  __shared__ int2 sTile[S];   // its query head and first query row
+  __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); bit 1: exact tile
   __shared__ uint32_t sKpart[BN / 32];  // producer: K rows with a NaN/±Inf some query sees
   __shared__ __align__(8) uint64_t bars[2 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + Cfg::kKvBytes;
@@ -123,7 +128,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     // Producer warp (lane 0 issues the loads; the warp fixes tiles, design at the top).
     const int kv_hi = min(Lkv, n0 + BN);
     if (lane == 0) {
-      const uint32_t bar = p.q_ranges ? kv_land : kv_full;
+      const uint32_t bar = kRanges ? kv_land : kv_full;
       mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
       load_tile(sK, &tk, BN, hk, n0, b, bar);
       load_tile(sV, &tv, BN, hk, n0, b, bar);
@@ -133,7 +138,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     uint32_t kpart[BN / 32];
 #pragma unroll
     for (int i = 0; i < BN / 32; ++i) kpart[i] = 0;
-    if (p.q_ranges) {
+    if constexpr (kRanges) {
       mbar_wait(kv_land, 0);
       bool any_bad = false;
 #pragma unroll
@@ -162,7 +167,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(kv_full);
     }
-    if (lane == 0)
+    if (kRanges && lane == 0)
 #pragma unroll
       for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
     __syncwarp();
@@ -171,7 +176,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     for (int j = 0;; ++j) {
       bool whole = true;
       int all_lo = 0, all_hi = Lkv;
-      while (it < items && !bwd_tile_rows_warp<BM, BN>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
+      while (it < items &&
+             !bwd_tile_rows_warp<BM, BN, kRanges>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
         ++it;
       const int st = j % S;
       if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
@@ -183,25 +189,31 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         return;
       }
       const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
-      bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
-      // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
-      bool exact = false;
-#pragma unroll
-      for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
       // Q and dO rows of rows that do not see every KV row of the block are fixed.
-      const bool qfix = p.q_ranges && !(all_lo <= n0 && all_hi >= kv_hi);
-      if (lane == 0) {
-        sItem[st] = it;
-        sWhole[st] = whole;
-        sExact[st] = exact;
-      }
-      __syncwarp();
+      const bool qfix = kRanges && !(all_lo <= n0 && all_hi >= kv_hi);
+      // The tile loads first, so that they fly while the warp stages the row inputs. On
+      // q_full they are expected bytes and the stage completes with lane 0's arrival
+      // below; a tile to fix lands on q_land.
       if (lane == 0) {
         const uint32_t bar = qfix ? q_land(st) : q_full(st);
-        mbar_arrive_expect(bar, 2 * kQ);
+        if (qfix) mbar_arrive_expect(bar, 2 * kQ);
+        else mbar_expect_tx(bar, 2 * kQ);
         load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
         load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
       }
+      bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
+      // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
+      bool exact = false;
+      if constexpr (kRanges)
+#pragma unroll
+        for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
+      if (lane == 0) {
+        sItem[st] = it;
+        sTile[st] = make_int2(h, q0);
+        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0);
+      }
+      __syncwarp();  // the warp's row inputs before lane 0 arrives
+      if (!qfix && lane == 0) mbar_arrive(q_full(st));
       if (qfix) {
         // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
         // that sees some of them makes the tile exact.
@@ -223,7 +235,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         __syncwarp();
         bad = __any_sync(0xffffffffu, bad);
         if (lane == 0) {
-          if (bad) sExact[st] = 1;
+          if (bad) sFlags[st] |= 2;
           mbar_arrive(q_full(st));
         }
       }
@@ -367,41 +379,44 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // The end of tile j (stage st), once both warpgroups' dSᵀ are in ds_tile: this
   // warpgroup's dQ part (kCols columns from col0), the next tile's Sᵀ, the stage handed
   // back. Returns the next item.
-  auto finish_tile = [&](auto cols, int col0, int j, int st, int h, int q0, uint32_t ds_tile, bool exact) {
+  auto finish_tile = [&](auto cols, int col0, int j, int st, int h, int q0, uint32_t ds_tile, auto exact_tile) {
     constexpr int kCols = decltype(cols)::value;
+    constexpr bool exact = decltype(exact_tile)::value;
     float dq[kCols / 8][4];
     float(&dq_flat)[kCols / 2] = reinterpret_cast<float(&)[kCols / 2]>(dq);
-    if (exact) {
+    if constexpr (exact) {
 #pragma unroll
       for (int i = 0; i < kCols / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
       dq_exact(dq, col0, ds_tile, sIv[st]);
       const int it_next = next_item(j + 1);
+      __syncwarp();  // every lane's reads of the stage (sIv in dq_exact) before lane 0 frees it
       if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
       add_dq(dq, col0, h, q0);
       issue_scores((j + 1) % S);  // also past the last tile (unused then)
       wg_wait<0>();
       wg_fence_regs(s_flat);
       return it_next;
-    }
-    // dQ part += scale · dS K; the next tile's Sᵀ behind it.
-    const uint32_t k_tile = opaque(sK);
-    wg_fence();
+    } else {
+      // dQ part += scale · dS K; the next tile's Sᵀ behind it.
+      const uint32_t k_tile = opaque(sK);
+      wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
-                                         L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
-    wg_commit();
-    const int it_next = next_item(j + 1);
-    issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
-    wg_wait<1>();
-    wg_fence_regs(dq_flat);
-    if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
-    add_dq(dq, col0, h, q0);
-    wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
-    wg_fence_regs(s_flat);
-    return it_next;
+      for (int kk = 0; kk < BN / 16; ++kk)
+        Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
+                                           L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
+      wg_commit();
+      const int it_next = next_item(j + 1);
+      issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
+      wg_wait<1>();
+      wg_fence_regs(dq_flat);
+      if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
+      add_dq(dq, col0, h, q0);
+      wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
+      wg_fence_regs(s_flat);
+      return it_next;
+    }
   };
-  auto finish = [&](int j, int st, int h, int q0, uint32_t ds_tile, bool exact) {
+  auto finish = [&](int j, int st, int h, int q0, uint32_t ds_tile, auto exact) {
     if constexpr (Cfg::kDqCols0 == Cfg::kDqCols1)
       return finish_tile(std::integral_constant<int, Cfg::kDqCols0>{}, cw * Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
     else if (cw == 0)
@@ -417,16 +432,18 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   wg_fence_regs(s_flat);
   for (int j = 0; it >= 0; ++j) {
     const int st = j % S;
-    const bool need_mask = !sWhole[st];
-    const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
+    const int flags = sFlags[st];
+    const bool need_mask = !(flags & 1);
+    const int2 tile = sTile[st];  // the producer's division, not the consumers'
+    const int h = tile.x, q0 = tile.y;
     const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
     const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * Cfg::kDsBytes;
 
-    if (sExact[st]) {
+    if (kRanges && (flags & 2)) {
       // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
       // dQ term by term.
       uint32_t pa[BM / 16][4];
-      bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, true, kv_row0, Lkv, t);
+      bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
       float dp[BM / 8][4];
       float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
       wg_fence();
@@ -439,17 +456,19 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       uint32_t da[BM / 16][4];
       bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
       store_ds(da, ds_tile);
+      __syncwarp();  // kv_exact below reads the dSᵀ values the quad's other lanes stored
       kv_exact(dv, pa, false, ds_tile, do_tile, sIv[st]);
       kv_exact(dk, pa, true, ds_tile, q_tile, sIv[st]);
       fence_proxy_async();
       named_barrier(1, 256);  // dSᵀ of both warpgroups in place
-      it = finish(j, st, h, q0, ds_tile, true);
+      it = finish(j, st, h, q0, ds_tile, std::true_type{});
       continue;
     }
 
     // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
     uint32_t pa[BM / 16][4];
-    bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, need_mask, kv_row0, Lkv, t);
+    if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+    else bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
 
     // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
     float dp[BM / 8][4];
@@ -484,7 +503,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     wg_fence_regs(dk_flat);
     wg_fence_regs(dv_flat);
 
-    it = finish(j, st, h, q0, ds_tile, false);
+    it = finish(j, st, h, q0, ds_tile, std::false_type{});
   }
   if (tid % 128 == 0) bulk_wait();
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);

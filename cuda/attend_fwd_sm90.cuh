@@ -18,6 +18,9 @@
 // only some rows see for NaN/±Inf, marks the stage (s_slow) if one holds any, and then
 // signals v_full. A marked tile's O += P V is formed term by term over the KV rows each
 // row sees (pv_exact), with no wgmma in flight; K needs nothing (S is masked by a select).
+// Only tiles that straddle an interval edge can need either: the consumers look at a
+// tile's mark only when they mask its scores, and a kernel without q_ranges (kRanges
+// false: every row sees every KV row) is compiled without any of it.
 #pragma once
 
 #include "attend_config.hpp"
@@ -46,7 +49,7 @@ struct FwdSm90 {
   static_assert(kSmemBytes + 2048 <= 232448, "shared memory of one block (static part included)");
 };
 
-template <typename T, int D>
+template <typename T, int D, bool kRanges>
 __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     attend_fwd_sm90_kernel(const FwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
@@ -99,71 +102,88 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     // fixes the V tiles that not every row sees whole (design at the top of the file).
     regs_dealloc<40>();
     if (tid >= 32 || n_tiles == 0) return;
-    for (int r = lane; r < BM; r += 32) {
-      const int row = m0 + r;
-      s_rows[r] = row < p.Lq ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + row)
-                             : make_int2(0, 0);
-    }
-    __syncwarp();
-    const int all_lo = kr.full_lo, all_hi = min(kr.full_hi, hi);  // KV rows every row sees
-    auto needs_fix = [&](int n0) { return n0 < all_lo || min(n0 + BN, p.Lkv) > all_hi; };
-    uint32_t land_phase = 0;  // bit st: parity of stage st's next v_land completion
-    // V rows of tile j no row of the block sees (past hi included) become 0; a NaN/±Inf
-    // in a row only some rows see marks the tile for the exact product.
-    auto fix = [&](int j) {
-      const int st = j % kStages, n0 = lo + j * BN;
-      if (!needs_fix(n0)) return;
-      mbar_wait(v_land(st), (land_phase >> st) & 1u);
-      land_phase ^= 1u << st;
-      uint32_t any[BN / 32];
-#pragma unroll
-      for (int w = 0; w < BN / 32; ++w) any[w] = 0;
-      for (int r = lane; r < BM; r += 32) {
-        const int2 iv = s_rows[r];
-#pragma unroll
-        for (int w = 0; w < BN / 32; ++w) any[w] |= interval_bits(iv.x, min(iv.y, hi), n0 + 32 * w);
-      }
-#pragma unroll
-      for (int w = 0; w < BN / 32; ++w) any[w] = __reduce_or_sync(0xffffffffu, any[w]);
-      const uint32_t v_tile = sKV + st * 2 * kKvTile + kKvTile;
-      bool bad = false;
-#pragma unroll
-      for (int i = 0; i < BN / 32; ++i) {
-        const int r = 32 * i + lane, col = n0 + r;
-        if (col >= p.Lkv || (col >= all_lo && col < all_hi)) continue;  // TMA zeros; seen by every row
-        if (!((any[i] >> lane) & 1u)) zero_tile_row<L, kChunks>(v_tile, BN, r);
-        else bad |= tile_row_nonfinite<T, L, kChunks>(v_tile, BN, r);
-      }
-      fence_proxy_async();
-      __syncwarp();
-      bad = __any_sync(0xffffffffu, bad);
-      if (lane == 0) {
-        s_slow[st] = bad;
-        mbar_arrive(v_full(st));
-      }
-    };
-    if (lane == 0) {
+    if constexpr (!kRanges) {
+      // Every row sees every KV row: no tile to fix (splits are whole tiles; rows past
+      // the end of K/V land as zeros), lane 0 alone issues the loads.
+      if (lane != 0) return;
       mbar_arrive_expect(q_full, kQTile);
       load_tile(sQ, &tq, BM, h, m0, b, q_full);
-    }
-    int fixed = 0;
-    for (int j = 0; j < n_tiles; ++j) {
-      const int st = j % kStages, n0 = lo + j * BN;
-      if (j >= kStages) {
-        while (fixed < j) fix(fixed++);  // the consumers need them before they free this stage
-        mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
-      }
-      if (lane == 0) {
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (j >= kStages) mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
         const uint32_t k_dst = sKV + st * 2 * kKvTile, v_dst = k_dst + kKvTile;
         mbar_arrive_expect(k_full(st), kKvTile);
         load_tile(k_dst, &tk, BN, hk, n0, b, k_full(st));
-        s_slow[st] = 0;
-        const uint32_t v_bar = needs_fix(n0) ? v_land(st) : v_full(st);
-        mbar_arrive_expect(v_bar, kKvTile);
-        load_tile(v_dst, &tv, BN, hk, n0, b, v_bar);
+        mbar_arrive_expect(v_full(st), kKvTile);
+        load_tile(v_dst, &tv, BN, hk, n0, b, v_full(st));
       }
+    } else {
+      for (int r = lane; r < BM; r += 32) {
+        const int row = m0 + r;
+        s_rows[r] = row < p.Lq ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + row)
+                               : make_int2(0, 0);
+      }
+      __syncwarp();
+      const int all_lo = kr.full_lo, all_hi = min(kr.full_hi, hi);  // KV rows every row sees
+      auto needs_fix = [&](int n0) { return n0 < all_lo || min(n0 + BN, p.Lkv) > all_hi; };
+      uint32_t land_phase = 0;  // bit st: parity of stage st's next v_land completion
+      // V rows of tile j no row of the block sees (past hi included) become 0; a NaN/±Inf
+      // in a row only some rows see marks the tile for the exact product.
+      auto fix = [&](int j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (!needs_fix(n0)) return;
+        mbar_wait(v_land(st), (land_phase >> st) & 1u);
+        land_phase ^= 1u << st;
+        uint32_t any[BN / 32];
+#pragma unroll
+        for (int w = 0; w < BN / 32; ++w) any[w] = 0;
+        for (int r = lane; r < BM; r += 32) {
+          const int2 iv = s_rows[r];
+#pragma unroll
+          for (int w = 0; w < BN / 32; ++w) any[w] |= interval_bits(iv.x, min(iv.y, hi), n0 + 32 * w);
+        }
+#pragma unroll
+        for (int w = 0; w < BN / 32; ++w) any[w] = __reduce_or_sync(0xffffffffu, any[w]);
+        const uint32_t v_tile = sKV + st * 2 * kKvTile + kKvTile;
+        bool bad = false;
+#pragma unroll
+        for (int i = 0; i < BN / 32; ++i) {
+          const int r = 32 * i + lane, col = n0 + r;
+          if (col >= p.Lkv || (col >= all_lo && col < all_hi)) continue;  // TMA zeros; seen by every row
+          if (!((any[i] >> lane) & 1u)) zero_tile_row<L, kChunks>(v_tile, BN, r);
+          else bad |= tile_row_nonfinite<T, L, kChunks>(v_tile, BN, r);
+        }
+        fence_proxy_async();
+        __syncwarp();
+        bad = __any_sync(0xffffffffu, bad);
+        if (lane == 0) {
+          s_slow[st] = bad;
+          mbar_arrive(v_full(st));
+        }
+      };
+      if (lane == 0) {
+        mbar_arrive_expect(q_full, kQTile);
+        load_tile(sQ, &tq, BM, h, m0, b, q_full);
+      }
+      int fixed = 0;
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (j >= kStages) {
+          while (fixed < j) fix(fixed++);  // the consumers need them before they free this stage
+          mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
+        }
+        if (lane == 0) {
+          const uint32_t k_dst = sKV + st * 2 * kKvTile, v_dst = k_dst + kKvTile;
+          mbar_arrive_expect(k_full(st), kKvTile);
+          load_tile(k_dst, &tk, BN, hk, n0, b, k_full(st));
+          s_slow[st] = 0;
+          const uint32_t v_bar = needs_fix(n0) ? v_land(st) : v_full(st);
+          mbar_arrive_expect(v_bar, kKvTile);
+          load_tile(v_dst, &tv, BN, hk, n0, b, v_bar);
+        }
+      }
+      while (fixed < n_tiles) fix(fixed++);
     }
-    while (fixed < n_tiles) fix(fixed++);
     return;
   }
 
@@ -197,6 +217,19 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   };
   auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
   auto parity = [&](int j) { return (uint32_t)((j / kStages) & 1); };
+  // Whether tile j (its V ready) is marked for the exact product. Only a tile whose
+  // scores are masked can be (the producer fixes a subset of them); lane 0 reads the
+  // mark and hands it to the warp, so that no other lane reads the stage's shared memory
+  // before lane 0 frees the stage.
+  auto slow = [&](int j) -> bool {
+    if constexpr (!kRanges) {
+      return false;
+    } else {
+      if (!need_mask(lo + j * BN)) return false;
+      const int mark = lane == 0 ? s_slow[j % kStages] : 0;
+      return __shfl_sync(0xffffffffu, mark, 0) != 0;
+    }
+  };
   // O += P·V_j term by term, each row over the KV rows it sees: for a tile the producer
   // marked (a NaN/±Inf in a V row only some rows see). No wgmma is in flight here.
   auto pv_exact = [&](const uint32_t (&pt)[BN / 16][4], int j) {
@@ -245,9 +278,10 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     auto step = [&](int j, uint32_t (&p_prev)[BN / 16][4], uint32_t (&p_next)[BN / 16][4]) {
       mbar_wait(k_full(j % kStages), parity(j));
       mbar_wait(v_full((j - 1) % kStages), parity(j - 1));
-      if (s_slow[(j - 1) % kStages]) {
+      if (slow(j - 1)) {
         // P_{j-1}·V_{j-1} term by term, then S_j alone.
         pv_exact(p_prev, j - 1);
+        __syncwarp();  // every lane's reads of V_{j-1} before lane 0 frees the stage
         if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));
         wg_fence();
         issue_scores(s_flat, j);
@@ -281,7 +315,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     }
     auto last_pv = [&](uint32_t (&p_last)[BN / 16][4]) {
       mbar_wait(v_full((n_tiles - 1) % kStages), parity(n_tiles - 1));
-      if (s_slow[(n_tiles - 1) % kStages]) {
+      if (slow(n_tiles - 1)) {
         pv_exact(p_last, n_tiles - 1);
         return;
       }

@@ -46,10 +46,12 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Hq == 0) return;
   if constexpr (config::sm90_fwd_built(D) && !std::is_same_v<T, float>) {
     using Cfg = FwdSm90<D>;
-    auto kernel = attend_fwd_sm90_kernel<T, D>;
+    // The kernel without q_ranges compiles none of the masked-value machinery.
+    auto kernel = p.q_ranges ? attend_fwd_sm90_kernel<T, D, true> : attend_fwd_sm90_kernel<T, D, false>;
     auto ready = [&] {
-      static const bool r = sm90_kernel_ready(kernel, Cfg::kSmemBytes, "forward", D);  // asked once
-      return r;
+      static const bool r = sm90_kernel_ready(attend_fwd_sm90_kernel<T, D, true>, Cfg::kSmemBytes, "forward", D) &&
+                            sm90_kernel_ready(attend_fwd_sm90_kernel<T, D, false>, Cfg::kSmemBytes, "forward", D);
+      return r;  // asked once
     };
     if (sm90 && ready()) {
       dim3 grid((p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM, p.Hq, p.B * p.splits);
@@ -86,10 +88,12 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Lkv == 0 || p.Hq == 0) return;
   if constexpr (config::sm90_bwd_built(D) && !std::is_same_v<T, float>) {
     using Cfg = BwdSm90<D>;
-    auto kernel = attend_bwd_sm90_kernel<T, D>;
+    // The kernel without q_ranges compiles none of the masked-value machinery.
+    auto kernel = p.q_ranges ? attend_bwd_sm90_kernel<T, D, true> : attend_bwd_sm90_kernel<T, D, false>;
     auto ready = [&] {
-      static const bool r = sm90_kernel_ready(kernel, Cfg::kSmemBytes, "backward", D);  // asked once
-      return r;
+      static const bool r = sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, true>, Cfg::kSmemBytes, "backward", D) &&
+                            sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, false>, Cfg::kSmemBytes, "backward", D);
+      return r;  // asked once
     };
     if (sm90 && ready()) {
       dim3 grid((p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN, p.Hkv, p.B);

@@ -35,6 +35,11 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+// Announces `bytes` more to come from asynchronous copies, without arriving (the phase
+// then also waits for the arrivals still pending).
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
 // Waits until the barrier's phase of the given parity (0 for its first completion,
 // 1 for the second, ...) has completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
