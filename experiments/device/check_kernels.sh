@@ -83,7 +83,7 @@ pack() { (cd "$out" && ls *.log *.txt >/dev/null 2>&1 && tar czf "logs_$1.tgz" $
 
 # ---- 2. correctness, both kernel families, side by side ------------------------------
 on=1
-deadline=$((t0 + ${DEADLINE:-535}))  # the A/B rounds fit in what is left of it
+deadline=$((t0 + ${DEADLINE:-505}))  # the A/B rounds fit in what is left of it
 timeout 60 /tmp/b/playground small dims=64,96,128 dtypes=bf16 >"$out/playground_smoke.log" 2>&1
 smoke=$?
 stamp "smoke (playground small, bf16) rc=$smoke: $(tail -1 "$out/playground_smoke.log")"
@@ -156,13 +156,12 @@ if [ $old_ok = 1 ]; then
   stamp "older package build ($old_sha): $(tail -1 "$out/build_old.log")"; grep -E "error" "$out/build_old.log" | head -5
   if [ $pkg_ok = 0 ] && grep -q "^rc=0" "$out/build_old.log"; then
     left=$((deadline - $(date +%s)))
-    rounds=3
-    [ $left -lt 210 ] && rounds=2
-    stamp "A/B bench: $rounds rounds, at most $left s"
+    [ $left -lt 90 ] && left=90
+    stamp "A/B bench: up to 3 rounds in $left s"
     # PYTHONPATH without this tree's package: each worker puts its own build first.
-    PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left > 90 ? left : 90)) python3 experiments/bench_ab.py \
-      --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds $rounds \
-      --reps-ms 100 --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
+    PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left + 30)) python3 experiments/bench_ab.py \
+      --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds 3 \
+      --budget-s $((left - 5)) --worker-timeout $((left / 2)) --reps-ms 100 --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
     stamp "A/B bench rc=$?"
     grep -vE "^round " "$out/bench_ab.log" | head -60
   fi
