@@ -88,7 +88,7 @@ def runnable(point: dict, device: str) -> bool:
         return False
     if point["transport"] != "auto" and point["transport"] not in lvxattn.available_transports():
         return False
-    return not (device == "cpu" and point["transport"] == "nccl")
+    return not (device == "cpu" and point["transport"] not in ("auto", "mpi"))
 
 
 def even_counts(n: int, P: int) -> list[int]:
