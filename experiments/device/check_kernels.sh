@@ -154,9 +154,9 @@ if [ $old_ok = 1 ]; then
   wait $old_pid
   cp /tmp/ab/build_old.log "$out/"
   stamp "older package build ($old_sha): $(tail -1 "$out/build_old.log")"; grep -E "error" "$out/build_old.log" | head -5
-  if [ $pkg_ok = 0 ] && grep -q "^rc=0" "$out/build_old.log"; then
-    left=$((deadline - $(date +%s)))
-    [ $left -lt 90 ] && left=90
+  left=$((deadline - $(date +%s)))
+  [ $left -lt 60 ] && echo "no time left for the A/B bench ($left s to the deadline)"
+  if [ $pkg_ok = 0 ] && [ $left -ge 60 ] && grep -q "^rc=0" "$out/build_old.log"; then
     stamp "A/B bench: up to 3 rounds in $left s"
     # PYTHONPATH without this tree's package: each worker puts its own build first.
     PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left + 30)) python3 experiments/bench_ab.py \
