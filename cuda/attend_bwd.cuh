@@ -230,7 +230,8 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
           mma16816<T>(s[2 * np + 1], ka, qb[2], qb[3]);
         }
       }
-      bwd_probs<T, BM>(s, pa, sLse[buf], sIv[buf], p.scale_log2, need_mask, kv_row0, Lkv, t);
+      if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[buf], sIv[buf], p.scale_log2, kv_row0, Lkv, t);
+      else bwd_probs<T, BM, false>(s, pa, sLse[buf], sIv[buf], p.scale_log2, kv_row0, Lkv, t);
     }
 
     // dV += Pᵀ dO.

@@ -54,14 +54,14 @@ __device__ __forceinline__ bool bwd_tile_visible_warp(const BwdParams& p, int b,
 }
 
 // bwd_tile_visible_warp, also giving the KV rows every row of the tile sees, [all_lo,
-// all_hi) (empty when a row sees none).
-template <int BM, int BN>
+// all_hi) (empty when a row sees none). kRanges false: the kernel has no q_ranges.
+template <int BM, int BN, bool kRanges>
 __device__ __forceinline__ bool bwd_tile_rows_warp(const BwdParams& p, int b, int q0, int n0, int kv_hi, bool& whole,
                                                    int& all_lo, int& all_hi) {
   whole = kv_hi - n0 == BN;
   all_lo = 0;
   all_hi = p.Lkv;
-  if (!p.q_ranges) return true;
+  if (!kRanges || !p.q_ranges) return true;
   bool vis = false;
   int lo = 0, hi = p.Lkv;
   for (int r = threadIdx.x % 32; r < BM; r += 32) {
@@ -116,12 +116,13 @@ __device__ __forceinline__ bool bwd_hidden(const float* lse, const int2* iv, int
 }
 
 // Pᵀ of one (16 KV rows x BM queries) slab from the scores Sᵀ in place, then packed as
-// m16k16 A fragments (pa[kk] = queries 16kk .. 16kk + 15). With need_mask, P is 0 by a
-// select where the score is hidden (exp2 of -inf − lse is NaN when lse is NaN).
-template <typename T, int BM>
+// m16k16 A fragments (pa[kk] = queries 16kk .. 16kk + 15). kMask (a tile not every row
+// sees whole): P is 0 by a select where the score is hidden (exp2 of -inf − lse is NaN
+// when lse is NaN); otherwise only where the row saw nothing. A compile-time choice: the
+// caller branches once per tile, so tiles without a mask run none of the select.
+template <typename T, int BM, bool kMask>
 __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
-                                          const int2* iv, float scale_log2, bool need_mask, int kv_row0, int Lkv,
-                                          int t) {
+                                          const int2* iv, float scale_log2, int kv_row0, int Lkv, int t) {
   constexpr float kLog2e = 1.4426950408889634f;
 #pragma unroll
   for (int nb = 0; nb < BM / 8; ++nb)
@@ -130,7 +131,7 @@ __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[
       const int qc = nb * 8 + 2 * t + (e & 1);
       const float l2 = lse[qc] * kLog2e;
       const float pv = exp2f(s[nb][e] * scale_log2 - l2);
-      const bool zero = need_mask ? bwd_hidden(lse, iv, kv_row0, Lkv, nb, e, t) : l2 == -INFINITY;
+      const bool zero = kMask ? bwd_hidden(lse, iv, kv_row0, Lkv, nb, e, t) : l2 == -INFINITY;
       s[nb][e] = zero ? 0.f : pv;
     }
 #pragma unroll

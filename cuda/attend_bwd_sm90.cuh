@@ -1,26 +1,35 @@
-// Backward step on Hopper warpgroup MMA (sm_90a), head dim 128, 16-bit storage: the
-// computation of attend_bwd_kernel (attend_bwd.cuh) with
+// Backward step on Hopper warpgroup MMA (sm_90a), 16-bit storage, head dims of the table
+// (attend_config.hpp: 64, 96, 128): the computation of attend_bwd_kernel (attend_bwd.cuh)
+// with
 //   - warp specialization: a producer warp walks the block's (query head, query tile)
 //     items, skips the invisible ones, stages lse, Dl and the row intervals, and
-//     issues the TMA loads of K, V (once) and of Q and dO (3-stage ring); two consumer
-//     warpgroups own 64 KV rows each (128 per block) with dK, dV in registers;
-//   - per tile, wgmma m64n64 for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, m64n128 with A from
-//     registers for dV += Pᵀ dO and dK += dSᵀ Q (Q, dO read MN-major), and m64n64 for
-//     dQ = dS K with dSᵀ (double-buffered) and K read MN-major from shared memory:
-//     warpgroup w forms dQ's head-dim half w, stages it in shared memory and adds it
-//     to the fp32 dQ in global memory with one TMA reduce-add (the memory system does
-//     the adds in whole lines, where per-thread atomics capped the kernel). The
-//     consumers meet once per tile (dSᵀ complete), at a named barrier.
+//     issues the TMA loads of K, V (once) and of Q and dO (a ring of `stages`, tiles of
+//     block_m query rows); two consumer warpgroups own 64 KV rows each (128 per block)
+//     with dK, dV in registers; tiles in the swizzled-rows layout of wgmma.cuh (128-byte
+//     swizzle for D = 64, 128; 64-byte for D = 96);
+//   - per tile, wgmma m64n{block_m} for Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, m64nD with A from
+//     registers for dV += Pᵀ dO and dK += dSᵀ Q (Q, dO read MN-major), and dQ = dS K
+//     with dSᵀ (double-buffered) and K read MN-major from shared memory: each warpgroup
+//     forms one part of the tile's dQ (block_m = 128: its 64 query rows; block_m = 64:
+//     a part of the head dim, BwdSm90::kDqCols), stages it in shared memory and adds it
+//     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
+//     adds in whole lines, where per-thread atomics capped the kernel). The consumers
+//     meet once per tile (dSᵀ complete), at a named barrier.
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
 // Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and the
 // producer sets K rows no query row of the step sees to 0 where they hold NaN/±Inf; the
 // other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
 // tile whose rows do not all see every KV row of the block lands on q_land: rows that
 // see none of them become 0, and a NaN/±Inf in a row that sees some marks the tile.
-// A marked tile (sExact) forms dV, dK and dQ term by term over the (KV row, query)
+// A marked tile (sFlags bit 1) forms dV, dK and dQ term by term over the (KV row, query)
 // pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
-// dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select).
+// dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select). Only a tile some row does
+// not see whole can be exact or need the selects; such tiles branch off once per tile, and
+// a kernel without q_ranges (kRanges false: every row sees every KV row) is compiled
+// without any of it.
 #pragma once
+
+#include <type_traits>
 
 #include "attend_bwd_parts.cuh"
 #include "attend_config.hpp"
@@ -29,35 +38,65 @@
 
 namespace lvx::cuda {
 
+template <int D>
 struct BwdSm90 {
-  static constexpr int kHeadDim = config::kSm90Bwd.head_dim, kBlockN = config::kSm90Bwd.block_n,
-                       kBlockM = config::kSm90Bwd.block_m, kStages = config::kSm90Bwd.stages;
-  static constexpr int kThreads = config::kSm90Bwd.threads;  // producer + 2 consumer warpgroups
-  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // a K or V tile
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // a Q or dO tile
-  static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dSᵀ
-  static constexpr int kDqBytes = kBlockM * 64 * 4;        // one warpgroup's fp32 dQ half
+  static constexpr config::Sm90Tile kRow = config::sm90_bwd(D);
+  static_assert(kRow.head_dim == D, "no sm_90a backward row for this head dim in attend_config.hpp");
+  static constexpr int kHeadDim = D, kBlockN = kRow.block_n, kBlockM = kRow.block_m, kStages = kRow.stages;
+  static constexpr int kThreads = kRow.threads;  // producer + 2 consumer warpgroups
+  static_assert(kBlockN == 128 && kThreads == 384, "two consumer warpgroups of 64 KV rows");
+  static_assert(kBlockM == 64 || kBlockM == 128, "Q/dO tile rows: wgmma N of the scores, 64 per dQ part");
+  using L = SwzRows<D % 64 == 0 ? 128 : 64>;  // Q, K, V, dO tiles (wgmma.cuh)
+  static_assert(D % L::kCols == 0, "head dim: whole column blocks");
+  static constexpr int kColBlocks = D / L::kCols;
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per tile row
+  // dQ = dS K in two parts, one per consumer warpgroup w: 64 query rows (from 64·w when
+  // block_m = 128, else all) x kDqCols[w] head-dim columns from kDqCol[w]. A part's
+  // columns are whole column blocks of K (an MN-major operand) and whole 32-column fp32
+  // boxes of the dQ tensor map.
+  static constexpr bool kDqRowSplit = kBlockM == 128;
+  static constexpr int kDqCols0 = kDqRowSplit ? D : (D / 2 + L::kCols - 1) / L::kCols * L::kCols;
+  static constexpr int kDqCols1 = kDqRowSplit ? D : D - kDqCols0;
+  static constexpr int kDqCol1 = kDqRowSplit ? 0 : kDqCols0;
+  static_assert(kDqCols0 % L::kCols == 0 && kDqCols1 % L::kCols == 0 && kDqCols1 > 0, "dQ parts");
+  static_assert(kDqCols0 % 32 == 0 && kDqCols1 % 32 == 0, "dQ parts: whole fp32 boxes");
+  static constexpr int kKvBytes = kBlockN * D * 2;     // a K or V tile
+  static constexpr int kQBytes = kBlockM * D * 2;      // a Q or dO tile
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // dSᵀ
+  static constexpr int kDqBytes = 64 * kDqCols0 * 4;   // one warpgroup's fp32 dQ part (the wider)
+  static_assert(kKvBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "aligned swizzle patterns");
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
+  static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
+  static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
 };
 
-template <typename T>
-__global__ void __launch_bounds__(BwdSm90::kThreads, 1)
+template <typename T, int D, bool kRanges>
+__global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
                            const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tdq) {
 #ifdef LVX_SM90A
-  constexpr int D = BwdSm90::kHeadDim, BM = BwdSm90::kBlockM, BN = BwdSm90::kBlockN, S = BwdSm90::kStages;
-  constexpr uint32_t kQ = BwdSm90::kQBytes;
+  using Cfg = BwdSm90<D>;
+  using L = typename Cfg::L;
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStages, kChunks = Cfg::kChunks;
+  constexpr uint32_t kQ = Cfg::kQBytes;
   extern __shared__ __align__(128) unsigned char smem_sm90[];
   __shared__ float sLse[S][BM], sDl[S][BM];
   __shared__ int2 sIv[S][BM];
-  __shared__ int sItem[S], sWhole[S], sExact[S];
-  __shared__ uint32_t sKpart[BwdSm90::kBlockN / 32];  // producer: K rows with a NaN/±Inf some query sees
+  __shared__ int sItem[S];    // the stage's item (-1: no more)
+  __shared__ int2 sTile[S];   // its query head and first query row
+  __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); bit 1: exact tile
+  __shared__ uint32_t sKpart[BN / 32];  // producer: K rows with a NaN/±Inf some query sees
   __shared__ __align__(8) uint64_t bars[2 + 3 * S];
-  const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + BwdSm90::kKvBytes;
-  const uint32_t sQ = sV + BwdSm90::kKvBytes, sdO = sQ + S * kQ;  // [S] each
-  const uint32_t sdS = sdO + S * kQ;                              // [2]
-  const uint32_t sdQ = sdS + 2 * BwdSm90::kDsBytes;               // [consumer warpgroup]
+  const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + Cfg::kKvBytes;
+  const uint32_t sQ = sV + Cfg::kKvBytes, sdO = sQ + S * kQ;  // [S] each
+  const uint32_t sdS = sdO + S * kQ;                          // [2]
+  const uint32_t sdQ = sdS + 2 * Cfg::kDsBytes;               // [consumer warpgroup]
+  // One tile (rows x D) by TMA: one box per column block.
+  auto load_tile = [](uint32_t dst, const CUtensorMap* map, int rows, int h, int row, int b, uint32_t bar) {
+#pragma unroll
+    for (int c = 0; c < Cfg::kColBlocks; ++c) tma_load_rows(dst + c * rows * L::kBytes, map, c * L::kCols, h, row, b, bar);
+  };
   // Barriers: K and V ready; a stage's Q, dO and row inputs ready; a stage read by every
   // consumer warp; K and V, or a stage's Q and dO, landed where the producer fixes them
   // before they are ready.
@@ -89,25 +128,23 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     // Producer warp (lane 0 issues the loads; the warp fixes tiles, design at the top).
     const int kv_hi = min(Lkv, n0 + BN);
     if (lane == 0) {
-      const uint32_t bar = p.q_ranges ? kv_land : kv_full;
-      mbar_arrive_expect(bar, 2 * BwdSm90::kKvBytes);
-      tma_load_rows(sK, &tk, 0, hk, n0, b, bar);
-      tma_load_rows(sK + BN * 128, &tk, 64, hk, n0, b, bar);
-      tma_load_rows(sV, &tv, 0, hk, n0, b, bar);
-      tma_load_rows(sV + BN * 128, &tv, 64, hk, n0, b, bar);
+      const uint32_t bar = kRanges ? kv_land : kv_full;
+      mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
+      load_tile(sK, &tk, BN, hk, n0, b, bar);
+      load_tile(sV, &tv, BN, hk, n0, b, bar);
     }
     // K rows with a NaN/±Inf: those no query row of the step sees become 0; the others
     // (sKpart, bit r of word r / 32) make every tile whose rows do not all see them exact.
     uint32_t kpart[BN / 32];
 #pragma unroll
     for (int i = 0; i < BN / 32; ++i) kpart[i] = 0;
-    if (p.q_ranges) {
+    if constexpr (kRanges) {
       mbar_wait(kv_land, 0);
       bool any_bad = false;
 #pragma unroll
       for (int i = 0; i < BN / 32; ++i) {
         const int r = 32 * i + lane;
-        kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T>(sK, BN, r));
+        kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T, L, kChunks>(sK, BN, r));
         any_bad |= kpart[i] != 0;
       }
       if (any_bad) {
@@ -122,7 +159,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
 #pragma unroll
         for (int i = 0; i < BN / 32; ++i) {
           seen[i] = __reduce_or_sync(0xffffffffu, seen[i]);
-          if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row(sK, BN, 32 * i + lane);
+          if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row<L, kChunks>(sK, BN, 32 * i + lane);
           kpart[i] &= seen[i];
         }
         fence_proxy_async();
@@ -130,7 +167,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(kv_full);
     }
-    if (lane == 0)
+    if (kRanges && lane == 0)
 #pragma unroll
       for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
     __syncwarp();
@@ -139,7 +176,8 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     for (int j = 0;; ++j) {
       bool whole = true;
       int all_lo = 0, all_hi = Lkv;
-      while (it < items && !bwd_tile_rows_warp<BM, BN>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
+      while (it < items &&
+             !bwd_tile_rows_warp<BM, BN, kRanges>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
         ++it;
       const int st = j % S;
       if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
@@ -151,27 +189,31 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
         return;
       }
       const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
+      // Q and dO rows of rows that do not see every KV row of the block are fixed.
+      const bool qfix = kRanges && !(all_lo <= n0 && all_hi >= kv_hi);
+      // The tile loads first, so that they fly while the warp stages the row inputs. On
+      // q_full they are expected bytes and the stage completes with lane 0's arrival
+      // below; a tile to fix lands on q_land.
+      if (lane == 0) {
+        const uint32_t bar = qfix ? q_land(st) : q_full(st);
+        if (qfix) mbar_arrive_expect(bar, 2 * kQ);
+        else mbar_expect_tx(bar, 2 * kQ);
+        load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
+        load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
+      }
       bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
       // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
       bool exact = false;
+      if constexpr (kRanges)
 #pragma unroll
-      for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
-      // Q and dO rows of rows that do not see every KV row of the block are fixed.
-      const bool qfix = p.q_ranges && !(all_lo <= n0 && all_hi >= kv_hi);
+        for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
       if (lane == 0) {
         sItem[st] = it;
-        sWhole[st] = whole;
-        sExact[st] = exact;
+        sTile[st] = make_int2(h, q0);
+        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0);
       }
-      __syncwarp();
-      if (lane == 0) {
-        const uint32_t bar = qfix ? q_land(st) : q_full(st);
-        mbar_arrive_expect(bar, 2 * kQ);
-        tma_load_rows(sQ + st * kQ, &tq, 0, h, q0, b, bar);
-        tma_load_rows(sQ + st * kQ + BM * 128, &tq, 64, h, q0, b, bar);
-        tma_load_rows(sdO + st * kQ, &tdo, 0, h, q0, b, bar);
-        tma_load_rows(sdO + st * kQ + BM * 128, &tdo, 64, h, q0, b, bar);
-      }
+      __syncwarp();  // the warp's row inputs before lane 0 arrives
+      if (!qfix && lane == 0) mbar_arrive(q_full(st));
       if (qfix) {
         // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
         // that sees some of them makes the tile exact.
@@ -182,17 +224,18 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
           const int2 iv = sIv[st][r];
           if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
           if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
-            zero_tile_row(sQ + st * kQ, BM, r);
-            zero_tile_row(sdO + st * kQ, BM, r);
+            zero_tile_row<L, kChunks>(sQ + st * kQ, BM, r);
+            zero_tile_row<L, kChunks>(sdO + st * kQ, BM, r);
           } else {
-            bad |= tile_row_nonfinite<T>(sQ + st * kQ, BM, r) || tile_row_nonfinite<T>(sdO + st * kQ, BM, r);
+            bad |= tile_row_nonfinite<T, L, kChunks>(sQ + st * kQ, BM, r) ||
+                   tile_row_nonfinite<T, L, kChunks>(sdO + st * kQ, BM, r);
           }
         }
         fence_proxy_async();
         __syncwarp();
         bad = __any_sync(0xffffffffu, bad);
         if (lane == 0) {
-          if (bad) sExact[st] = 1;
+          if (bad) sFlags[st] |= 2;
           mbar_arrive(q_full(st));
         }
       }
@@ -211,14 +254,14 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   float(&dk_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dk);
   float(&dv_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dv);
   const int kv_row0 = n0 + cw * 64 + warp * 16 + g;  // this thread's KV rows: kv_row0, kv_row0 + 8
+  // This warpgroup's dQ part: query rows from dq_row0 of the tile (64 of them).
+  const int dq_row0 = Cfg::kDqRowSplit ? 64 * cw : 0;
 
   // K-major descriptors of this warpgroup's 64 K / V rows and of a Q / dO tile (k16
   // step kk along the head dim); MN-major ones of 16-row slabs (step kk along rows).
-  auto kv_rows = [&](uint32_t tile, int kk) {
-    return wg_desc(tile + (kk / 4) * BN * 128 + cw * 64 * 128 + (kk % 4) * 32, 16, 1024);
-  };
-  auto q_rows = [&](uint32_t tile, int kk) { return wg_desc(tile + (kk / 4) * BM * 128 + (kk % 4) * 32, 16, 1024); };
-  auto q_slab = [&](uint32_t tile, int kk) { return wg_desc(tile + kk * 16 * 128, BM * 128, 1024); };
+  auto kv_rows = [&](uint32_t tile, int kk) { return L::kmajor(tile, BN, cw * 64, kk); };
+  auto q_rows = [&](uint32_t tile, int kk) { return L::kmajor(tile, BM, 0, kk); };
+  auto q_slab = [&](uint32_t tile, int kk) { return L::mnmajor(tile, BM, 0, kk); };
   // Sᵀ = K Qᵀ of the tile in stage st (K-major operands).
   float s[BM / 8][4];
   float(&s_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(s);
@@ -226,7 +269,8 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     const uint32_t q_tile = opaque(sQ) + st * kQ, k_tile = opaque(sK);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) Wgmma<T>::template ss64<0, 0>(s_flat, kv_rows(k_tile, kk), q_rows(q_tile, kk), kk);
+    for (int kk = 0; kk < D / 16; ++kk)
+      Wgmma<T>::template ss<BM, 0, 0>(s_flat, kv_rows(k_tile, kk), q_rows(q_tile, kk), kk);
     wg_commit();
   };
   // The item in stage st of use j (-1: no more).
@@ -235,27 +279,30 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     return sItem[j % S];
   };
 
-  // dQ half → shared memory (two 32-column boxes, 128-byte swizzle) → one reduce-add.
-  auto add_dq = [&](const float (&dq)[BM / 8][4], int h, int q0) {
-    const uint32_t dq_stage = opaque(sdQ) + cw * BwdSm90::kDqBytes;
+  // A dQ part (dq[n8 block][4], columns from col0) → shared memory (32-column boxes,
+  // 128-byte swizzle) → one TMA reduce-add per box.
+  auto add_dq = [&](const auto& dq, int col0, int h, int q0) {
+    constexpr int NB = (int)(sizeof(dq) / sizeof(dq[0]));  // n8 blocks
+    const uint32_t dq_stage = opaque(sdQ) + cw * Cfg::kDqBytes;
     const bool issuer = tid % 128 == 0;
     if (issuer) bulk_wait_read();  // the previous reduce-add has read the stage
     named_barrier(2 + cw, 128);
     const int row0 = (int)opaque(warp * 16 + g);  // addresses formed here, not held across the loop
 #pragma unroll
-    for (int nb = 0; nb < BM / 8; ++nb)
+    for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int ri = 0; ri < 2; ++ri) {
         const int row = row0 + ri * 8, chunk = (nb % 4) * 2 + t / 2;
-        const uint32_t addr = dq_stage + (nb / 4) * BM * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
+        const uint32_t addr = dq_stage + (nb / 4) * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
         asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
                      "f"(dq[nb][2 * ri + 1] * p.scale));
       }
     fence_proxy_async();
     named_barrier(2 + cw, 128);
     if (issuer) {
-      tma_reduce_add_rows(&tdq, dq_stage, cw * 64, h, q0, b);
-      tma_reduce_add_rows(&tdq, dq_stage + BM * 128, cw * 64 + 32, h, q0, b);
+#pragma unroll
+      for (int box = 0; box < NB / 4; ++box)
+        tma_reduce_add_rows(&tdq, dq_stage + box * 64 * 128, col0 + 32 * box, h, q0 + dq_row0, b);
       bulk_commit();
     }
   };
@@ -292,7 +339,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       const uint32_t base = opaque(rows_tile);
 #pragma unroll
       for (int jj = 0; jj < D / 8; ++jj) {
-        const float2 v = tile_pair<T>(base, BM, i, jj, t);
+        const float2 v = tile_pair<T, L>(base, BM, i, jj, t);
         if (see0) {
           acc[jj][0] += x.x * v.x;
           acc[jj][1] += x.x * v.y;
@@ -304,9 +351,10 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       }
     }
   };
-  // dq (this warpgroup's head-dim half of the tile's dQ) = dS K.
-  auto dq_exact = [&](float (&dq)[BM / 8][4], uint32_t ds_tile, const int2* iv) {
-    const int i0 = warp * 16 + g;
+  // dq (this warpgroup's dQ part, columns from col0) = dS K.
+  auto dq_exact = [&](auto& dq, int col0, uint32_t ds_tile, const int2* iv) {
+    constexpr int NB = (int)(sizeof(dq) / sizeof(dq[0]));
+    const int i0 = dq_row0 + warp * 16 + g;
     const int2 r0 = iv[i0], r1 = iv[i0 + 8];
 #pragma unroll 1
     for (int k = 0; k < BN; ++k) {
@@ -315,8 +363,8 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       const uint32_t dsb = opaque(ds_tile), kb = opaque(sK);
       const float ds0 = tile_elem<T>(dsb, BN, k, i0 / 8, i0 % 8), ds1 = tile_elem<T>(dsb, BN, k, i0 / 8 + 1, i0 % 8);
 #pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb) {
-        const float2 v = tile_pair<T>(kb, BN, k, 8 * cw + nb, t);
+      for (int nb = 0; nb < NB; ++nb) {
+        const float2 v = tile_pair<T, L>(kb, BN, k, col0 / 8 + nb, t);
         if (see0) {
           dq[nb][0] += ds0 * v.x;
           dq[nb][1] += ds0 * v.y;
@@ -328,6 +376,54 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       }
     }
   };
+  // The end of tile j (stage st), once both warpgroups' dSᵀ are in ds_tile: this
+  // warpgroup's dQ part (kCols columns from col0), the next tile's Sᵀ, the stage handed
+  // back. Returns the next item.
+  auto finish_tile = [&](auto cols, int col0, int j, int st, int h, int q0, uint32_t ds_tile, auto exact_tile) {
+    constexpr int kCols = decltype(cols)::value;
+    constexpr bool exact = decltype(exact_tile)::value;
+    float dq[kCols / 8][4];
+    float(&dq_flat)[kCols / 2] = reinterpret_cast<float(&)[kCols / 2]>(dq);
+    if constexpr (exact) {
+#pragma unroll
+      for (int i = 0; i < kCols / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+      dq_exact(dq, col0, ds_tile, sIv[st]);
+      const int it_next = next_item(j + 1);
+      __syncwarp();  // every lane's reads of the stage (sIv in dq_exact) before lane 0 frees it
+      if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
+      add_dq(dq, col0, h, q0);
+      issue_scores((j + 1) % S);  // also past the last tile (unused then)
+      wg_wait<0>();
+      wg_fence_regs(s_flat);
+      return it_next;
+    } else {
+      // dQ part += scale · dS K; the next tile's Sᵀ behind it.
+      const uint32_t k_tile = opaque(sK);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk)
+        Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
+                                           L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
+      wg_commit();
+      const int it_next = next_item(j + 1);
+      issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
+      wg_wait<1>();
+      wg_fence_regs(dq_flat);
+      if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
+      add_dq(dq, col0, h, q0);
+      wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
+      wg_fence_regs(s_flat);
+      return it_next;
+    }
+  };
+  auto finish = [&](int j, int st, int h, int q0, uint32_t ds_tile, auto exact) {
+    if constexpr (Cfg::kDqCols0 == Cfg::kDqCols1)
+      return finish_tile(std::integral_constant<int, Cfg::kDqCols0>{}, cw * Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
+    else if (cw == 0)
+      return finish_tile(std::integral_constant<int, Cfg::kDqCols0>{}, 0, j, st, h, q0, ds_tile, exact);
+    else
+      return finish_tile(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
+  };
 
   mbar_wait(kv_full, 0);
   int it = next_item(0);
@@ -336,49 +432,43 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   wg_fence_regs(s_flat);
   for (int j = 0; it >= 0; ++j) {
     const int st = j % S;
-    const bool need_mask = !sWhole[st];
-    const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
+    const int flags = sFlags[st];
+    const bool need_mask = !(flags & 1);
+    const int2 tile = sTile[st];  // the producer's division, not the consumers'
+    const int h = tile.x, q0 = tile.y;
     const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
-    const uint32_t k_tile = opaque(sK), v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * BwdSm90::kDsBytes;
+    const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * Cfg::kDsBytes;
 
-    if (sExact[st]) {
+    if (kRanges && (flags & 2)) {
       // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
       // dQ term by term.
       uint32_t pa[BM / 16][4];
-      bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, true, kv_row0, Lkv, t);
+      bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
       float dp[BM / 8][4];
       float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<T>::template ss64<0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
+        Wgmma<T>::template ss<BM, 0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
       wg_commit();
       wg_wait<0>();
       wg_fence_regs(dp_flat);
       uint32_t da[BM / 16][4];
       bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
       store_ds(da, ds_tile);
+      __syncwarp();  // kv_exact below reads the dSᵀ values the quad's other lanes stored
       kv_exact(dv, pa, false, ds_tile, do_tile, sIv[st]);
       kv_exact(dk, pa, true, ds_tile, q_tile, sIv[st]);
       fence_proxy_async();
       named_barrier(1, 256);  // dSᵀ of both warpgroups in place
-      float dq[BM / 8][4];
-#pragma unroll
-      for (int i = 0; i < BM / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-      dq_exact(dq, ds_tile, sIv[st]);
-      const int it_next = next_item(j + 1);
-      if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
-      add_dq(dq, h, q0);
-      issue_scores((j + 1) % S);  // also past the last tile (unused then)
-      wg_wait<0>();
-      wg_fence_regs(s_flat);
-      it = it_next;
+      it = finish(j, st, h, q0, ds_tile, std::true_type{});
       continue;
     }
 
     // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
     uint32_t pa[BM / 16][4];
-    bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, need_mask, kv_row0, Lkv, t);
+    if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+    else bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
 
     // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
     float dp[BM / 8][4];
@@ -387,10 +477,10 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<T>::template ss64<0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
+      Wgmma<T>::template ss<BM, 0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
     wg_commit();
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs128<1>(dv_flat, pa[kk], q_slab(do_tile, kk), 1);
+    for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dv_flat, pa[kk], q_slab(do_tile, kk), 1);
     wg_commit();
     wg_wait<1>();
     wg_fence_regs(dp_flat);
@@ -402,7 +492,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     wg_fence_regs(dk_flat);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs128<1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
+    for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
     wg_commit();
     store_ds(da, ds_tile);
     fence_proxy_async();
@@ -413,24 +503,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     wg_fence_regs(dk_flat);
     wg_fence_regs(dv_flat);
 
-    // dQ[q0 .. q0 + 64, 64·cw .. 64·cw + 64) += scale · dS K; the next tile's Sᵀ behind it.
-    float dq[BM / 8][4];
-    float(&dq_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dq);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template ss64<1, 1>(dq_flat, wg_desc(ds_tile + kk * 16 * 128, BN * 128, 1024),
-                                    wg_desc(k_tile + cw * BN * 128 + kk * 16 * 128, BN * 128, 1024), kk);
-    wg_commit();
-    const int it_next = next_item(j + 1);
-    issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
-    wg_wait<1>();
-    wg_fence_regs(dq_flat);
-    if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
-    add_dq(dq, h, q0);
-    wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
-    wg_fence_regs(s_flat);
-    it = it_next;
+    it = finish(j, st, h, q0, ds_tile, std::false_type{});
   }
   if (tid % 128 == 0) bulk_wait();
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);

@@ -53,19 +53,72 @@ constexpr MmaBwdTile mma_bwd(int D) {
 // fit twice, 8 warps once).
 constexpr int mma_fwd_blocks_per_sm(int D) { return mma_fwd(D).warps >= 8 ? 1 : 2; }
 
-// sm_90a (wgmma, warp-specialized) kernels for 16-bit storage: one producer and two
-// consumer warpgroups; `stages` tiles in flight. One head dim; one block per SM (shared
-// memory bounds it).
+// sm_90a (wgmma, warp-specialized) kernels for 16-bit storage, one row per head dim: one
+// producer warpgroup and two consumer warpgroups (threads = 384), `stages` tiles in flight.
+// Forward: block_m query rows per block (64 per consumer warpgroup), KV tiles of block_n
+// rows. Backward: block_n KV rows per block (64 per consumer warpgroup, dK and dV in
+// registers), Q/dO tiles of block_m query rows.
+//
+// Budgets (per SM, one block per SM; sm_90: 65,536 registers, 227 KB = 232,448 bytes of
+// shared memory per block). Registers: setmaxnreg gives the producer 40 (forward) / 24
+// (backward) and each consumer thread 232 / 240: 128·40 + 256·232 = 128·24 + 256·240 =
+// 64,512. Consumer fp32 values per thread, the peak of each kernel (64 rows x N columns of
+// a warpgroup = N / 2 per thread; P and dS fragments packed two per register):
+//   forward  O (D / 2) + S (BN / 2) + two P sets (2 · BN / 4):
+//     D = 64: 32 + 64 + 64 = 160; D = 96: 176; D = 128: 192 (ptxas: 168 at entry, no spills);
+//   backward dK + dV (D) + dPᵀ (BM / 2) + Pᵀ (BM / 4) + dSᵀ (BM / 4):
+//     D = 64, BM = 128: 64 + 64 + 32 + 32 = 192; D = 96, BM = 64: 96 + 32 + 16 + 16 = 160;
+//     D = 128, BM = 64: 128 + 32 + 16 + 16 = 192.
+// Shared memory (bytes; + 1,024 alignment; tiles of 16-bit elements):
+//   forward  Q (BM·D·2) + stages · (K + V) (2·BN·D·2):
+//     D = 64:  16,384 + 4 · 32,768 = 147,456;  D = 96: 24,576 + 4 · 49,152 = 221,184;
+//     D = 128: 32,768 + 3 · 65,536 = 229,376 (4 stages would not fit).
+//   backward K + V (2·BN·D·2) + stages · (Q + dO) (2·BM·D·2) + 2 dSᵀ (2·BN·BM·2) + 2 fp32
+//   dQ staging tiles (2 · 64 · Dq · 4, Dq = the widest dQ part of a warpgroup), plus
+//   static row statistics (stages · BM · 16):
+//     D = 64, BM = 128, 2 stages: 32,768 + 65,536 + 65,536 + 32,768 = 196,608 (+ 4,096):
+//       a third stage would need 32,768 more, past the limit;
+//     D = 96, BM = 64, 3 stages: 49,152 + 73,728 + 32,768 + 32,768 = 188,416 (+ 3,072);
+//     D = 128, BM = 64, 2 stages: 65,536 + 65,536 + 32,768 + 32,768 = 196,608 (+ 2,048).
+// Backward dQ = dS K (64 query rows x N per warpgroup): with BM = 128 each warpgroup takes
+// 64 query rows and all D columns; with BM = 64 each takes a part of the columns (D = 128:
+// 64 + 64; D = 96: 64 + 32, as an MN-major operand spans whole 32-column blocks).
+// Why BM = 128 at D = 64: the work of a tile is BM·BN·D, its fixed costs (barriers, the dQ
+// reduce-add, Sᵀ/dPᵀ elementwise per BM·BN) do not shrink with D; at D = 64, BM = 128 keeps
+// the per-tile work of D = 128 (and its register peak, 192). D = 96 and 128 cannot take BM =
+// 128: shared memory (D = 96: K/V + 2 stages of 128-row Q/dO tiles + dSᵀ + dQ staging
+// come to 262,144).
+// D = 256: the forward would fit (O 128 + S 32 + P 32 = 192 registers with BN = 64); the
+// backward would not (dK + dV alone are 256 registers per thread for 64 KV rows per
+// warpgroup), so it is not built.
 struct Sm90Tile {
   int head_dim, block_m, block_n, stages, threads;
 };
-inline constexpr Sm90Tile kSm90Fwd{128, 128, 128, 3, 384};  // Q tile rows, KV tile rows
-inline constexpr Sm90Tile kSm90Bwd{128, 64, 128, 2, 384};   // Q/dO tile rows, K/V rows per block
+inline constexpr Sm90Tile kSm90Fwd[] = {{64, 128, 128, 4, 384}, {96, 128, 128, 4, 384}, {128, 128, 128, 3, 384}};
+inline constexpr Sm90Tile kSm90Bwd[] = {{64, 128, 128, 2, 384}, {96, 64, 128, 3, 384}, {128, 64, 128, 2, 384}};
+
+// The row of head dim D, or all zeros when the sm_90a kernels are not built for it.
+constexpr Sm90Tile sm90_fwd(int D) {
+  for (const Sm90Tile& t : kSm90Fwd)
+    if (t.head_dim == D) return t;
+  return {0, 0, 0, 0, 0};
+}
+constexpr Sm90Tile sm90_bwd(int D) {
+  for (const Sm90Tile& t : kSm90Bwd)
+    if (t.head_dim == D) return t;
+  return {0, 0, 0, 0, 0};
+}
+constexpr bool sm90_fwd_built(int D) { return D > 0 && sm90_fwd(D).head_dim == D; }
+constexpr bool sm90_bwd_built(int D) { return D > 0 && sm90_bwd(D).head_dim == D; }
 
 constexpr bool table_complete() {
   for (int d : kHeadDims)
     if (mma_fwd(d).head_dim != d || mma_bwd(d).head_dim != d) return false;
-  return head_dim_built(kSm90Fwd.head_dim) && head_dim_built(kSm90Bwd.head_dim);
+  for (const Sm90Tile& t : kSm90Fwd)
+    if (!head_dim_built(t.head_dim)) return false;
+  for (const Sm90Tile& t : kSm90Bwd)
+    if (!head_dim_built(t.head_dim)) return false;
+  return true;
 }
 static_assert(table_complete(), "every head dim needs a forward and a backward tile");
 

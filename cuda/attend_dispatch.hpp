@@ -14,8 +14,10 @@ namespace lvx::cuda {
 // Forward step. p.splits / p.split_len / p.o_part / p.lse_part come from plan_fwd_splits
 // (split_kv.hpp) and the caller's workspace; with splits > 1 the combine kernel runs after
 // the step.
-// sm90: the device runs sm_90a code (Hopper); 16-bit D = 128 then takes the wgmma kernels
-// (attend_fwd_sm90.cuh, attend_bwd_sm90.cuh).
+// sm90: the wgmma kernels (attend_fwd_sm90.cuh, attend_bwd_sm90.cuh) may run: the device
+// runs sm_90a code (Hopper) and LVX_CUDA_SM90 allows them for D. 16-bit head dims with a
+// row in the table's sm_90a lists take them; if one cannot be configured on the device, the
+// mma.sync kernels run instead (a line on stderr says so).
 template <typename T, int D>
 void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90);
 

@@ -1,11 +1,14 @@
-// Forward step on Hopper warpgroup MMA (sm_90a), head dim 128, 16-bit storage: the
-// same computation and epilogue as attend_fwd_kernel (attend_fwd.cuh), with
+// Forward step on Hopper warpgroup MMA (sm_90a), 16-bit storage, head dims of the table
+// (attend_config.hpp: 64, 96, 128): the same computation and epilogue as
+// attend_fwd_kernel (attend_fwd.cuh), with
 //   - warp specialization: one producer warpgroup (one thread issuing TMA tile loads,
 //     registers handed to the others) and two consumer warpgroups of 64 query rows
 //     each (128 per block), synchronized only by mbarriers;
-//   - KV tiles of 128 rows in a 3-stage ring, in the swizzled-rows layout of wgmma.cuh;
-//   - S = Q·Kᵀ as 8 wgmma m64n128k16 with both operands in shared memory, and
-//     O += P·V with P from registers and V read MN-major (no transpose pass);
+//   - KV tiles of block_n rows in a ring of `stages`, in the swizzled-rows layout of
+//     wgmma.cuh (128-byte swizzle for D = 64, 128; 64-byte for D = 96), one TMA box per
+//     column block;
+//   - S = Q·Kᵀ as D / 16 wgmma m64n128k16 with both operands in shared memory, and
+//     O += P·V as m64nDk16 with P from registers and V read MN-major (no transpose pass);
 //   - software pipelining inside each warpgroup: S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1}
 //     are issued together, and the softmax of S_j runs while P_{j-1}·V_{j-1} is on the
 //     tensor cores (the rescale of O waits for it).
@@ -15,6 +18,9 @@
 // only some rows see for NaN/±Inf, marks the stage (s_slow) if one holds any, and then
 // signals v_full. A marked tile's O += P V is formed term by term over the KV rows each
 // row sees (pv_exact), with no wgmma in flight; K needs nothing (S is masked by a select).
+// Only tiles that straddle an interval edge can need either: the consumers look at a
+// tile's mark only when they mask its scores, and a kernel without q_ranges (kRanges
+// false: every row sees every KV row) is compiled without any of it.
 #pragma once
 
 #include "attend_config.hpp"
@@ -24,28 +30,46 @@
 
 namespace lvx::cuda {
 
+template <int D>
 struct FwdSm90 {
-  static constexpr int kHeadDim = config::kSm90Fwd.head_dim, kBlockM = config::kSm90Fwd.block_m,
-                       kBlockN = config::kSm90Fwd.block_n, kStages = config::kSm90Fwd.stages;
-  static constexpr int kThreads = config::kSm90Fwd.threads;                // producer + 2 consumer warpgroups
-  static constexpr int kTileBytes = 128 * kHeadDim * 2;                    // one 128-row tile
-  static constexpr int kSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024;  // Q, stages x (K, V), alignment
+  static constexpr config::Sm90Tile kRow = config::sm90_fwd(D);
+  static_assert(kRow.head_dim == D, "no sm_90a forward row for this head dim in attend_config.hpp");
+  static constexpr int kHeadDim = D, kBlockM = kRow.block_m, kBlockN = kRow.block_n, kStages = kRow.stages;
+  static constexpr int kThreads = kRow.threads;  // producer + 2 consumer warpgroups
+  static_assert(kBlockM == 128 && kThreads == 384, "two consumer warpgroups of 64 query rows");
+  static_assert(kBlockN % 32 == 0 && kBlockN <= 256, "KV tile rows: wgmma N of S, 32-row producer scans");
+  using L = SwzRows<D % 64 == 0 ? 128 : 64>;  // Q, K, V tiles (wgmma.cuh)
+  static_assert(D % L::kCols == 0, "head dim: whole column blocks");
+  static constexpr int kBoxCols = L::kCols;             // TMA box columns (one column block)
+  static constexpr int kColBlocks = D / L::kCols;
+  static constexpr int kChunks = D / 8;                 // 16-byte chunks per tile row
+  static constexpr int kQBytes = kBlockM * D * 2, kKvBytes = kBlockN * D * 2;
+  static_assert(kQBytes % 1024 == 0 && kKvBytes % 1024 == 0, "tiles keep their swizzle patterns aligned");
+  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kKvBytes + 1024;  // Q, stages x (K, V), alignment
+  static_assert(kSmemBytes + 2048 <= 232448, "shared memory of one block (static part included)");
 };
 
-template <typename T>
-__global__ void __launch_bounds__(FwdSm90::kThreads, 1)
+template <typename T, int D, bool kRanges>
+__global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     attend_fwd_sm90_kernel(const FwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv) {
 #ifdef LVX_SM90A
-  constexpr int D = FwdSm90::kHeadDim, BM = FwdSm90::kBlockM, BN = FwdSm90::kBlockN, NT = FwdSm90::kThreads;
-  constexpr int kStages = FwdSm90::kStages;
-  constexpr uint32_t kTile = FwdSm90::kTileBytes;
+  using Cfg = FwdSm90<D>;
+  using L = typename Cfg::L;
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, NT = Cfg::kThreads;
+  constexpr int kStages = Cfg::kStages, kChunks = Cfg::kChunks;
+  constexpr uint32_t kQTile = Cfg::kQBytes, kKvTile = Cfg::kKvBytes;
+  // One tile (rows x D) by TMA: one box per column block.
+  auto load_tile = [](uint32_t dst, const CUtensorMap* map, int rows, int h, int row, int b, uint32_t bar) {
+#pragma unroll
+    for (int c = 0; c < Cfg::kColBlocks; ++c) tma_load_rows(dst + c * rows * L::kBytes, map, c * L::kCols, h, row, b, bar);
+  };
   extern __shared__ __align__(128) unsigned char smem_sm90[];
   __shared__ __align__(8) uint64_t bars[1 + 4 * kStages];
   __shared__ int s_range[4];
   __shared__ int s_slow[kStages];  // the stage's V tile needs the exact product (below)
   __shared__ int2 s_rows[BM];      // the block's query rows' intervals (producer)
-  const uint32_t sQ = (smem_addr(smem_sm90) + 1023u) & ~1023u, sKV = sQ + kTile;  // stage st: K, then V
+  const uint32_t sQ = (smem_addr(smem_sm90) + 1023u) & ~1023u, sKV = sQ + kQTile;  // stage st: K, then V
   // Barriers: Q landed; K / V of a stage ready; a stage's K and V read by every consumer
   // warp; V of a stage landed, for a tile the producer fixes before it is ready.
   const uint32_t q_full = smem_addr(bars);
@@ -78,74 +102,88 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1)
     // fixes the V tiles that not every row sees whole (design at the top of the file).
     regs_dealloc<40>();
     if (tid >= 32 || n_tiles == 0) return;
-    for (int r = lane; r < BM; r += 32) {
-      const int row = m0 + r;
-      s_rows[r] = row < p.Lq ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + row)
-                             : make_int2(0, 0);
-    }
-    __syncwarp();
-    const int all_lo = kr.full_lo, all_hi = min(kr.full_hi, hi);  // KV rows every row sees
-    auto needs_fix = [&](int n0) { return n0 < all_lo || min(n0 + BN, p.Lkv) > all_hi; };
-    uint32_t land_phase = 0;  // bit st: parity of stage st's next v_land completion
-    // V rows of tile j no row of the block sees (past hi included) become 0; a NaN/±Inf
-    // in a row only some rows see marks the tile for the exact product.
-    auto fix = [&](int j) {
-      const int st = j % kStages, n0 = lo + j * BN;
-      if (!needs_fix(n0)) return;
-      mbar_wait(v_land(st), (land_phase >> st) & 1u);
-      land_phase ^= 1u << st;
-      uint32_t any[BN / 32];
-#pragma unroll
-      for (int w = 0; w < BN / 32; ++w) any[w] = 0;
+    if constexpr (!kRanges) {
+      // Every row sees every KV row: no tile to fix (splits are whole tiles; rows past
+      // the end of K/V land as zeros), lane 0 alone issues the loads.
+      if (lane != 0) return;
+      mbar_arrive_expect(q_full, kQTile);
+      load_tile(sQ, &tq, BM, h, m0, b, q_full);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (j >= kStages) mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
+        const uint32_t k_dst = sKV + st * 2 * kKvTile, v_dst = k_dst + kKvTile;
+        mbar_arrive_expect(k_full(st), kKvTile);
+        load_tile(k_dst, &tk, BN, hk, n0, b, k_full(st));
+        mbar_arrive_expect(v_full(st), kKvTile);
+        load_tile(v_dst, &tv, BN, hk, n0, b, v_full(st));
+      }
+    } else {
       for (int r = lane; r < BM; r += 32) {
-        const int2 iv = s_rows[r];
-#pragma unroll
-        for (int w = 0; w < BN / 32; ++w) any[w] |= interval_bits(iv.x, min(iv.y, hi), n0 + 32 * w);
+        const int row = m0 + r;
+        s_rows[r] = row < p.Lq ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + row)
+                               : make_int2(0, 0);
       }
-#pragma unroll
-      for (int w = 0; w < BN / 32; ++w) any[w] = __reduce_or_sync(0xffffffffu, any[w]);
-      const uint32_t v_tile = sKV + st * 2 * kTile + kTile;
-      bool bad = false;
-#pragma unroll
-      for (int i = 0; i < BN / 32; ++i) {
-        const int r = 32 * i + lane, col = n0 + r;
-        if (col >= p.Lkv || (col >= all_lo && col < all_hi)) continue;  // TMA zeros; seen by every row
-        if (!((any[i] >> lane) & 1u)) zero_tile_row(v_tile, BN, r);
-        else bad |= tile_row_nonfinite<T>(v_tile, BN, r);
-      }
-      fence_proxy_async();
       __syncwarp();
-      bad = __any_sync(0xffffffffu, bad);
+      const int all_lo = kr.full_lo, all_hi = min(kr.full_hi, hi);  // KV rows every row sees
+      auto needs_fix = [&](int n0) { return n0 < all_lo || min(n0 + BN, p.Lkv) > all_hi; };
+      uint32_t land_phase = 0;  // bit st: parity of stage st's next v_land completion
+      // V rows of tile j no row of the block sees (past hi included) become 0; a NaN/±Inf
+      // in a row only some rows see marks the tile for the exact product.
+      auto fix = [&](int j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (!needs_fix(n0)) return;
+        mbar_wait(v_land(st), (land_phase >> st) & 1u);
+        land_phase ^= 1u << st;
+        uint32_t any[BN / 32];
+#pragma unroll
+        for (int w = 0; w < BN / 32; ++w) any[w] = 0;
+        for (int r = lane; r < BM; r += 32) {
+          const int2 iv = s_rows[r];
+#pragma unroll
+          for (int w = 0; w < BN / 32; ++w) any[w] |= interval_bits(iv.x, min(iv.y, hi), n0 + 32 * w);
+        }
+#pragma unroll
+        for (int w = 0; w < BN / 32; ++w) any[w] = __reduce_or_sync(0xffffffffu, any[w]);
+        const uint32_t v_tile = sKV + st * 2 * kKvTile + kKvTile;
+        bool bad = false;
+#pragma unroll
+        for (int i = 0; i < BN / 32; ++i) {
+          const int r = 32 * i + lane, col = n0 + r;
+          if (col >= p.Lkv || (col >= all_lo && col < all_hi)) continue;  // TMA zeros; seen by every row
+          if (!((any[i] >> lane) & 1u)) zero_tile_row<L, kChunks>(v_tile, BN, r);
+          else bad |= tile_row_nonfinite<T, L, kChunks>(v_tile, BN, r);
+        }
+        fence_proxy_async();
+        __syncwarp();
+        bad = __any_sync(0xffffffffu, bad);
+        if (lane == 0) {
+          s_slow[st] = bad;
+          mbar_arrive(v_full(st));
+        }
+      };
       if (lane == 0) {
-        s_slow[st] = bad;
-        mbar_arrive(v_full(st));
+        mbar_arrive_expect(q_full, kQTile);
+        load_tile(sQ, &tq, BM, h, m0, b, q_full);
       }
-    };
-    if (lane == 0) {
-      mbar_arrive_expect(q_full, kTile);
-      tma_load_rows(sQ, &tq, 0, h, m0, b, q_full);
-      tma_load_rows(sQ + BM * 128, &tq, 64, h, m0, b, q_full);
+      int fixed = 0;
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % kStages, n0 = lo + j * BN;
+        if (j >= kStages) {
+          while (fixed < j) fix(fixed++);  // the consumers need them before they free this stage
+          mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
+        }
+        if (lane == 0) {
+          const uint32_t k_dst = sKV + st * 2 * kKvTile, v_dst = k_dst + kKvTile;
+          mbar_arrive_expect(k_full(st), kKvTile);
+          load_tile(k_dst, &tk, BN, hk, n0, b, k_full(st));
+          s_slow[st] = 0;
+          const uint32_t v_bar = needs_fix(n0) ? v_land(st) : v_full(st);
+          mbar_arrive_expect(v_bar, kKvTile);
+          load_tile(v_dst, &tv, BN, hk, n0, b, v_bar);
+        }
+      }
+      while (fixed < n_tiles) fix(fixed++);
     }
-    int fixed = 0;
-    for (int j = 0; j < n_tiles; ++j) {
-      const int st = j % kStages, n0 = lo + j * BN;
-      if (j >= kStages) {
-        while (fixed < j) fix(fixed++);  // the consumers need them before they free this stage
-        mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
-      }
-      if (lane == 0) {
-        const uint32_t k_dst = sKV + st * 2 * kTile, v_dst = k_dst + kTile;
-        mbar_arrive_expect(k_full(st), kTile);
-        tma_load_rows(k_dst, &tk, 0, hk, n0, b, k_full(st));
-        tma_load_rows(k_dst + BN * 128, &tk, 64, hk, n0, b, k_full(st));
-        s_slow[st] = 0;
-        const uint32_t v_bar = needs_fix(n0) ? v_land(st) : v_full(st);
-        mbar_arrive_expect(v_bar, kTile);
-        tma_load_rows(v_dst, &tv, 0, hk, n0, b, v_bar);
-        tma_load_rows(v_dst + BN * 128, &tv, 64, hk, n0, b, v_bar);
-      }
-    }
-    while (fixed < n_tiles) fix(fixed++);
     return;
   }
 
@@ -162,31 +200,40 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1)
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
   float(&acc_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(acc);
 
-  // S = Q·K_jᵀ (Q and K K-major: two 64-column blocks, 32 bytes per k16 step).
+  // S = Q·K_jᵀ (Q and K K-major: 32 bytes per k16 step along the head dim).
   auto issue_scores = [&](float (&s_flat)[BN / 2], int j) {
-    const uint32_t q_base = opaque(sQ) + cw * 64 * 128, k_tile = opaque(sKV) + (j % kStages) * 2 * kTile;
+    const uint32_t q_tile = opaque(sQ), k_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t step = (kk % 4) * 32;
-      Wgmma<T>::template ss128<0, 0>(s_flat, wg_desc(q_base + (kk / 4) * BM * 128 + step, 16, 1024),
-                                     wg_desc(k_tile + (kk / 4) * BN * 128 + step, 16, 1024), kk);
-    }
+    for (int kk = 0; kk < D / 16; ++kk)
+      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::kmajor(q_tile, BM, cw * 64, kk), L::kmajor(k_tile, BN, 0, kk), kk);
     wg_commit();
   };
-  // O += P·V_j (V MN-major: 16 KV rows = 2048 bytes per k16 step, d-blocks BN·128 apart).
+  // O += P·V_j (V MN-major: 16 KV rows per k16 step, column blocks BN rows apart).
   auto issue_pv = [&](uint32_t (&pa)[BN / 16][4], int j) {
-    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kTile + kTile;
+    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile + kKvTile;
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template rs128<1>(acc_flat, pa[kk], wg_desc(v_tile + kk * 16 * 128, BN * 128, 1024), 1);
+    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::mnmajor(v_tile, BN, 0, kk), 1);
     wg_commit();
   };
   auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
   auto parity = [&](int j) { return (uint32_t)((j / kStages) & 1); };
+  // Whether tile j (its V ready) is marked for the exact product. Only a tile whose
+  // scores are masked can be (the producer fixes a subset of them); lane 0 reads the
+  // mark and hands it to the warp, so that no other lane reads the stage's shared memory
+  // before lane 0 frees the stage.
+  auto slow = [&](int j) -> bool {
+    if constexpr (!kRanges) {
+      return false;
+    } else {
+      if (!need_mask(lo + j * BN)) return false;
+      const int mark = lane == 0 ? s_slow[j % kStages] : 0;
+      return __shfl_sync(0xffffffffu, mark, 0) != 0;
+    }
+  };
   // O += P·V_j term by term, each row over the KV rows it sees: for a tile the producer
   // marked (a NaN/±Inf in a V row only some rows see). No wgmma is in flight here.
   auto pv_exact = [&](const uint32_t (&pt)[BN / 16][4], int j) {
-    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kTile + kTile;
+    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile + kKvTile;
     const int n0 = lo + j * BN;
 #pragma unroll 1
     for (int k = 0; k < BN; ++k) {
@@ -197,7 +244,7 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1)
       const uint32_t row = opaque(v_tile);
 #pragma unroll
       for (int db = 0; db < D / 8; ++db) {
-        const float2 v = tile_pair<T>(row, BN, k, db, t);
+        const float2 v = tile_pair<T, L>(row, BN, k, db, t);
         if (see0) {
           acc[db][0] += pr.x * v.x;
           acc[db][1] += pr.x * v.y;
@@ -231,9 +278,10 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1)
     auto step = [&](int j, uint32_t (&p_prev)[BN / 16][4], uint32_t (&p_next)[BN / 16][4]) {
       mbar_wait(k_full(j % kStages), parity(j));
       mbar_wait(v_full((j - 1) % kStages), parity(j - 1));
-      if (s_slow[(j - 1) % kStages]) {
+      if (slow(j - 1)) {
         // P_{j-1}·V_{j-1} term by term, then S_j alone.
         pv_exact(p_prev, j - 1);
+        __syncwarp();  // every lane's reads of V_{j-1} before lane 0 frees the stage
         if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));
         wg_fence();
         issue_scores(s_flat, j);
@@ -267,7 +315,7 @@ __global__ void __launch_bounds__(FwdSm90::kThreads, 1)
     }
     auto last_pv = [&](uint32_t (&p_last)[BN / 16][4]) {
       mbar_wait(v_full((n_tiles - 1) % kStages), parity(n_tiles - 1));
-      if (s_slow[(n_tiles - 1) % kStages]) {
+      if (slow(n_tiles - 1)) {
         pv_exact(p_last, n_tiles - 1);
         return;
       }

@@ -3,6 +3,7 @@
 
 #include "attend_bwd.cuh"
 #include "attend_bwd_sm90.cuh"
+#include <cstdio>
 #include <type_traits>
 
 #include "attend_dispatch.hpp"
@@ -19,6 +20,19 @@ void allow_dynamic_smem(Kernel kernel, int bytes) {
     LVX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+// Whether an sm_90a kernel can be launched with `bytes` of dynamic shared memory on this
+// device (the caller asks once per kernel): when not, it says so on stderr once and the
+// caller takes the mma.sync kernels.
+template <typename Kernel>
+bool sm90_kernel_ready(Kernel kernel, int bytes, const char* what, int D) {
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) return true;
+  cudaGetLastError();  // clear it: the portable kernels run instead
+  std::fprintf(stderr, "lvxattn: the sm_90a %s kernel for head dim %d cannot take %d bytes of shared memory (%s); using the mma.sync kernels\n",
+               what, D, bytes, cudaGetErrorString(err));
+  return false;
+}
+
 template <int D>
 void launch_fwd_combine(const FwdParams& p, cudaStream_t stream) {
   const long long rows = (long long)p.B * p.Lq * p.Hq;
@@ -30,17 +44,23 @@ void launch_fwd_combine(const FwdParams& p, cudaStream_t stream) {
 template <typename T, int D>
 void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Hq == 0) return;
-  if constexpr (D == FwdSm90::kHeadDim && !std::is_same_v<T, float>) {
-    if (sm90) {
-      auto kernel = attend_fwd_sm90_kernel<T>;
-      static bool configured = (allow_dynamic_smem(kernel, FwdSm90::kSmemBytes), true);
-      (void)configured;
-      dim3 grid((p.Lq + FwdSm90::kBlockM - 1) / FwdSm90::kBlockM, p.Hq, p.B * p.splits);
+  if constexpr (config::sm90_fwd_built(D) && !std::is_same_v<T, float>) {
+    using Cfg = FwdSm90<D>;
+    // The kernel without q_ranges compiles none of the masked-value machinery.
+    auto kernel = p.q_ranges ? attend_fwd_sm90_kernel<T, D, true> : attend_fwd_sm90_kernel<T, D, false>;
+    auto ready = [&] {
+      static const bool r = sm90_kernel_ready(attend_fwd_sm90_kernel<T, D, true>, Cfg::kSmemBytes, "forward", D) &&
+                            sm90_kernel_ready(attend_fwd_sm90_kernel<T, D, false>, Cfg::kSmemBytes, "forward", D);
+      return r;  // asked once
+    };
+    if (sm90 && ready()) {
+      dim3 grid((p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM, p.Hq, p.B * p.splits);
       constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-      const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, FwdSm90::kBlockM);
-      const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, FwdSm90::kBlockN);
-      const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, FwdSm90::kBlockN);
-      kernel<<<grid, FwdSm90::kThreads, FwdSm90::kSmemBytes, stream>>>(p, tq, tk, tv);
+      constexpr int box = Cfg::kBoxCols;
+      const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, Cfg::kBlockM, box);
+      const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, Cfg::kBlockN, box);
+      const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, Cfg::kBlockN, box);
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tq, tk, tv);
       LVX_CUDA_CHECK_LAUNCH();
       if (p.splits > 1) launch_fwd_combine<D>(p, stream);
       return;
@@ -66,19 +86,25 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
 template <typename T, int D>
 void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Lkv == 0 || p.Hq == 0) return;
-  if constexpr (D == BwdSm90::kHeadDim && !std::is_same_v<T, float>) {
-    if (sm90) {
-      auto kernel = attend_bwd_sm90_kernel<T>;
-      static bool configured = (allow_dynamic_smem(kernel, BwdSm90::kSmemBytes), true);
-      (void)configured;
-      dim3 grid((p.Lkv + BwdSm90::kBlockN - 1) / BwdSm90::kBlockN, p.Hkv, p.B);
+  if constexpr (config::sm90_bwd_built(D) && !std::is_same_v<T, float>) {
+    using Cfg = BwdSm90<D>;
+    // The kernel without q_ranges compiles none of the masked-value machinery.
+    auto kernel = p.q_ranges ? attend_bwd_sm90_kernel<T, D, true> : attend_bwd_sm90_kernel<T, D, false>;
+    auto ready = [&] {
+      static const bool r = sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, true>, Cfg::kSmemBytes, "backward", D) &&
+                            sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, false>, Cfg::kSmemBytes, "backward", D);
+      return r;  // asked once
+    };
+    if (sm90 && ready()) {
+      dim3 grid((p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN, p.Hkv, p.B);
       constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-      const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
-      const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, BwdSm90::kBlockN);
-      const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, BwdSm90::kBlockN);
-      const CUtensorMap tdo = rows_tensor_map(p.dout, bf16, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
-      const CUtensorMap tdq = f32_rows_tensor_map(p.dq, D, p.Hq, p.Lq, p.B, BwdSm90::kBlockM);
-      kernel<<<grid, BwdSm90::kThreads, BwdSm90::kSmemBytes, stream>>>(p, tq, tk, tv, tdo, tdq);
+      constexpr int box = Cfg::L::kCols;
+      const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, Cfg::kBlockM, box);
+      const CUtensorMap tk = rows_tensor_map(p.k, bf16, D, p.Hkv, p.Lkv, p.B, Cfg::kBlockN, box);
+      const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, Cfg::kBlockN, box);
+      const CUtensorMap tdo = rows_tensor_map(p.dout, bf16, D, p.Hq, p.Lq, p.B, Cfg::kBlockM, box);
+      const CUtensorMap tdq = f32_rows_tensor_map(p.dq, D, p.Hq, p.Lq, p.B, 64);  // 64 query rows per dQ part
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tq, tk, tv, tdo, tdq);
       LVX_CUDA_CHECK_LAUNCH();
       return;
     }

@@ -3,6 +3,7 @@
 // the stream.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
@@ -46,6 +47,33 @@ void require_aligned(std::initializer_list<std::pair<const void*, const char*>> 
                 std::string(name) + " must be 16-byte aligned for the CUDA attention kernels");
 }
 
+// The head dims the sm_90a kernels run for, from LVX_CUDA_SM90 (see CudaBackend).
+std::vector<int> sm90_head_dims(const char* env) {
+  std::vector<int> all;
+  for (int d : cuda::config::kHeadDims)
+    if (cuda::config::sm90_fwd_built(d) || cuda::config::sm90_bwd_built(d)) all.push_back(d);
+  const std::string v = env ? env : "";
+  if (v.empty() || v == "1") return all;
+  if (v == "0") return {};
+  std::vector<int> dims;
+  size_t pos = 0;
+  while (pos <= v.size()) {
+    const size_t end = std::min(v.find(',', pos), v.size());
+    const std::string item = v.substr(pos, end - pos);
+    char* stop = nullptr;
+    const long d = std::strtol(item.c_str(), &stop, 10);
+    if (item.empty() || *stop != '\0' || std::find(all.begin(), all.end(), (int)d) == all.end()) {
+      std::string have;
+      for (int a : all) have += (have.empty() ? "" : ",") + std::to_string(a);
+      LVX_FAIL(Status::invalid_argument, "LVX_CUDA_SM90='" + v + "': expected 0, 1 or a comma-separated list of head dims from {" +
+                                             have + "}");
+    }
+    dims.push_back((int)d);
+    pos = end + 1;
+  }
+  return dims;
+}
+
 std::string built_head_dims() {
   std::string s;
   for (int d : cuda::config::kHeadDims) s += (s.empty() ? "" : ", ") + std::to_string(d);
@@ -80,10 +108,11 @@ class CudaBackend final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     cc_ = prop.major * 10 + prop.minor;
     if (cc_ < 80) LVX_FAIL(Status::unsupported, "CUDA backend needs compute capability 8.0+, device has " + std::to_string(cc_));
-    // Hopper runs the sm_90a (wgmma) kernels where they exist; LVX_CUDA_SM90=0 keeps the
-    // sm_80 (mma.sync) kernels, for comparison.
-    const char* env = std::getenv("LVX_CUDA_SM90");
-    sm90_ = cc_ == 90 && !(env && std::string(env) == "0");
+    // Hopper runs the sm_90a (wgmma) kernels where they exist (16-bit, the head dims of
+    // the table's sm_90a rows). LVX_CUDA_SM90: unset or "1" for all of them, "0" for none
+    // (the sm_80 mma.sync kernels, for comparison), or a comma-separated list of head dims
+    // ("64,128") for those only.
+    if (cc_ == 90) sm90_dims_ = sm90_head_dims(std::getenv("LVX_CUDA_SM90"));
     LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     stream_ = own_stream_;
   }
@@ -101,7 +130,7 @@ class CudaBackend final : public Backend {
   DeviceKind kind() const override { return DeviceKind::cuda; }
   std::string describe() const override {
     return "cuda:" + std::to_string(device_) + " (" + name_ + ", sm_" + std::to_string(cc_) + ", " +
-           std::to_string(num_sms_) + " SMs" + (sm90_ ? ", wgmma kernels" : "") + ")";
+           std::to_string(num_sms_) + " SMs" + sm90_describe() + ")";
   }
 
   void* allocate(size_t bytes) override {
@@ -165,7 +194,7 @@ class CudaBackend final : public Backend {
       if (!cuda::config::head_dim_built(s.D)) unsupported_head_dim(s.D);
       require_aligned({{a.q, "q"}, {a.k, "k"}, {a.v, "v"}});
       const int D = (int)s.D;
-      const cuda::FwdTile tile = cuda::fwd_tile(D, sm90_);
+      const cuda::FwdTile tile = cuda::fwd_tile(D, sm90_for(D));
       cuda::SplitPlan plan =
           cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, tile.block_m, tile.block_n, num_sms_, tile.blocks_per_sm);
       if (plan.splits > 1) {
@@ -177,7 +206,7 @@ class CudaBackend final : public Backend {
     }
     dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      cuda::launch_attend_fwd<T, decltype(d)::value>(p, stream_, sm90_);
+      cuda::launch_attend_fwd<T, decltype(d)::value>(p, stream_, sm90_for(decltype(d)::value));
     });
   }
 
@@ -210,7 +239,7 @@ class CudaBackend final : public Backend {
     }
     dispatch(a.dtype, s.D, [&](auto* tag, auto d) {
       using T = std::remove_pointer_t<decltype(tag)>;
-      cuda::launch_attend_bwd<T, decltype(d)::value>(p, stream_, sm90_);
+      cuda::launch_attend_bwd<T, decltype(d)::value>(p, stream_, sm90_for(decltype(d)::value));
     });
   }
 
@@ -300,7 +329,13 @@ class CudaBackend final : public Backend {
   int device_;
   std::string name_;
   int num_sms_ = 0, cc_ = 0;
-  bool sm90_ = false;
+  std::vector<int> sm90_dims_;  // head dims that take the sm_90a kernels on this device
+  bool sm90_for(int64_t D) const { return std::find(sm90_dims_.begin(), sm90_dims_.end(), (int)D) != sm90_dims_.end(); }
+  std::string sm90_describe() const {
+    std::string s;
+    for (int d : sm90_dims_) s += (s.empty() ? ", wgmma kernels for D=" : ",") + std::to_string(d);
+    return s;
+  }
   cudaStream_t own_stream_ = nullptr, stream_ = nullptr;
   std::vector<cudaEvent_t> events_;
   std::vector<int> free_marks_;

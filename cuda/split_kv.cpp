@@ -7,7 +7,10 @@
 namespace lvx::cuda {
 
 FwdTile fwd_tile(int D, bool sm90) {
-  if (sm90 && D == config::kSm90Fwd.head_dim) return {config::kSm90Fwd.block_m, config::kSm90Fwd.block_n, 1};
+  if (sm90 && config::sm90_fwd_built(D)) {
+    const config::Sm90Tile t = config::sm90_fwd(D);
+    return {t.block_m, t.block_n, 1};
+  }
   const config::MmaFwdTile t = config::mma_fwd(D);
   return {16 * t.warps, t.block_n, config::mma_fwd_blocks_per_sm(D)};
 }

@@ -13,8 +13,9 @@ struct SplitPlan {
 };
 SplitPlan plan_fwd_splits(int B, int Lq, int Lkv, int Hq, int block_m, int block_n, int num_sms, int blocks_per_sm);
 
-// The 16-bit forward kernel's tile for head dim D: the sm_90a kernel's when sm90 and it
-// exists for D, else the mma.sync kernel's.
+// The 16-bit forward kernel's tile for head dim D: the sm_90a kernel's when sm90 (the
+// backend runs the sm_90a kernels for D) and the table has one for D, else the mma.sync
+// kernel's.
 struct FwdTile {
   int block_m, block_n, blocks_per_sm;
 };

@@ -1,5 +1,5 @@
 // Tensor maps of the sm_90a kernels' TMA loads (tma.cuh): rows of a [B, L, H, D] tensor
-// in 128-byte swizzled boxes.
+// in swizzled boxes of one column block (128 or 64 bytes per row).
 #include <cuda_runtime.h>
 
 #include "cuda_check.hpp"
@@ -26,6 +26,11 @@ EncodeTiled encode_tiled() {
 namespace {
 CUtensorMap tensor_map_4d(const void* base, CUtensorMapDataType type, int elem_bytes, int D, int H, long long L, int B,
                           int box_cols, int rows) {
+  // One box row is one swizzle span: 128 bytes (128-byte swizzle) or 64 bytes (64-byte).
+  const int row_bytes = box_cols * elem_bytes;
+  if (row_bytes != 128 && row_bytes != 64)
+    LVX_FAIL(Status::internal, "tensor map box rows of " + std::to_string(row_bytes) + " bytes (128 or 64 expected)");
+  const CUtensorMapSwizzle swizzle = row_bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
   CUtensorMap map;
   const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)H, (cuuint64_t)L, (cuuint64_t)B};
   const cuuint64_t strides[3] = {(cuuint64_t)D * elem_bytes, (cuuint64_t)H * D * elem_bytes,
@@ -33,7 +38,7 @@ CUtensorMap tensor_map_4d(const void* base, CUtensorMapDataType type, int elem_b
   const cuuint32_t box[4] = {(cuuint32_t)box_cols, 1, (cuuint32_t)rows, 1};
   const cuuint32_t elem[4] = {1, 1, 1, 1};
   const CUresult r = encode_tiled()(&map, type, 4, const_cast<void*>(base), dims, strides, box, elem,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                                     CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     LVX_FAIL(Status::internal, "cuTensorMapEncodeTiled failed (" + std::to_string((int)r) + ") for a [" +
@@ -43,9 +48,9 @@ CUtensorMap tensor_map_4d(const void* base, CUtensorMapDataType type, int elem_b
 }
 }  // namespace
 
-CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows) {
+CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows, int box_cols) {
   return tensor_map_4d(base, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, D, H, L, B,
-                       64, rows);
+                       box_cols, rows);
 }
 
 CUtensorMap f32_rows_tensor_map(const float* base, int D, int H, long long L, int B, int rows) {

@@ -3,9 +3,9 @@
 // reallocation and named barriers; and, on the host, the tensor maps the loads read.
 //
 // Tensor maps describe a [B, L, H, D] 16-bit tensor (the layout of q, k, v, dout) as
-// four dimensions {D, H, L, B}; one box is 64 head-dim elements (128 bytes) of one
-// head for `rows` consecutive rows, stored with the 128-byte swizzle, i.e. one
-// column block of the swizzled-rows layout of wgmma.cuh. Rows past L read as zeros.
+// four dimensions {D, H, L, B}; one box is one column block of the swizzled-rows layout
+// of wgmma.cuh: 64 head-dim elements (128 bytes, 128-byte swizzle) or 32 (64 bytes,
+// 64-byte swizzle) of one head for `rows` consecutive rows. Rows past L read as zeros.
 #pragma once
 
 #include <cuda.h>
@@ -15,8 +15,9 @@
 
 namespace lvx::cuda {
 
-// The tensor map of a [B, L, H, D] tensor (D = 128 or 64·k) with boxes of `rows` rows.
-CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows);
+// The tensor map of a [B, L, H, D] tensor with boxes of `rows` rows x `box_cols` columns
+// (64: 128-byte swizzle; 32: 64-byte swizzle). D is a multiple of box_cols.
+CUtensorMap rows_tensor_map(const void* base, bool bf16, int D, int H, long long L, int B, int rows, int box_cols);
 // Likewise for fp32 (the dQ accumulator): boxes of 32 columns (128 bytes) x `rows`,
 // 128-byte swizzle: row r's 16-byte chunk c sits at chunk position c ^ (r % 8).
 CUtensorMap f32_rows_tensor_map(const float* base, int D, int H, long long L, int B, int rows);
@@ -33,6 +34,11 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 // Arrives and announces `bytes` more to come from asynchronous copies.
 __device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Announces `bytes` more to come from asynchronous copies, without arriving (the phase
+// then also waits for the arrivals still pending).
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
 // Waits until the barrier's phase of the given parity (0 for its first completion,
 // 1 for the second, ...) has completed.

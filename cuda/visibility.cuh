@@ -109,31 +109,33 @@ __device__ __forceinline__ void sts128_zero(uint32_t addr) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0u) : "memory");
 }
 
-// Row `row` of a swizzled-rows tile of `rows` rows and 128 16-bit columns (wgmma.cuh):
-// set to zero; or whether it holds a NaN or ±Inf.
+// Row `row` of a swizzled-rows tile (layout L of wgmma.cuh) of `rows` rows and kChunks
+// 16-byte chunks per row (8 per 64 16-bit columns, over all column blocks): set to zero;
+// or whether it holds a NaN or ±Inf.
+template <typename L = Swz128, int kChunks = 16>
 __device__ __forceinline__ void zero_tile_row(uint32_t tile, int rows, int row) {
 #pragma unroll
-  for (int ch = 0; ch < 16; ++ch) sts128_zero(tile + swz_offset(rows, row, ch));
+  for (int ch = 0; ch < kChunks; ++ch) sts128_zero(tile + L::offset(rows, row, ch));
 }
-template <typename T>
+template <typename T, typename L = Swz128, int kChunks = 16>
 __device__ __forceinline__ bool tile_row_nonfinite(uint32_t tile, int rows, int row) {
   uint32_t bad = 0;
 #pragma unroll
-  for (int ch = 0; ch < 16; ++ch) {
-    const uint4 v = lds128(tile + swz_offset(rows, row, ch));
+  for (int ch = 0; ch < kChunks; ++ch) {
+    const uint4 v = lds128(tile + L::offset(rows, row, ch));
     bad |= nonfinite_halves<T>(v.x) | nonfinite_halves<T>(v.y) | nonfinite_halves<T>(v.z) | nonfinite_halves<T>(v.w);
   }
   return bad != 0;
 }
 // Two 16-bit values (row, columns 8·chunk + 2q, + 1; q < 4) of such a tile, as floats.
-template <typename T>
+template <typename T, typename L = Swz128>
 __device__ __forceinline__ float2 tile_pair(uint32_t tile, int rows, int row, int chunk, int q) {
-  return Pack2<T>::to_float2(lds32(tile + swz_offset(rows, row, chunk) + 4 * q));
+  return Pack2<T>::to_float2(lds32(tile + L::offset(rows, row, chunk) + 4 * q));
 }
 // One 16-bit value (row, column 8·chunk + e; e < 8) of such a tile, as a float.
-template <typename T>
+template <typename T, typename L = Swz128>
 __device__ __forceinline__ float tile_elem(uint32_t tile, int rows, int row, int chunk, int e) {
-  const uint16_t h = lds16(tile + swz_offset(rows, row, chunk) + 2 * e);
+  const uint16_t h = lds16(tile + L::offset(rows, row, chunk) + 2 * e);
   return Pack2<T>::to_float2((uint32_t)h).x;
 }
 

@@ -1,16 +1,23 @@
 // Hopper (sm_90a) warpgroup primitives: wgmma.mma_async with operands in shared
-// memory (128-byte swizzle) or A in registers, its fences, and the shared-memory tile
-// layout the descriptors describe.
+// memory (128- or 64-byte swizzle) or A in registers, its fences, and the shared-memory
+// tile layouts the descriptors describe.
 //
-// Tile layout ("swizzled rows"): a tile of R rows x 64·H 16-bit columns is stored as H
-// column blocks of 64 (128 bytes per row); block h starts at h·R·128 bytes, row r of a
-// block at r·128, and its 16-byte chunk c at chunk position c ^ (r % 8). Every block
-// starts 1024-byte aligned. This is the canonical 128-byte-swizzle layout of the PTX
-// ISA's wgmma matrix descriptors (sec. "Matrix Descriptor Format"), so one tile serves
-//   - as a K-major operand (rows = M or N, columns = K): 8-row groups 1024 bytes apart
+// Tile layout ("swizzled rows", SwzRows<S>, S = 128 or 64): a tile of R rows x C·H
+// 16-bit columns (C = S / 2: 64 or 32) is stored as H column blocks of C columns (S
+// bytes per row); block h starts at h·R·S bytes, row r of a block at r·S, and its
+// 16-byte chunk c at chunk position c ^ ((r·S / 128) % (S / 16)): c ^ (r % 8) for
+// S = 128, c ^ ((r / 2) % 4) for S = 64. Every block starts aligned to its swizzle
+// pattern (8·S bytes). These are the canonical 128- and 64-byte-swizzle layouts of the
+// PTX ISA's wgmma matrix descriptors (sec. "Matrix Descriptor Format"; the same
+// patterns as the tensor maps' CU_TENSOR_MAP_SWIZZLE_128B / _64B), so one tile serves
+//   - as a K-major operand (rows = M or N, columns = K): 8-row groups 8·S bytes apart
 //     (stride byte offset), one k16 step = 32 bytes along the row;
-//   - as an MN-major operand (rows = K, columns = M or N; imm-trans = 1): 64-column
-//     blocks R·128 bytes apart (leading byte offset), 8-row groups 1024 bytes apart.
+//   - as an MN-major operand (rows = K, columns = M or N; imm-trans = 1): column blocks
+//     R·S bytes apart (leading byte offset), 8-row groups 8·S bytes apart. An MN-major
+//     operand spans whole column blocks (N a multiple of C), as the canonical layouts
+//     ((C, m), (8, k)) require.
+// Head dims that are multiples of 64 use S = 128; D = 96 uses S = 64 (three blocks of 32
+// columns): with S = 128 its P·V product (N = 96) would end inside a column block.
 //
 // Accumulator layout of m64nNk16 (f32), per warp w of the warpgroup (g = lane / 4,
 // t = lane % 4): d[4j + e] holds row 16w + g + 8·(e / 2), column 8j + 2t + (e % 2), the
@@ -28,15 +35,42 @@
 
 namespace lvx::cuda {
 
-// Byte offset of (row, 16-byte chunk) in a swizzled-rows tile of `rows` rows.
-__host__ __device__ constexpr uint32_t swz_offset(int rows, int row, int chunk) {
-  return (uint32_t)((chunk / 8) * rows * 128 + row * 128 + (((chunk % 8) ^ (row % 8)) * 16));
+// wgmma matrix descriptor; layout type `mode` (1: 128-byte swizzle, 2: 64-byte), base
+// offset 0 (blocks aligned to their swizzle pattern).
+__device__ __forceinline__ uint64_t wg_desc(uint32_t smem_byte_addr, uint32_t lbo, uint32_t sbo,
+                                            uint64_t mode = 1) {
+  return (uint64_t)((smem_byte_addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
+         ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (mode << 62);
 }
 
-// wgmma matrix descriptor: 128-byte swizzle, base offset 0 (blocks 1024-aligned).
-__device__ __forceinline__ uint64_t wg_desc(uint32_t smem_byte_addr, uint32_t lbo, uint32_t sbo) {
-  return (uint64_t)((smem_byte_addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
-         ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
+// The swizzled-rows layout with S-byte block rows (above).
+template <int S>
+struct SwzRows {
+  static_assert(S == 128 || S == 64, "128- or 64-byte swizzle");
+  static constexpr int kBytes = S;                     // bytes per row of a column block
+  static constexpr int kCols = S / 2;                  // 16-bit columns per column block
+  static constexpr int kChunks = S / 16;               // 16-byte chunks per row of a block
+  static constexpr int kK16 = S / 32;                  // k16 steps per column block
+  static constexpr uint32_t kGroup = 8 * S;            // bytes of an 8-row group
+  static constexpr uint64_t kMode = S == 128 ? 1 : 2;  // descriptor layout type
+  // Byte offset of (row, 16-byte chunk c) in a tile of `rows` rows (c counts across blocks).
+  __host__ __device__ static constexpr uint32_t offset(int rows, int row, int c) {
+    return (uint32_t)((c / kChunks) * rows * S + row * S + (((c % kChunks) ^ ((row * S / 128) % kChunks)) * 16));
+  }
+  // K-major operand: rows row0 .. of a tile of `rows` rows, k16 step kk along the columns.
+  static __device__ __forceinline__ uint64_t kmajor(uint32_t tile, int rows, int row0, int kk) {
+    return wg_desc(tile + (kk / kK16) * rows * S + row0 * S + (kk % kK16) * 32, 16, kGroup, kMode);
+  }
+  // MN-major operand: tile rows 16·kk .. 16·kk + 15 (K), columns from column block cb on.
+  static __device__ __forceinline__ uint64_t mnmajor(uint32_t tile, int rows, int cb, int kk) {
+    return wg_desc(tile + cb * rows * S + kk * 16 * S, rows * S, kGroup, kMode);
+  }
+};
+using Swz128 = SwzRows<128>;
+
+// Byte offset of (row, 16-byte chunk) in a 128-byte-swizzle tile of `rows` rows.
+__host__ __device__ constexpr uint32_t swz_offset(int rows, int row, int chunk) {
+  return Swz128::offset(rows, row, chunk);
 }
 
 #ifdef LVX_SM90A
@@ -79,49 +113,74 @@ __device__ __forceinline__ void wg_fence_regs(uint32_t (&a)[N][4]) {
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
 }
 
+#define LVX_WG_REGS16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define LVX_WG_REGS32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define LVX_WG_REGS48 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}"
 #define LVX_WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define LVX_WG_ACC16 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 #define LVX_WG_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-#define LVX_WG_ACC64 LVX_WG_ACC32, "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define LVX_WG_ACC48 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+#define LVX_WG_ACC64 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
-// D (+)= A·B for one k16 step. ss: A and B by descriptor; rs: A from registers.
-// scale_d = 0 overwrites D. TA / TB = 1: the operand is MN-major (16-bit types only).
+// D (+)= A·B for one k16 step of m64nNk16 (N = 32, 64, 96, 128). ss: A and B by
+// descriptor; rs: A from registers. scale_d = 0 overwrites D. TA / TB = 1: the operand
+// is MN-major (16-bit types only).
 template <typename T> struct Wgmma;
 #ifdef LVX_SM90A
-#define LVX_WGMMA_OPS(T_, TY)                                                                                \
-  template <> struct Wgmma<T_> {                                                                           \
-    template <int TA, int TB>                                                                              \
-    static __device__ __forceinline__ void ss64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {     \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                            \
-                   "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LVX_WG_REGS32               \
-                   ", %32, %33, p, 1, 1, %35, %36;\n}\n"                                                   \
-                   : LVX_WG_ACC32 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                       \
-    }                                                                                                      \
-    template <int TA, int TB>                                                                              \
-    static __device__ __forceinline__ void ss128(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {    \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                            \
-                   "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " LVX_WG_REGS64              \
-                   ", %64, %65, p, 1, 1, %67, %68;\n}\n"                                                   \
-                   : LVX_WG_ACC64 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                       \
-    }                                                                                                      \
-    template <int TB>                                                                                      \
-    static __device__ __forceinline__ void rs64(float (&d)[32], const uint32_t (&a)[4], uint64_t b,        \
-                                                int scale_d) {                                             \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                            \
-                   "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LVX_WG_REGS32               \
-                   ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                       \
-                   : LVX_WG_ACC32                                                                          \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));           \
-    }                                                                                                      \
-    template <int TB>                                                                                      \
-    static __device__ __forceinline__ void rs128(float (&d)[64], const uint32_t (&a)[4], uint64_t b,       \
-                                                 int scale_d) {                                            \
-      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                            \
-                   "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " LVX_WG_REGS64              \
-                   ", {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                       \
-                   : LVX_WG_ACC64                                                                          \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));           \
-    }                                                                                                      \
+#define LVX_WGMMA_OPS(T_, TY)                                                                                        \
+  template <> struct Wgmma<T_> {                                                                                    \
+    template <int N, int TA, int TB>                                                                                \
+    static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t a, uint64_t b, int scale_d) {             \
+      static_assert(N == 32 || N == 64 || N == 96 || N == 128, "wgmma N");                                          \
+      if constexpr (N == 32)                                                                                        \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " " LVX_WG_REGS16                      \
+                     ", %16, %17, p, 1, 1, %19, %20;\n}\n"                                                          \
+                     : LVX_WG_ACC16 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                              \
+      else if constexpr (N == 64)                                                                                   \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LVX_WG_REGS32                      \
+                     ", %32, %33, p, 1, 1, %35, %36;\n}\n"                                                          \
+                     : LVX_WG_ACC32 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                              \
+      else if constexpr (N == 96)                                                                                   \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n96k16.f32." TY "." TY " " LVX_WG_REGS48                      \
+                     ", %48, %49, p, 1, 1, %51, %52;\n}\n"                                                          \
+                     : LVX_WG_ACC48 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                              \
+      else if constexpr (N == 128)                                                                                  \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " LVX_WG_REGS64                     \
+                     ", %64, %65, p, 1, 1, %67, %68;\n}\n"                                                          \
+                     : LVX_WG_ACC64 : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB));                              \
+    }                                                                                                               \
+    template <int N, int TB>                                                                                        \
+    static __device__ __forceinline__ void rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, int scale_d) { \
+      static_assert(N == 32 || N == 64 || N == 96 || N == 128, "wgmma N");                                          \
+      if constexpr (N == 32)                                                                                        \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " " LVX_WG_REGS16                      \
+                     ", {%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"                                              \
+                     : LVX_WG_ACC16                                                                                 \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));                  \
+      else if constexpr (N == 64)                                                                                   \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " LVX_WG_REGS32                      \
+                     ", {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                              \
+                     : LVX_WG_ACC32                                                                                 \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));                  \
+      else if constexpr (N == 96)                                                                                   \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n96k16.f32." TY "." TY " " LVX_WG_REGS48                      \
+                     ", {%48, %49, %50, %51}, %52, p, 1, 1, %54;\n}\n"                                              \
+                     : LVX_WG_ACC48                                                                                 \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));                  \
+      else if constexpr (N == 128)                                                                                  \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                   \
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " LVX_WG_REGS64                     \
+                     ", {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                              \
+                     : LVX_WG_ACC64                                                                                 \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB));                  \
+    }                                                                                                               \
   };
 LVX_WGMMA_OPS(__nv_bfloat16, "bf16")
 LVX_WGMMA_OPS(__half, "f16")
@@ -129,10 +188,8 @@ LVX_WGMMA_OPS(__half, "f16")
 #else
 // Other targets never launch the sm_90a kernels; the bodies only have to compile.
 template <typename T> struct Wgmma {
-  template <int TA, int TB> static __device__ void ss64(float (&)[32], uint64_t, uint64_t, int) {}
-  template <int TA, int TB> static __device__ void ss128(float (&)[64], uint64_t, uint64_t, int) {}
-  template <int TB> static __device__ void rs64(float (&)[32], const uint32_t (&)[4], uint64_t, int) {}
-  template <int TB> static __device__ void rs128(float (&)[64], const uint32_t (&)[4], uint64_t, int) {}
+  template <int N, int TA, int TB> static __device__ void ss(float (&)[N / 2], uint64_t, uint64_t, int) {}
+  template <int N, int TB> static __device__ void rs(float (&)[N / 2], const uint32_t (&)[4], uint64_t, int) {}
 };
 #endif
 

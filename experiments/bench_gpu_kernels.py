@@ -1,40 +1,97 @@
-"""Times lvxattn's CUDA attention step kernels against torch SDPA (flash and cuDNN)
-on the single-GPU cross-attention shapes of ANCHORS.md table 1 (bf16, D=128), in one
-process on one card, and writes a CSV with the device, git sha and date.
+"""Times lvxattn's public call on one GPU against torch SDPA (cuDNN and flash) in one
+process, on the single-GPU cross-attention shapes of issue 19 (ANCHORS.md section 4)
+plus head dim 96 and B > 1 GQA shapes, and writes a CSV with the card, date and git sha.
 
-Ours goes through cuda/dev/liblvx_cuda_dev.so (built by cuda/dev/run_playground.sh),
-called with tensor.data_ptr() via ctypes on torch's current stream.
-  fwd     = fill(o, lse) + attend_fwd_step
-  fwd+bwd = fwd + row_dot + fill(dq, dk, dv) + attend_bwd_step  (fp32 gradients,
-            no conversion to bf16; SDPA returns bf16 gradients)
-FLOPs: 4·B·Hq·Lq·Lkv·D forward, 3.5× that for forward+backward (as in ANCHORS.md).
+Ours is ``lvxattn.cross_attention(q, k, v)`` of the installed package with q/k/v
+``[B, L, H, D]`` (P = 1, no communicator): forward, and forward + backward through
+autograd (``o.backward(dout)``), exactly as a user calls it. SDPA gets ``[B, H, L, D]``
+inputs (its best layout) and ``enable_gqa`` for Hq != Hkv; its backward is
+``torch.autograd.grad``. Times are medians of ``triton.testing.do_bench`` (CUDA events;
+a plain event loop when triton is absent), all implementations in the same process.
+FLOPs: 4·B·Hq·Lq·Lkv·D forward, 3.5x that for forward + backward (5 GEMMs backward).
 
-usage: python experiments/bench_gpu_kernels.py --lib /tmp/lvx_cuda_dev/liblvx_cuda_dev.so --out results.csv
+With ``--lib`` the step kernels are timed instead, through cuda/dev/liblvx_cuda_dev.so
+(built by cuda/dev/run_playground.sh, called with tensor.data_ptr() via ctypes):
+fwd = fill(o, lse) + attend_fwd_step; fwd+bwd adds row_dot, fill(dq, dk, dv) and
+attend_bwd_step (fp32 gradients). That mode is for profiling (cuda/dev/ncu_sm90.sh).
+
+usage: python experiments/bench_gpu_kernels.py --out gpu_kernels.csv [--shapes ...] [--reps-ms 200]
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import csv
+import ctypes
 import datetime
 import math
+import os
 import subprocess
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-SHAPES = [  # (Hq, Hkv, Lq, Lkv)
-    (16, 16, 1024, 16384),
-    (16, 16, 256, 32768),
-    (32, 8, 1024, 16384),
-    (16, 16, 4096, 65536),
-    (32, 8, 256, 131072),
+# (B, Hq, Hkv, Lq, Lkv, D, dtype): issue 19's table, then D = 96 and B > 1 GQA shapes.
+SHAPES = [
+    (1, 16, 16, 1024, 16384, 128, "bf16"),
+    (1, 16, 16, 256, 32768, 128, "bf16"),
+    (1, 32, 8, 1024, 16384, 128, "bf16"),
+    (1, 16, 16, 4096, 65536, 128, "bf16"),
+    (1, 32, 8, 256, 131072, 128, "bf16"),
+    (1, 16, 16, 1024, 131072, 128, "fp16"),
+    (1, 16, 16, 8192, 32768, 128, "fp16"),
+    (1, 16, 16, 2048, 262144, 128, "fp16"),
+    (1, 32, 8, 2048, 131072, 128, "bf16"),
+    (1, 16, 16, 1024, 65536, 64, "bf16"),
+    (1, 16, 16, 256, 65536, 64, "bf16"),
+    (1, 16, 16, 1024, 65536, 96, "bf16"),
+    (1, 16, 16, 256, 65536, 96, "fp16"),
+    (2, 32, 8, 1024, 16384, 128, "bf16"),
+    (2, 32, 8, 1024, 32768, 64, "bf16"),
+    (4, 16, 4, 512, 16384, 96, "bf16"),
 ]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-class Lib:
+def parse_shapes(text: str):
+    """'B,Hq,Hkv,Lq,Lkv,D,dtype;...' -> list of tuples."""
+    out = []
+    for item in filter(None, text.split(";")):
+        f = item.split(",")
+        out.append((*(int(x) for x in f[:6]), f[6]))
+    return out
+
+
+def bench_ms(fn, rep_ms: float) -> float:
+    """Median time of fn in ms (CUDA events)."""
+    try:
+        from triton.testing import do_bench
+        return float(do_bench(fn, warmup=max(25, rep_ms // 4), rep=rep_ms, return_mode="median"))
+    except ImportError:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        est = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        est[0].record()
+        fn()
+        est[1].record()
+        torch.cuda.synchronize()
+        n = max(5, min(200, int(rep_ms / max(est[0].elapsed_time(est[1]), 1e-3))))
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for s, e in zip(starts, ends):
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize()
+        times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+        return times[len(times) // 2]
+
+
+class StepLib:
+    """The step kernels through the development shim (--lib)."""
+
     def __init__(self, path: str):
         self.lib = ctypes.CDLL(path)
         P, L, I, Fl = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_float
@@ -45,150 +102,167 @@ class Lib:
 
     @staticmethod
     def _s():
-        # torch's default stream is the legacy one (handle 0); pass cudaStreamLegacy (0x1)
-        # so that the backend does not fall back to its own non-blocking stream.
+        # torch's default stream is the legacy one (handle 0); pass cudaStreamLegacy (0x1).
         return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream or 1)
 
-    def fill(self, t, value):
-        assert self.lib.lvx_dev_fill(self._s(), t.data_ptr(), value, t.numel()) == 0
-
-    def fwd(self, q, k, v, o, lse, scale, q_ranges=None, kv_begin=0):
+    def closures(self, q, k, v, dout, scale):
         B, Lq, Hq, D = q.shape
         Lkv, Hkv = k.shape[1], k.shape[2]
-        r = q_ranges.data_ptr() if q_ranges is not None else None
-        assert self.lib.lvx_dev_fwd(self._s(), DTYPE_CODE[q.dtype], B, Lq, Lkv, Hq, Hkv, D, q.data_ptr(),
-                                    k.data_ptr(), v.data_ptr(), r, kv_begin, scale, o.data_ptr(),
-                                    lse.data_ptr()) == 0
+        dt = DTYPE_CODE[q.dtype]
+        o = torch.empty(B, Lq, Hq, D, device=q.device, dtype=torch.float32)
+        lse = torch.empty(B, Hq, Lq, device=q.device, dtype=torch.float32)
+        dl, dq = torch.empty_like(lse), torch.empty_like(o)
+        dk = torch.empty(B, Lkv, Hkv, D, device=q.device, dtype=torch.float32)
+        dv = torch.empty_like(dk)
+        o_st = torch.empty_like(q)
+        lib = self.lib
 
-    def row_dot(self, dout, o, dl):
-        B, L, H, D = dout.shape
-        assert self.lib.lvx_dev_row_dot(self._s(), DTYPE_CODE[dout.dtype], B, L, H, D, dout.data_ptr(),
-                                        o.data_ptr(), dl.data_ptr()) == 0
+        def fill(t, x):
+            assert lib.lvx_dev_fill(self._s(), t.data_ptr(), x, t.numel()) == 0
 
-    def bwd(self, q, k, v, dout, lse, dl, dq, dk, dv, scale, q_ranges=None, kv_begin=0):
-        B, Lq, Hq, D = q.shape
-        Lkv, Hkv = k.shape[1], k.shape[2]
-        r = q_ranges.data_ptr() if q_ranges is not None else None
-        assert self.lib.lvx_dev_bwd(self._s(), DTYPE_CODE[q.dtype], B, Lq, Lkv, Hq, Hkv, D, q.data_ptr(),
-                                    k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr(), dl.data_ptr(),
-                                    r, kv_begin, scale, dq.data_ptr(), dk.data_ptr(), dv.data_ptr()) == 0
+        def fwd():
+            fill(o, 0.0)
+            fill(lse, -math.inf)
+            assert lib.lvx_dev_fwd(self._s(), dt, B, Lq, Lkv, Hq, Hkv, D, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                   None, 0, scale, o.data_ptr(), lse.data_ptr()) == 0
+            return o
 
+        def fwd_bwd():
+            fwd()
+            assert lib.lvx_dev_row_dot(self._s(), dt, B, Lq, Hq, D, dout.data_ptr(), o_st.data_ptr(),
+                                       dl.data_ptr()) == 0
+            for t in (dq, dk, dv):
+                fill(t, 0.0)
+            assert lib.lvx_dev_bwd(self._s(), dt, B, Lq, Lkv, Hq, Hkv, D, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                                   dout.data_ptr(), lse.data_ptr(), dl.data_ptr(), None, 0, scale, dq.data_ptr(),
+                                   dk.data_ptr(), dv.data_ptr()) == 0
 
-def median_ms(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[len(times) // 2]
+        fwd()
+        torch.cuda.synchronize()
+        o_st.copy_(o)
+        return fwd, fwd_bwd
 
 
-def bench_shape(lib: Lib, Hq, Hkv, Lq, Lkv, D=128, B=1, dtype=torch.bfloat16, reps=20, label="ours", sdpa=True):
-    dev = "cuda"
-    q = torch.randn(B, Lq, Hq, D, device=dev, dtype=dtype)
-    k = torch.randn(B, Lkv, Hkv, D, device=dev, dtype=dtype)
-    v = torch.randn(B, Lkv, Hkv, D, device=dev, dtype=dtype)
-    dout = torch.randn(B, Lq, Hq, D, device=dev, dtype=dtype)
+def public_closures(q, k, v, dout, scale):
+    """lvxattn.cross_attention, forward and forward + backward through autograd."""
+    import lvxattn
+
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+
+    def fwd():
+        with torch.no_grad():
+            return lvxattn.cross_attention(q, k, v, scale=scale)
+
+    def fwd_bwd():
+        for x in (qg, kg, vg):
+            x.grad = None
+        lvxattn.cross_attention(qg, kg, vg, scale=scale).backward(dout)
+
+    return fwd, fwd_bwd
+
+
+def sdpa_closures(q, k, v, dout, scale, backend):
+    gqa = q.shape[2] != k.shape[2]
+    qt, kt, vt = (x.transpose(1, 2).contiguous().detach().requires_grad_() for x in (q, k, v))
+    dot = dout.transpose(1, 2).contiguous()
+
+    def fwd():
+        with sdpa_kernel(backend), torch.no_grad():
+            return F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=gqa)
+
+    def fwd_bwd():
+        with sdpa_kernel(backend):
+            out = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=gqa)
+            torch.autograd.grad(out, (qt, kt, vt), dot)
+
+    return fwd, fwd_bwd
+
+
+def rel_err(a, b) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours"):
+    B, Hq, Hkv, Lq, Lkv, D, dname = shape
+    dtype = DTYPES[dname]
+    gen = torch.Generator(device="cuda").manual_seed(Lq + Lkv + D)
+    q = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
+    dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=gen)
     scale = 1.0 / math.sqrt(D)
-    o = torch.empty(B, Lq, Hq, D, device=dev, dtype=torch.float32)
-    lse = torch.empty(B, Hq, Lq, device=dev, dtype=torch.float32)
-    dl = torch.empty_like(lse)
-    dq = torch.empty(B, Lq, Hq, D, device=dev, dtype=torch.float32)
-    dk = torch.empty(B, Lkv, Hkv, D, device=dev, dtype=torch.float32)
-    dv = torch.empty_like(dk)
-    o_st = torch.empty_like(q)
-    torch.cuda.synchronize()
-
-    def ours_fwd():
-        lib.fill(o, 0.0)
-        lib.fill(lse, -math.inf)
-        lib.fwd(q, k, v, o, lse, scale)
-
-    def ours_fwd_bwd():
-        ours_fwd()
-        lib.row_dot(dout, o_st, dl)  # O in storage type, as the schedule keeps it
-        lib.fill(dq, 0.0)
-        lib.fill(dk, 0.0)
-        lib.fill(dv, 0.0)
-        lib.bwd(q, k, v, dout, lse, dl, dq, dk, dv, scale)
-
-    # correctness against SDPA (math backend in fp32) on this shape
-    ours_fwd()
-    torch.cuda.synchronize()
-    o_st.copy_(o)
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    gqa = Hq != Hkv
-    ref = F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float(), scale=scale, enable_gqa=gqa) \
-        if Lq * Lkv * Hq <= 2**31 else None
-    err = float((o.transpose(1, 2) - ref).norm() / ref.norm()) if ref is not None else float("nan")
-    del ref
-
-    rows = {}
-    rows[label] = (median_ms(ours_fwd, reps), median_ms(ours_fwd_bwd, reps))
-    if not sdpa:
-        return rows, 4.0 * B * Hq * Lq * Lkv * D, err
-    qg, kg, vg = (x.transpose(1, 2).detach().requires_grad_() for x in (q, k, v))
-    dog = dout.transpose(1, 2)
-    for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+    impls = {label: (lib.closures(q, k, v, dout, scale) if lib else public_closures(q, k, v, dout, scale))}
+    if sdpa:
+        impls["cudnn"] = sdpa_closures(q, k, v, dout, scale, SDPBackend.CUDNN_ATTENTION)
+        impls["flash"] = sdpa_closures(q, k, v, dout, scale, SDPBackend.FLASH_ATTENTION)
+    rows, outs = {}, {}
+    for name, (fwd, fwd_bwd) in impls.items():
         try:
-            with sdpa_kernel(be):
-                def f():
-                    return F.scaled_dot_product_attention(qg, kg, vg, scale=scale, enable_gqa=gqa)
+            out = fwd()
+            torch.cuda.synchronize()
+            outs[name] = out.transpose(1, 2) if name in ("cudnn", "flash") else out
+            rows[name] = (bench_ms(fwd, rep_ms), bench_ms(fwd_bwd, rep_ms))
+        except Exception as e:  # a backend may refuse a shape
+            print(f"  {name} failed: {str(e).splitlines()[0][:160]}")
+        torch.cuda.empty_cache()
+    ref = outs.get("cudnn", outs.get("flash"))
+    err = rel_err(outs[label], ref) if label in outs and ref is not None else float("nan")
+    return rows, 4.0 * B * Hq * Lq * Lkv * D, err
 
-                def fb():
-                    out = F.scaled_dot_product_attention(qg, kg, vg, scale=scale, enable_gqa=gqa)
-                    torch.autograd.grad(out, (qg, kg, vg), dog)
 
-                with torch.no_grad():
-                    tf = median_ms(f, reps)
-                tfb = median_ms(fb, reps)
-            rows[name] = (tf, tfb)
-        except Exception as e:  # a backend may refuse a shape (e.g. GQA)
-            print(f"  {name} failed: {str(e).splitlines()[0][:120]}")
-    flops = 4.0 * B * Hq * Lq * Lkv * D
-    return rows, flops, err
+def git_sha() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--out", default="gpu_kernels.csv")
-    ap.add_argument("--reps", type=int, default=20)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="gpu_kernels.csv", help="CSV file to write")
+    ap.add_argument("--shapes", default=None, help="'B,Hq,Hkv,Lq,Lkv,D,dtype;...' instead of the default list")
+    ap.add_argument("--reps-ms", type=float, default=200.0, help="time budget per measurement (do_bench rep, ms)")
+    ap.add_argument("--lib", default=None, help="time the step kernels through this dev shim instead")
     ap.add_argument("--sha", default=None, help="git sha of the tree (when .git is not there)")
-    ap.add_argument("--label", default="ours", help="impl name of the library's rows (e.g. which kernels ran)")
+    ap.add_argument("--label", default="ours", help="name of the library's rows")
     ap.add_argument("--no-sdpa", action="store_true", help="time the library only")
     args = ap.parse_args()
-    lib = Lib(args.lib)
+    shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
+    lib = StepLib(args.lib) if args.lib else None
     dev = torch.cuda.get_device_name()
-    sha = args.sha
-    try:
-        sha = sha or subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:
-        sha = "unknown"
+    sha = args.sha or git_sha()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    mode = "step kernels (dev shim)" if lib else "lvxattn.cross_attention"
+    kernels = os.environ.get("LVX_CUDA_SM90", "1")
+    print(f"device {dev}, torch {torch.__version__}, sha {sha}, {date}, ours = {mode}, LVX_CUDA_SM90={kernels}")
+    print(f"{'B':>2} {'Hq/Hkv':>6} {'Lq':>5} {'Lkv':>7} {'D':>4} {'dt':>4} {'impl':>6} {'fwd ms':>8} {'TF/s':>5} "
+          f"{'f+b ms':>8} {'TF/s':>5}  ours/cudnn f+b (fwd)")
     out = []
-    print(f"device {dev}, torch {torch.__version__}, sha {sha}")
-    print(f"{'Hq/Hkv':>7} {'Lq':>5} {'Lkv':>7} {'impl':>6} {'fwd ms':>8} {'TF/s':>6} {'f+b ms':>8} {'TF/s':>6} {'%790':>5}")
-    for Hq, Hkv, Lq, Lkv in SHAPES:
-        rows, flops, err = bench_shape(lib, Hq, Hkv, Lq, Lkv, reps=args.reps, label=args.label, sdpa=not args.no_sdpa)
+    for shape in shapes:
+        B, Hq, Hkv, Lq, Lkv, D, dname = shape
+        rows, flops, err = bench_shape(shape, args.reps_ms, lib, not args.no_sdpa, args.label)
         for impl, (tf, tfb) in rows.items():
             tff, tffb = flops / tf / 1e9, 3.5 * flops / tfb / 1e9
-            print(f"{Hq:>3}/{Hkv:<3} {Lq:>5} {Lkv:>7} {impl:>6} {tf:8.3f} {tff:6.0f} {tfb:8.3f} {tffb:6.0f} {100*tffb/790:5.1f}")
-            out.append(dict(device=dev, git_sha=sha, date=date, dtype="bf16", D=128, B=1, Hq=Hq, Hkv=Hkv, Lq=Lq,
-                            Lkv=Lkv, impl=impl, fwd_ms=round(tf, 4), fwd_tflops=round(tff, 1),
-                            fwd_bwd_ms=round(tfb, 4), fwd_bwd_tflops=round(tffb, 1),
-                            ours_fwd_rel_err_vs_sdpa=f"{err:.2e}"))
-        best = min(rows[n][1] for n in ("flash", "cudnn") if n in rows) if len(rows) > 1 else float("nan")
-        print(f"{'':>22} {args.label}/best fwd+bwd = {rows[args.label][1] / best:.2f}x   fwd rel err vs SDPA fp32 {err:.1e}")
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(out[0].keys()))
-        w.writeheader()
-        w.writerows(out)
+            ratio = ""
+            if impl == args.label and "cudnn" in rows:
+                ratio = f"  {tfb / rows['cudnn'][1]:.2f} ({tf / rows['cudnn'][0]:.2f})"
+            print(f"{B:>2} {Hq:>3}/{Hkv:<2} {Lq:>5} {Lkv:>7} {D:>4} {dname:>4} {impl:>6} {tf:8.3f} {tff:5.0f} "
+                  f"{tfb:8.3f} {tffb:5.0f}{ratio}")
+            out.append(dict(device=dev, git_sha=sha, date=date, torch=torch.__version__, ours=mode,
+                            lvx_cuda_sm90=kernels, B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lkv=Lkv, D=D, dtype=dname,
+                            impl=impl, fwd_ms=round(tf, 4), fwd_tflops=round(tff, 1), fwd_bwd_ms=round(tfb, 4),
+                            fwd_bwd_tflops=round(tffb, 1),
+                            ours_over_cudnn_fwd_bwd=round(tfb / rows["cudnn"][1], 3) if ratio else "",
+                            ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else ""))
+        print(f"{'':>40} fwd rel err vs SDPA {err:.1e}")
+    if out:
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(out[0].keys()))
+            w.writeheader()
+            w.writerows(out)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,6 @@ for k in ${KERNELS:-attend_fwd_sm90 attend_bwd_sm90}; do
   timeout 200 ncu --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active" \
     -k regex:$k --launch-skip 3 --launch-count 1 python3 experiments/bench_gpu_kernels.py \
-    --lib /tmp/b/liblvx_cuda_dev.so --out /tmp/x.csv --reps 2 --no-sdpa >"$out/ncu_$k.txt" 2>&1
+    --lib /tmp/b/liblvx_cuda_dev.so --out /tmp/x.csv --reps-ms 20 --shapes "1,16,16,1024,16384,128,bf16" --no-sdpa >"$out/ncu_$k.txt" 2>&1
   echo "== $k"; grep -E "Duration|stalled|pipe_.*pct" "$out/ncu_$k.txt" | awk '$NF+0 > 0.05' | sort -k3 -g -r | head -40
 done

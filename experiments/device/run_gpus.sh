@@ -127,17 +127,17 @@ if [[ " $steps " == *" sweep "* ]]; then
 fi
 
 if [[ " $steps " == *" kernels "* ]]; then
-  # The step kernels alone: playground (float64 reference) for both kernel families,
-  # then times against torch SDPA (flash, cuDNN) on one GPU.
+  # The step kernels: playground (float64 reference) for both kernel families, then the
+  # public call's times against torch SDPA (flash, cuDNN) on one GPU.
   (cd cuda && BUILD=/tmp/b JOBS=16 RUN=0 VARIANTS=0 dev/run_playground.sh >"$out/playground_build.log" 2>&1)
   for sm90 in 1 0; do
     LVX_CUDA_SM90=$sm90 timeout 120 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1
     echo "playground LVX_CUDA_SM90=$sm90 rc=$?: $(tail -1 "$out/playground_sm90_$sm90.log")"
   done
-  timeout 300 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so --out "$out/gpu_kernels.csv" \
-    --reps 15 --sha "${SHA:-unknown}" 2>&1 | tail -26
-  LVX_CUDA_SM90=0 timeout 200 python3 experiments/bench_gpu_kernels.py --lib /tmp/b/liblvx_cuda_dev.so \
-    --out "$out/gpu_kernels_mma.csv" --reps 15 --sha "${SHA:-unknown}" --label ours-mma --no-sdpa 2>&1 | grep ours-mma
+  timeout 300 python3 experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 \
+    --sha "${SHA:-unknown}" 2>&1 | tail -70
+  LVX_CUDA_SM90=0 timeout 200 python3 experiments/bench_gpu_kernels.py --out "$out/gpu_kernels_mma.csv" --reps-ms 100 \
+    --sha "${SHA:-unknown}" --label ours-mma --no-sdpa 2>&1 | grep ours-mma
 fi
 
 if [[ " $steps " == *" soak "* ]]; then

@@ -20,9 +20,11 @@ pytestmark = [
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 
-# (B, Lq, Lkv, Hq, Hkv, D): odd lengths, GQA, all head dims, a short-query split-KV case,
-# and D = 128 over many tiles (on Hopper: the sm_90a kernels' pipelines and their odd and
-# even tile counts; run_gpus.sh runs this file again with LVX_CUDA_SM90=0).
+# (B, Lq, Lkv, Hq, Hkv, D): odd lengths, GQA, all head dims, short-query split-KV cases,
+# and every head dim over many tiles (on Hopper the sm_90a kernels for D = 64, 96, 128:
+# their pipelines, odd and even tile counts, the 128-row backward query tiles of D = 64
+# and the 64 + 32 dQ column parts of D = 96; run_gpus.sh runs this file again with
+# LVX_CUDA_SM90=0).
 SHAPES = [
     (2, 77, 300, 4, 2, 64),
     (1, 130, 257, 8, 2, 128),
@@ -31,6 +33,10 @@ SHAPES = [
     (2, 64, 64, 4, 4, 64),
     (1, 50, 200, 4, 2, 32),
     (1, 70, 300, 4, 1, 96),
+    (2, 517, 1300, 4, 2, 64),
+    (1, 40, 2100, 2, 1, 64),
+    (2, 300, 1100, 6, 2, 96),
+    (1, 40, 2100, 2, 1, 96),
 ]
 
 

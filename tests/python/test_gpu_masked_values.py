@@ -7,8 +7,8 @@ a tile see, split-KV, and for lvx, ring and ulysses at 1, 2 and 3 ranks (ranks s
 the GPU through host-staged MPI). Rows with empty intervals get O = 0, LSE = -inf and
 exactly zero gradients; KV rows no row sees get exactly zero dK, dV.
 
-On Hopper the 16-bit D = 128 cases run the sm_90a kernels; run the file again with
-LVX_CUDA_SM90=0 for the mma.sync ones:
+On Hopper the 16-bit D = 64, 96 and 128 cases run the sm_90a kernels; run the file
+again with LVX_CUDA_SM90=0 for the mma.sync ones:
   python -m pytest -m gpu tests/python/test_gpu_masked_values.py
   mpirun -n 3 python -m pytest --with-mpi -m "mpi and gpu" tests/python/test_gpu_masked_values.py
 """
@@ -34,11 +34,13 @@ pytestmark = [
 WHERE = ["v_hidden", "k_hidden", "v_partial", "k_partial", "q_empty"]
 POISON = ["nan", "inf", "-inf"]
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
-# Several tiles of every kernel (sm_90a: 128 query rows x 128 KV rows forward, 64 x 128
-# backward; mma.sync: 128 x 64, 64 x 128), lengths that are no multiple of them, GQA,
-# heads divisible by 1, 2 and 3 (ulysses). D = 64 takes the 4-warp mma.sync kernels.
+# Several tiles of every kernel (sm_90a: 128 query rows x 128 KV rows forward; backward
+# 64 (D = 96, 128) or 128 (D = 64) query rows x 128 KV rows; mma.sync: 128 x 64, 64 x
+# 128), lengths that are no multiple of them, GQA, heads divisible by 1, 2 and 3
+# (ulysses). D = 96 takes the 64-byte-swizzle tiles of the sm_90a kernels.
 SHAPE = dict(B=2, Lq=150, Lkv=700, Hq=6, Hkv=3, D=128)
 SHAPE_D64 = dict(B=2, Lq=77, Lkv=300, Hq=4, Hkv=2, D=64)
+SHAPES_OTHER_D = {64: dict(B=2, Lq=300, Lkv=700, Hq=4, Hkv=2, D=64), 96: dict(B=2, Lq=150, Lkv=700, Hq=4, Hkv=1, D=96)}
 GPU_TOL = {torch.bfloat16: 2e-2, torch.float16: 8e-3, torch.float32: 1e-4}
 
 
@@ -137,11 +139,21 @@ def test_one_process_head_dim_64(where, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("D", [64, 96])
+def test_one_process_head_dims_many_tiles(D, where, dtype):
+    problem = make_problem(**SHAPES_OTHER_D[D], dtype=dtype, where=where, poison=POISON[(len(where) + D) % 3], seed=D)
+    got = run_one_process(problem, device())
+    check(got, reference(problem), dtype, problem[4], f"D={D} {where}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("where", ["v_hidden", "v_partial", "k_partial"])
-def test_split_kv(where, dtype):
+@pytest.mark.parametrize("D", [64, 96, 128])
+def test_split_kv(where, dtype, D):
     """A short query block over a long KV block: the forward splits the KV rows over
     thread blocks and merges them (NaN LSE of a split included)."""
-    shape = dict(B=1, Lq=40, Lkv=4100, Hq=2, Hkv=1, D=128)
+    shape = dict(B=1, Lq=40, Lkv=4100, Hq=2, Hkv=1, D=D)
     problem = make_problem(**shape, dtype=dtype, where=where, poison=POISON[len(where) % 3], seed=9)
     got = run_one_process(problem, device())
     check(got, reference(problem), dtype, problem[4], where)

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# One call on one lent H200 (about 8 minutes): the attention kernels checked, and timed
+# against an older build of the package.
+#   1. builds, in parallel: this tree's package (CMake, CUDA on, sm_90a only), the kernel
+#      playground and the racecheck probe (plain nvcc), and, niced, the older tree's
+#      package from .ab/old.tar.gz (made by experiments/device/ab_prepare.sh; sm_90a only);
+#   2. a smoke run of the playground (a hang there stops the sm_90a kernels for the rest),
+#      then both kernel families (LVX_CUDA_SM90=1 and 0) side by side on the GPU: the
+#      playground (cuda/dev/playground.cu, float64 references), tests/python/
+#      test_gpu_kernels.py and test_gpu_masked_values.py in one process (MPI-marked tests
+#      skip), compute-sanitizer memcheck on the playground's small cases (head dims 64,
+#      96, 128; bf16, fp16) and racecheck on the same, one process per head dim, and on
+#      cuda/dev/racecheck_probe.cu (which protocols the tool models);
+#   3. speed, the GPU alone: experiments/bench_ab.py, the public call of the older build
+#      against this tree's, alternating rounds (D = 128 shapes of issue 19, D = 64 and 96,
+#      a masked shape), with each build's kernel times per call.
+# Logs go to $OUT as one archive per phase, the A/B table as ab.csv; summary.txt (also
+# printed at the end) says what passed.
+# Usage (the wheels the machine lacks in .whl/: scipy-openblas32, pytest-mpi; .ab/ from
+# ab_prepare.sh; both carried):  SHA=<git sha> bash experiments/device/check_kernels.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-/tmp/lvx_out}
+sha=${SHA:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+old_tar=${AB_OLD:-$root/.ab/old.tar.gz}
+old_sha=$(cat "$(dirname "$old_tar")/old.sha" 2>/dev/null || echo old)
+cd "$root"
+mkdir -p "$out" /tmp/ab
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpus.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -c "import scipy_openblas32" 2>/dev/null ||
+  echo "note: scipy_openblas32 is not importable (carry .whl/ with its wheel); CMake will look for a system CBLAS"
+python3 -c "import pytest_mpi" 2>/dev/null ||
+  echo "note: pytest-mpi is not importable; tests/python/conftest.py skips the MPI-marked tests without it"
+
+# ---- 1. builds ----------------------------------------------------------------------
+pybind_dir=$(python3 -m pybind11 --cmakedir)
+nccl_lib=$(python3 -c "import glob,site; print((sorted(glob.glob(site.getsitepackages()[0]+'/nvidia/nccl/lib/libnccl.so*')) or [''])[0])")
+[ -n "$nccl_lib" ] || nccl_lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null | head -1)
+# build_pkg NAME SOURCE_DIR JOBS LOG: CMake build in /tmp/ab/build_NAME, the package in /tmp/ab/pkg_NAME.
+build_pkg() {
+  local name=$1 src=$2 jobs=$3 log=$4
+  timeout 330 cmake -S "$src" -B /tmp/ab/build_$name -DLVX_PYTHON=ON -DLVX_TESTS=OFF -DLVX_CUDA=ON \
+    -DCMAKE_BUILD_TYPE=Release -DLVX_CUDA_ARCHS=90a -Dpybind11_DIR="$pybind_dir" ${nccl_lib:+-DNCCL_LIBRARY=$nccl_lib} \
+    >"$log" 2>&1 && timeout 330 cmake --build /tmp/ab/build_$name -j"$jobs" >>"$log" 2>&1 || { echo "rc=1" >>"$log"; return 1; }
+  rm -rf /tmp/ab/pkg_$name && mkdir -p /tmp/ab/pkg_$name && cp -r "$src/python/lvxattn" /tmp/ab/pkg_$name/ &&
+    cp /tmp/ab/build_$name/_core*.so /tmp/ab/pkg_$name/lvxattn/ && echo "rc=0" >>"$log"
+}
+export pybind_dir nccl_lib
+build_pkg new "$root" 8 "$out/build_new.log" &
+new_pid=$!
+(cd cuda && BUILD=/tmp/b JOBS=6 RUN=0 VARIANTS=0 timeout 330 dev/run_playground.sh >"$out/build_playground.log" 2>&1
+ echo "rc=$?" >>"$out/build_playground.log"
+ nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/b/racecheck_probe dev/racecheck_probe.cu \
+   >>"$out/build_playground.log" 2>&1) &
+pg_pid=$!
+old_ok=0
+if [ -f "$old_tar" ]; then
+  rm -rf /tmp/ab/old_src && mkdir -p /tmp/ab/old_src && tar xzf "$old_tar" -C /tmp/ab/old_src
+  # The older tree names both targets in its CMakeLists; this machine needs sm_90a only.
+  sed -i 's/-gencode=arch=compute_80,code=sm_80//' /tmp/ab/old_src/cuda/CMakeLists.txt
+  nice -n 10 bash -c "$(declare -f build_pkg); build_pkg old /tmp/ab/old_src 8 /tmp/ab/build_old.log" &
+  old_pid=$!
+  old_ok=1
+else
+  echo "no $old_tar (run experiments/device/ab_prepare.sh and carry .ab): no A/B timing"
+fi
+wait $new_pid
+stamp "package build: $(tail -1 "$out/build_new.log")"; grep -E "error" "$out/build_new.log" | head -5
+wait $pg_pid
+stamp "playground build: $(grep -E '^rc=' "$out/build_playground.log")"; grep -E "error" "$out/build_playground.log" | head -5
+export PYTHONPATH=/tmp/ab/pkg_new${PYTHONPATH:+:$PYTHONPATH}
+python3 -c "import lvxattn, torch; print('lvxattn', lvxattn.__version__, 'cuda', lvxattn.cuda_built(), 'torch', torch.__version__)"
+pkg_ok=$?  # without the package, the playground steps still run
+
+# Logs travel in archives, one per phase (a lent machine returns a few files only).
+pack() { (cd "$out" && ls *.log *.txt >/dev/null 2>&1 && tar czf "logs_$1.tgz" $(ls *.log *.txt) && rm -f *.log); }
+
+# ---- 2. correctness, both kernel families, side by side ------------------------------
+on=1
+deadline=$((t0 + ${DEADLINE:-505}))  # the A/B rounds fit in what is left of it
+timeout 60 /tmp/b/playground small dims=64,96,128 dtypes=bf16 >"$out/playground_smoke.log" 2>&1
+smoke=$?
+stamp "smoke (playground small, bf16) rc=$smoke: $(tail -1 "$out/playground_smoke.log")"
+if [ $smoke = 124 ] || [ $smoke -gt 128 ]; then on=0; echo "the sm_90a kernels hung or crashed: LVX_CUDA_SM90=0 from here"; fi
+san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+fams="1 0"
+[ $on = 0 ] && fams=0
+pids=()
+for sm90 in $fams; do
+  LVX_CUDA_SM90=$sm90 timeout 200 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1 &
+  pids+=($!)
+  [ $pkg_ok = 0 ] || continue
+  for t in kernels masked_values; do
+    LVX_CUDA_SM90=$sm90 timeout 220 python3 -m pytest -q -p no:cacheprovider -m gpu -rf "tests/python/test_gpu_$t.py" \
+      >"$out/test_gpu_${t}_sm90_$sm90.log" 2>&1 &
+    pids+=($!)
+  done
+done
+if [ -n "$san" ]; then
+  LVX_CUDA_SM90=$on timeout 220 "$san" --tool memcheck /tmp/b/playground small dims=64,96,128 dtypes=bf16,f16 \
+    >"$out/sanitizer_memcheck.log" 2>&1 &
+  pids+=($!)
+  for d in 64 96 128; do
+    LVX_CUDA_SM90=$on timeout 220 "$san" --tool racecheck --print-limit 400 /tmp/b/playground small dims=$d dtypes=bf16,f16 \
+      >"$out/sanitizer_racecheck_d$d.log" 2>&1 &
+    pids+=($!)
+  done
+  timeout 120 "$san" --tool racecheck --print-limit 400 /tmp/b/racecheck_probe >"$out/sanitizer_racecheck_probe.log" 2>&1 &
+  pids+=($!)
+else
+  echo "no compute-sanitizer found" | tee "$out/sanitizer_memcheck.log"
+fi
+wait "${pids[@]}"
+stamp "correctness done"
+summary() {
+  echo "==== summary (sha $sha; first family LVX_CUDA_SM90=$on)"
+  echo "smoke: rc=$smoke $(tail -1 "$out/playground_smoke.log")"
+  for sm90 in $fams; do
+    echo "playground LVX_CUDA_SM90=$sm90: $(tail -1 "$out/playground_sm90_$sm90.log")"
+    grep -E -A1 "FAIL$" "$out/playground_sm90_$sm90.log" | head -12
+    for t in kernels masked_values; do
+      f=$out/test_gpu_${t}_sm90_$sm90.log
+      echo "pytest $t LVX_CUDA_SM90=$sm90: $(grep -E "passed|failed|error" "$f" 2>/dev/null | tail -1)"
+      grep -E "^FAILED" "$f" 2>/dev/null | head -6
+    done
+  done
+  echo "memcheck: $(grep -E "ERROR SUMMARY" "$out/sanitizer_memcheck.log" 2>/dev/null | tail -1) / $(tail -1 "$out/sanitizer_memcheck.log" 2>/dev/null)"
+  for d in 64 96 128; do
+    f=$out/sanitizer_racecheck_d$d.log
+    echo "racecheck D=$d: $(grep -E "RACECHECK SUMMARY" "$f" 2>/dev/null | tail -1) / $(tail -1 "$f" 2>/dev/null)"
+    # reports by kind and kernel (of the first access named)
+    grep -E "^========= (Error|Warning): Race" "$f" 2>/dev/null |
+      sed -E 's/^========= (Error|Warning): Race reported between (Read|Write) access at (void )?/\1 /; s/\+0x[0-9a-f]+$//; s/\((lvx::cuda::[A-Za-z]+Params|const int).*//' |
+      sort | uniq -c | head -8
+  done
+  f=$out/sanitizer_racecheck_probe.log
+  echo "racecheck probe: $(grep -E "RACECHECK SUMMARY" "$f" 2>/dev/null | tail -1)"
+  for k in plain tma expect_tx named_bar lane0_only no_wait; do
+    echo "  probe_$k: $(grep -cE "^========= (Error|Warning): Race reported .*probe_$k\b" "$f" 2>/dev/null) reports; $(grep -E "^probe_$k " "$f" 2>/dev/null)"
+  done
+}
+summary >"$out/summary.txt"
+cat "$out/summary.txt"
+pack check
+
+# ---- 3. speed: the older build against this tree, the GPU alone ----------------------
+if [ $old_ok = 1 ]; then
+  wait $old_pid
+  cp /tmp/ab/build_old.log "$out/"
+  stamp "older package build ($old_sha): $(tail -1 "$out/build_old.log")"; grep -E "error" "$out/build_old.log" | head -5
+  left=$((deadline - $(date +%s)))
+  [ $left -lt 60 ] && echo "no time left for the A/B bench ($left s to the deadline)"
+  if [ $pkg_ok = 0 ] && [ $left -ge 60 ] && grep -q "^rc=0" "$out/build_old.log"; then
+    stamp "A/B bench: up to 3 rounds in $left s"
+    # PYTHONPATH without this tree's package: each worker puts its own build first.
+    PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left + 30)) python3 experiments/bench_ab.py \
+      --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds 3 \
+      --budget-s $((left - 5)) --worker-timeout $((left / 2)) --reps-ms 100 --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
+    stamp "A/B bench rc=$?"
+    grep -vE "^round " "$out/bench_ab.log" | head -60
+  fi
+fi
+pack bench
+stamp "done"
