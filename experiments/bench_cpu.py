@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import lvxattn
-from common import metadata, print_table, write_csv
+from common import metadata, new_results_path, print_table, write_csv
 
 SHAPES = [  # B, Hq, Hkv, D, Lq, Lkv
     (1, 8, 8, 64, 256, 8192),
@@ -76,7 +76,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--csv", default="experiments/results/cpu_kernels.csv")
+    ap.add_argument("--csv", help="output CSV (default: a new file under experiments/results/new/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     meta = metadata("cpu")
@@ -88,7 +88,9 @@ def main():
     print(f"{meta['device']}, {args.threads} threads, torch {torch.__version__}, git {meta['git_sha']}")
     print_table(rows, ["Hq", "Hkv", "D", "Lq", "Lkv", "ours_fwd_ms", "torch_fwd_ms", "fwd_ratio",
                        "ours_fwdbwd_ms", "torch_fwdbwd_ms", "fwdbwd_ratio", "ours_fwdbwd_gflops"])
-    write_csv(args.csv, rows)
+    path = args.csv or new_results_path("cpu_kernels")
+    write_csv(path, rows)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Times lvxattn's CUDA attention step kernels against torch SDPA (flash and cuDNN)
-on the single-GPU cross-attention shapes of ANCHORS.md table 1 (bf16, D=128), in one
+on five single-GPU cross-attention shapes (short queries, long K/V; bf16, D=128), in one
 process on one card, and writes a CSV with the device, git sha and date.
 
 Ours goes through cuda/dev/liblvx_cuda_dev.so (built by cuda/dev/run_playground.sh),
@@ -7,22 +7,27 @@ called with tensor.data_ptr() via ctypes on torch's current stream.
   fwd     = fill(o, lse) + attend_fwd_step
   fwd+bwd = fwd + row_dot + fill(dq, dk, dv) + attend_bwd_step  (fp32 gradients,
             no conversion to bf16; SDPA returns bf16 gradients)
-FLOPs: 4·B·Hq·Lq·Lkv·D forward, 3.5× that for forward+backward (as in ANCHORS.md).
+FLOPs: 4·B·Hq·Lq·Lkv·D forward, 3.5× that for forward+backward (FlashAttention-2's
+convention: the backward does 2.5× the forward's matrix products; Dao, arXiv 2307.08691).
 
-usage: python experiments/bench_gpu_kernels.py --lib /tmp/lvx_cuda_dev/liblvx_cuda_dev.so --out results.csv
+usage: python experiments/bench_gpu_kernels.py --lib /tmp/lvx_cuda_dev/liblvx_cuda_dev.so [--out results.csv]
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
-import csv
 import datetime
 import math
+import os
 import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import new_results_path, write_csv  # noqa: E402
 
 SHAPES = [  # (Hq, Hkv, Lq, Lkv)
     (16, 16, 1024, 16384),
@@ -157,7 +162,7 @@ def bench_shape(lib: Lib, Hq, Hkv, Lq, Lkv, D=128, B=1, dtype=torch.bfloat16, re
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
-    ap.add_argument("--out", default="gpu_kernels.csv")
+    ap.add_argument("--out", help="output CSV (default: a new file under experiments/results/new/)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--sha", default=None, help="git sha of the tree (when .git is not there)")
     ap.add_argument("--label", default="ours", help="impl name of the library's rows (e.g. which kernels ran)")
@@ -185,10 +190,9 @@ def main():
                             ours_fwd_rel_err_vs_sdpa=f"{err:.2e}"))
         best = min(rows[n][1] for n in ("flash", "cudnn") if n in rows) if len(rows) > 1 else float("nan")
         print(f"{'':>22} {args.label}/best fwd+bwd = {rows[args.label][1] / best:.2f}x   fwd rel err vs SDPA fp32 {err:.1e}")
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(out[0].keys()))
-        w.writeheader()
-        w.writerows(out)
+    path = args.out or new_results_path("gpu_kernels")
+    write_csv(path, out)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,12 @@
-"""Command line: ``python -m lvxattn make-features ...`` and ``python -m lvxattn run ...``.
+"""The main job (``python -m lvxattn run``): train a stack of cross-attention layers
+on an HDF5 feature file, one rank per GPU (or CPU socket) under mpirun/srun.
 
-``make-features`` writes a synthetic HDF5 feature file (one process).
-``run`` is the main job, one rank per GPU (or CPU socket) under mpirun/srun: it
-reads this rank's shards, trains a ``CrossAttentionStack`` for a few steps on a
-synthetic loss, and reports step time, attention time, bytes moved and peak
-memory per rank (table on rank 0, JSON with ``--report``).
-
-Setup errors (bad file, flags that disagree with it, no GPU) are agreed on by all
-ranks and end every rank with exit code 2; an error in the middle of a step aborts
-the whole job, so no rank is left waiting in a collective.
+Each rank reads its shards, trains a ``CrossAttentionStack`` for a few steps on a
+synthetic loss, and measures step time, attention time, bytes moved and peak
+memory; rank 0 prints a table and writes a JSON report. Setup errors (bad file,
+flags that disagree with it, no GPU) are agreed on by all ranks and end every rank
+with exit code 2; an error in the middle of a step aborts the whole job, so no rank
+is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -25,128 +23,12 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Sequence
 
-EXIT_BAD_INPUT = 2
-ALGORITHMS = ("lvx", "ring", "ulysses", "auto")
-LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
-                        "MV2_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK")
-
-
-# ---------------------------------------------------------------------------
-# Argument parsing
-
-
-def _split_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import data
-
-    parser = argparse.ArgumentParser(prog="python -m lvxattn",
-                                     description="Distributed cross-attention over long visual inputs.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    make = commands.add_parser("make-features", help="write a synthetic HDF5 feature file (one process)")
-    make.add_argument("output", help="path of the .h5 file to write")
-    make.add_argument("--batch", type=_positive, default=1)
-    make.add_argument("--visual-len", type=_positive, help="visual tokens, stored [B, Lkv, Dv]")
-    make.add_argument("--frames", type=_positive, help="with --tokens-per-frame: stored [B, frames, tokens, Dv]")
-    make.add_argument("--tokens-per-frame", type=_positive)
-    make.add_argument("--text-len", type=_positive, required=True)
-    make.add_argument("--visual-dim", type=_positive, required=True)
-    make.add_argument("--text-dim", type=_positive, required=True)
-    make.add_argument("--dtype", choices=sorted(data.FILE_DTYPES), default="fp32", help="storage dtype")
-    make.add_argument("--mask", choices=data.MASK_STYLES, default="all_previous",
-                      help="q_ranges style (none: no q_ranges dataset, full attention)")
-    make.add_argument("--num-images", type=_positive, help="images the text is spread over (default: frames, else 1)")
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--chunk-mb", type=float, default=32.0, help="rows written per chunk, in MiB")
-    make.add_argument("--no-progress", action="store_true")
-
-    run = commands.add_parser("run", help="train a cross-attention stack on a feature file (under mpirun/srun)")
-    run.add_argument("--features", required=True, help="HDF5 feature file")
-    run.add_argument("--layers", type=_positive, default=2)
-    run.add_argument("--heads", type=_positive, default=8, help="query heads Hq")
-    run.add_argument("--kv-heads", type=_positive, default=2, help="key/value heads Hkv")
-    run.add_argument("--head-dim", type=_positive, default=64)
-    run.add_argument("--visual-dim", type=_positive, help="required visual feature dim (checked against the file)")
-    run.add_argument("--text-dim", type=_positive, help="required text hidden dim (checked against the file)")
-    run.add_argument("--algorithm", choices=ALGORITHMS, default="lvx")
-    run.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=True,
-                     help="recompute K/V in backward instead of keeping them (default: on)")
-    run.add_argument("--steps", type=_positive, default=3)
-    run.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
-    run.add_argument("--lr", type=float, default=1e-3)
-    run.add_argument("--gate-init", type=float, default=0.1,
-                     help="initial attention gate (Llama uses 0, which gives zero gradients at step 0)")
-    run.add_argument("--seed", type=int, default=0, help="weight init seed (the same on every rank)")
-    run.add_argument("--visual-split", type=_split_list, help="visual rows per rank, e.g. 100,100,56")
-    run.add_argument("--text-split", type=_split_list, help="text rows per rank")
-    run.add_argument("--threads", type=int, help="torch CPU threads per rank (default: torch's choice)")
-    run.add_argument("--report", help="write a JSON report here (rank 0)")
-    run.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-# ---------------------------------------------------------------------------
-# make-features
-
-
-def make_features(args: argparse.Namespace) -> int:
-    from . import data
-
-    meta = data.write_synthetic(
-        args.output, batch=args.batch, visual_len=args.visual_len, frames=args.frames,
-        tokens_per_frame=args.tokens_per_frame, text_len=args.text_len, visual_dim=args.visual_dim,
-        text_dim=args.text_dim, dtype=args.dtype, mask_style=args.mask, num_images=args.num_images,
-        seed=args.seed, chunk_bytes=max(1, int(args.chunk_mb * 2**20)), progress=not args.no_progress)
-    layout = (f"{meta.frames} frames x {meta.tokens_per_frame} tokens" if meta.frames_layout
-              else f"{meta.visual_len} tokens")
-    print(f"wrote {args.output}: batch {meta.batch}, visual {layout} x {meta.visual_dim}, "
-          f"text {meta.text_len} x {meta.text_dim}, {args.dtype}, mask {args.mask}")
-    return 0
-
+from .cli import EXIT_BAD_INPUT, plural
+from .devices import pick_device
 
 # ---------------------------------------------------------------------------
 # run: setup
-
-
-def local_rank(comm) -> int:
-    """This rank's index on its node: from the launcher's environment, else a shared-memory split."""
-    for name in LOCAL_RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    from mpi4py import MPI
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, comm.Get_rank())
-    try:
-        return node.Get_rank()
-    finally:
-        node.Free()
-
-
-def pick_device(kind: str, comm):
-    import torch
-
-    if kind == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        raise RuntimeError("--device cuda but torch sees no CUDA device on this rank")
-    device = torch.device("cuda", local_rank(comm) % torch.cuda.device_count())
-    torch.cuda.set_device(device)
-    return device
 
 
 def check_flags(args: argparse.Namespace, world: int) -> None:
@@ -192,13 +74,6 @@ class MasterWeights:
         if self.wide:
             for master in self.masters:
                 master.grad = None
-
-
-def check_core() -> None:
-    import lvxattn
-
-    if not hasattr(lvxattn, "cross_attention"):
-        raise RuntimeError("lvxattn.cross_attention is unavailable: build the core first (pip install .)")
 
 
 def build_model(args: argparse.Namespace, meta, comm, device, dtype):
@@ -248,7 +123,6 @@ class AttentionTotals:
     backward: dict = field(default_factory=dict)
     algorithm: str | None = None
     transport: str | None = None
-    available: bool = True
 
     def add(self, phase: str, stats: dict | None) -> None:
         if not stats or phase not in stats:
@@ -271,17 +145,16 @@ class AttentionStatsRecorder:
     """
 
     def __init__(self, model):
-        import lvxattn
-
-        self._last_stats = getattr(lvxattn, "last_stats", None)
-        self.totals = AttentionTotals(available=self._last_stats is not None)
+        self.totals = AttentionTotals()
         self._pending_backward = 0
         for layer in model.layers:
             layer.register_forward_pre_hook(self._before_layer)
             layer.register_forward_hook(self._after_layer)
 
-    def _read(self) -> dict | None:
-        return self._last_stats() if self._last_stats is not None else None
+    @staticmethod
+    def _read() -> dict:
+        from .api import last_stats
+        return last_stats()
 
     def _before_layer(self, module, inputs):
         h = inputs[0]
@@ -298,7 +171,7 @@ class AttentionStatsRecorder:
         self._pending_backward -= 1
 
     def start_step(self) -> None:
-        self.totals = AttentionTotals(available=self._last_stats is not None)
+        self.totals = AttentionTotals()
         self._pending_backward = 0
 
     def finish_backward(self) -> None:
@@ -328,9 +201,28 @@ def _mb(n: float | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.1f}"
 
 
+COLUMNS = (
+    ("rank", "the MPI rank"),
+    ("Lq", "text rows (queries) this rank holds"),
+    ("Lkv", "visual rows (keys/values) this rank holds"),
+    ("step ms", "one training step, mean over the steps after the first (a warm-up)"),
+    ("attn fwd ms", "the attention forwards of one step, summed over the layers"),
+    ("attn bwd ms", "the attention backwards of one step, summed over the layers"),
+    ("blocked ms", "of those, time spent waiting for other ranks' data (not hidden behind compute)"),
+    ("sent MB", "bytes this rank sent in one step's attention (MiB)"),
+    ("recv MB", "bytes this rank received (MiB)"),
+    ("saved MB", "activations kept from forward for backward (MiB; recompute keeps less)"),
+    ("peak MB", "peak memory of the rank (GPU: torch's allocator; CPU: the process's resident size)"),
+)
+
+
+def column_legend() -> str:
+    width = max(len(name) for name, _ in COLUMNS)
+    return "\n".join(f"  {name.rjust(width)}: {meaning}" for name, meaning in COLUMNS)
+
+
 def summary_table(ranks: list[dict]) -> str:
-    header = ("rank", "Lq", "Lkv", "step ms", "attn fwd ms", "attn bwd ms", "blocked ms",
-              "sent MB", "recv MB", "saved MB", "peak MB")
+    header = tuple(name for name, _ in COLUMNS)
     rows = []
     for r in ranks:
         fwd, bwd = r["attention"]["forward"], r["attention"]["backward"]
@@ -380,7 +272,6 @@ def run_job(args: argparse.Namespace) -> int:
         shard = data.load_shard(args.features, comm, visual_split=args.visual_split,
                                 text_split=args.text_split, dtype=dtype,
                                 expect={"visual_dim": args.visual_dim, "text_dim": args.text_dim})
-        data.agree_on_errors(comm, check_core)
     except data.FeatureFileError as exc:
         _say_error(comm, str(exc))
         return EXIT_BAD_INPUT
@@ -400,15 +291,24 @@ def run_job(args: argparse.Namespace) -> int:
         return 1
     if rank == 0:
         print(summary_table(report["ranks"]))
+        print(column_legend())
         losses = report["loss"]
-        print(f"loss {losses[0]:.6g} -> {losses[-1]:.6g} over {len(losses)} steps; algorithm "
+        print(f"loss {losses[0]:.6g} -> {losses[-1]:.6g} over {plural(len(losses), 'step')}; algorithm "
               f"{report['attention_algorithm'] or args.algorithm}, recompute {'on' if args.recompute else 'off'}, "
-              f"{world} ranks, {device.type}, {args.dtype}")
-        if args.report:
-            with open(args.report, "w") as f:
+              f"{plural(world, 'rank')}, {device.type}, {args.dtype}")
+        if not args.no_report:
+            path = report_path(args.report)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
                 json.dump(report, f, indent=2)
-            print(f"report: {args.report}")
+            print(f"report: {os.path.abspath(path)}")
     return 0
+
+
+def report_path(template: str, now: datetime.datetime | None = None) -> str:
+    """``--report`` with ``<date>`` and ``<time>`` filled in (local time: 20261129, 153012)."""
+    now = now or datetime.datetime.now()
+    return template.replace("<date>", now.strftime("%Y%m%d")).replace("<time>", now.strftime("%H%M%S"))
 
 
 def train(args: argparse.Namespace, comm, shard, device, dtype) -> dict:
@@ -463,8 +363,7 @@ def train(args: argparse.Namespace, comm, shard, device, dtype) -> dict:
         "text_rows": shard.text.shape[1], "visual_rows": shard.visual.shape[1],
         "text_offset": shard.text_offset, "visual_offset": shard.visual_offset,
         "step_s": sum(timed) / len(timed), "step_times_s": step_times,
-        "attention": {"calls_per_step": last.calls, "forward": last.forward, "backward": last.backward,
-                      "stats_available": last.available},
+        "attention": {"calls_per_step": last.calls, "forward": last.forward, "backward": last.backward},
         "saved_activation_bytes": saved_bytes, "peak_memory_bytes": peak_memory_bytes(device),
     }
     ranks = comm.gather(mine, root=0)
@@ -480,18 +379,3 @@ def train(args: argparse.Namespace, comm, shard, device, dtype) -> dict:
         "attention_algorithm": last.algorithm, "attention_transport": last.transport,
         "loss": losses, "ranks": ranks,
     }
-
-
-# ---------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "make-features":
-        from .data import FeatureFileError
-        try:
-            return make_features(args)
-        except FeatureFileError as exc:
-            print(f"lvxattn make-features: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    return run_job(args)

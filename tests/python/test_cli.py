@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import lvxattn
-from lvxattn import cli, data
+from lvxattn import cli, data, devices, sharding, train
 from lvxattn.progress import Progress
 
 TIMEOUT_S = 120
@@ -144,9 +144,9 @@ def test_run_without_gpu_says_so_on_every_rank(tmp_path, small_file):
 
 def reference_first_loss(path: Path, args: list[str]) -> float:
     """Step 0's loss computed in this process on the whole file (no ranks, float64 loss)."""
-    parsed = cli.build_parser().parse_args(["run", "--features", str(path), *args])
+    parsed = cli.parse(["run", "--features", str(path), *args])
     shard = data.load_shard(path)
-    model = cli.build_model(parsed, shard.meta, None, torch.device("cpu"), torch.float32)
+    model = train.build_model(parsed, shard.meta, None, torch.device("cpu"), torch.float32)
     with torch.no_grad():
         out = model(shard.text, shard.visual, shard.q_ranges)
     return float(out.double().pow(2).mean())
@@ -167,14 +167,13 @@ def test_run_reports_loss_stats_and_memory(tmp_path, small_file, recompute):
     assert report["loss"][0] == pytest.approx(reference_first_loss(small_file, args), rel=1e-5)
     ranks = report["ranks"]
     assert [r["rank"] for r in ranks] == list(range(RANKS))
-    assert [r["visual_rows"] for r in ranks] == data.even_counts(15, RANKS)
-    assert [r["text_rows"] for r in ranks] == data.even_counts(7, RANKS)
+    assert [r["visual_rows"] for r in ranks] == sharding.even_counts(15, RANKS)
+    assert [r["text_rows"] for r in ranks] == sharding.even_counts(7, RANKS)
     for r in ranks:
         assert r["attention"]["calls_per_step"] == 2
         assert r["step_s"] > 0 and r["peak_memory_bytes"] > 0 and r["saved_activation_bytes"] > 0
-        if r["attention"]["stats_available"]:
-            assert r["attention"]["forward"]["bytes_sent"] > 0
-            assert r["attention"]["backward"]["bytes_sent"] > 0
+        assert r["attention"]["forward"]["bytes_sent"] > 0
+        assert r["attention"]["backward"]["bytes_sent"] > 0
 
 
 def test_run_recompute_saves_activation_memory(tmp_path, small_file):
@@ -187,7 +186,7 @@ def test_run_recompute_saves_activation_memory(tmp_path, small_file):
                                  "--no-progress", "--report", str(report_path))
         assert result.returncode == 0, result.stderr
         saved[flag] = [r["saved_activation_bytes"] for r in json.loads(report_path.read_text())["ranks"]]
-    for rank, rows in enumerate(data.even_counts(15, RANKS)):
+    for rank, rows in enumerate(sharding.even_counts(15, RANKS)):
         want = 3 * 2 * 2 * rows * 2 * 16 * 4   # layers * (K, V) * B * Lkv_local * Hkv * D * fp32
         got = saved["--no-recompute"][rank] - saved["--recompute"][rank]
         assert abs(got - want) <= 0.1 * want, (rank, got, want)
@@ -202,18 +201,19 @@ def test_summary_table_lists_every_rank():
              "backward": {"total_s": 0.004, "blocked_s": 0.0, "bytes_sent": 2**21, "bytes_recv": 2**21}}
     ranks = [{"rank": r, "text_rows": 3, "visual_rows": 7, "step_s": 0.01, "attention": stats,
               "saved_activation_bytes": 2**20, "peak_memory_bytes": 5 * 2**20} for r in range(2)]
-    lines = cli.summary_table(ranks).splitlines()
+    lines = train.summary_table(ranks).splitlines()
     assert len(lines) == 4 and "attn fwd ms" in lines[0]
     assert lines[2].split() == ["0", "3", "7", "10.0", "2.0", "4.0", "1.0", "3.0", "3.0", "1.0", "5.0"]
 
 
 def test_local_rank_from_launcher_environment(monkeypatch):
-    for name in cli.LOCAL_RANK_VARIABLES:
+    for name in devices.LOCAL_RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    assert devices.local_rank(comm=None) == 0
     monkeypatch.setenv("SLURM_LOCALID", "3")
-    assert cli.local_rank(comm=None) == 3
+    assert devices.local_rank(comm=None) == 3
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
-    assert cli.local_rank(comm=None) == 1
+    assert devices.local_rank(comm=None) == 1
 
 
 def test_progress_bar_renders_and_is_silent_when_disabled():
@@ -234,7 +234,7 @@ def test_master_weights_keep_updates_too_small_for_bf16():
     model = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    optimizer = cli.MasterWeights(model, lambda params: torch.optim.SGD(params, lr=1e-3))
+    optimizer = train.MasterWeights(model, lambda params: torch.optim.SGD(params, lr=1e-3))
     for _ in range(10):   # each update (1e-3) is below bf16's spacing at 1.0 (2^-7)
         model.weight.grad = torch.ones_like(model.weight)
         optimizer.step()

@@ -5,14 +5,13 @@ a rank that owns no query rows and one that owns no KV rows.
 Run on a machine with N GPUs: mpirun -n N python -m pytest --with-mpi -m "mpi and gpu" tests/python/test_gpu_distributed.py
 """
 
-import os
-
 import pytest
 import torch
 
 import lvxattn
 from dist_util import errors_against_reference, lvx_form, shard, uneven_split
-from reference import rel_err
+from lvxattn import devices
+from lvxattn.reference import rel_err
 
 mpi = pytest.importorskip("mpi4py.MPI")
 WORLD = mpi.COMM_WORLD
@@ -27,8 +26,7 @@ TOL = {torch.bfloat16: 2e-2, torch.float16: 8e-3}
 
 
 def local_device():
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", WORLD.rank)))
-    return torch.device("cuda", local % torch.cuda.device_count())
+    return devices.pick_device("cuda", WORLD)
 
 
 CASES = [
