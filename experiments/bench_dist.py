@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import lvxattn  # noqa: E402
 from lvxattn.devices import pick_device  # noqa: E402
 from lvxattn.sharding import even_rows  # noqa: E402
-from common import metadata, new_results_path, print_table, write_csv  # noqa: E402
+from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -105,6 +105,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device, comm)
+    refuse_committed(args.csv)   # on every rank, before any collective
     meta = metadata(args.device)
     rows = []
     for shape_text in args.shapes.split(","):

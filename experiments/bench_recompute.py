@@ -37,7 +37,7 @@ from lvxattn.cli import ALGORITHMS
 from lvxattn.layers import CrossAttentionStack, measure_saved
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import git_sha, new_results_path, write_csv  # noqa: E402
+from common import git_sha, new_results_path, refuse_committed, write_csv  # noqa: E402
 OOM_MARKERS = ("out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemory")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     device = devices.pick_device(args.device, comm)
     args.csv = args.csv or new_results_path("bench_recompute")
     args.trials_csv = args.trials_csv or os.path.splitext(args.csv)[0] + "_trials.csv"
+    refuse_committed(args.csv)   # on every rank, before any collective
+    refuse_committed(args.trials_csv)
     bench = Bench(args, comm, device)
     common = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

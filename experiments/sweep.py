@@ -51,7 +51,7 @@ from lvxattn import _core, calibrate  # noqa: E402
 from lvxattn.devices import pick_device  # noqa: E402
 from lvxattn.sharding import even_counts  # noqa: E402
 from bench_dist import bench_one  # noqa: E402
-from common import metadata, new_results_path, print_table, write_csv  # noqa: E402
+from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
 DTYPE_CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
 GRID_KEYS = ("P", "Lq", "Lkv", "heads", "D", "algorithms", "transports", "dtypes")
@@ -161,6 +161,7 @@ def main(argv=None):
     sc = cfg["scalars"]
     kind = args.device or sc["device"]
     csv_path = args.csv or sc["csv"] or new_results_path(sc["name"])
+    refuse_committed(csv_path)   # on every rank, before any collective
     threads = args.threads if args.threads is not None else sc["threads"]
     world = MPI.COMM_WORLD
     rank = world.rank

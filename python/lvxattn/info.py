@@ -108,7 +108,9 @@ def format_info(info: dict) -> str:
 
 def warn_if_mismatched() -> None:
     """At import: the one mismatch that costs speed without an error (CUDA without NCCL)."""
-    if _core.cuda_built() and not _core.nccl_built() and torch.version.cuda:
+    from .api import available_transports
+
+    if _core.cuda_built() and "nccl" not in available_transports() and torch.version.cuda:
         warnings.warn(f"lvxattn: {NO_NCCL}; `python -m lvxattn info` says more", stacklevel=3)
 
 

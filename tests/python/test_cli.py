@@ -47,10 +47,10 @@ def mpirun():
     return [launcher, "--oversubscribe", "-n", str(RANKS)]
 
 
-def lvxattn_command(*args: str, ranks: bool = True) -> subprocess.CompletedProcess:
+def lvxattn_command(*args: str, ranks: bool = True, cwd=None) -> subprocess.CompletedProcess:
     cmd = (mpirun() if ranks else []) + [sys.executable, "-m", "lvxattn", *args]
     try:
-        return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+        return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT_S} s (hang?)\n{exc.stderr}")
 
@@ -90,6 +90,35 @@ def test_make_features_rejects_missing_length(tmp_path):
                              "--visual-dim", "2", "--text-dim", "2", ranks=False)
     assert result.returncode == cli.EXIT_BAD_INPUT
     assert "give visual_len, or frames and tokens_per_frame" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# the command line itself
+
+
+def test_help_shows_defaults():
+    _, commands = cli.build_parser()
+    text = " ".join(commands["run"].format_help().split())
+    for option, default in (("--steps STEPS", "3"), ("--algorithm", "lvx"), ("--layers LAYERS", "2"),
+                            ("--seed SEED", "0"), ("--device", "cpu")):
+        after = text[text.index(option, text.index("options:")):]
+        assert f"(default: {default})" in after[:200], (option, after[:200])
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_bad_run_flag_prints_the_run_usage_once(tmp_path):
+    result = lvxattn_command("run", "--features", str(tmp_path / "f.h5"), "--stpes", "3")
+    assert result.returncode != 0
+    assert result.stderr.count("usage: python -m lvxattn run") == 1, result.stderr
+    assert result.stderr.count("unrecognized arguments: --stpes 3") == 1, result.stderr
+
+
+def test_info_says_what_was_built():
+    result = lvxattn_command("info", ranks=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("CPU backend    ON", "MPI transport", "NCCL transport", "mpi4py's MPI", "no problems found"):
+        assert line in result.stdout, result.stdout
+    assert lvxattn.build_info()["transports"] == lvxattn.available_transports()
 
 
 # ---------------------------------------------------------------------------
@@ -174,6 +203,19 @@ def test_run_reports_loss_stats_and_memory(tmp_path, small_file, recompute):
         assert r["step_s"] > 0 and r["peak_memory_bytes"] > 0 and r["saved_activation_bytes"] > 0
         assert r["attention"]["forward"]["bytes_sent"] > 0
         assert r["attention"]["backward"]["bytes_sent"] > 0
+
+
+def test_run_writes_a_report_by_default_and_says_where(tmp_path, small_file):
+    needs_core()
+    result = lvxattn_command("run", "--features", str(small_file), "--steps", "1", "--layers", "1",
+                             "--heads", "2", "--kv-heads", "1", "--head-dim", "4", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reports = list(tmp_path.glob("lvxattn-report-*.json"))
+    assert len(reports) == 1
+    assert f"report: {reports[0]}" in result.stdout
+    assert json.loads(reports[0].read_text())["world_size"] == RANKS
+    assert "over 1 step; " in result.stdout and f"{RANKS} ranks" in result.stdout
+    assert "blocked ms: " in result.stdout   # the columns are explained under the table
 
 
 def test_run_recompute_saves_activation_memory(tmp_path, small_file):
