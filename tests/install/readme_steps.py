@@ -97,7 +97,7 @@ def main() -> int:
         passed, failed = passed + ok, failed + (not ok)
         if not ok:
             break
-    print(f"readme steps: {passed} passed, {failed} failed")
+    print(f"readme: {passed} passed, {failed} failed")
     return 1 if failed or not passed else 0
 
 
