@@ -163,12 +163,6 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_bwd_kernel(const BwdParam
       }
     }
     __syncthreads();
-    if constexpr (!Tr::kWithDq) {
-      it = it_next;
-      whole = whole_next;
-      buf ^= 1;
-      continue;
-    }
 
     // dQ[q0 .. q0+BM) += scale · dS K, in (16-row, 32-column) units spread over warps.
     float* gdq = p.dq + ((size_t)b * Lq * p.Hq + h) * D;

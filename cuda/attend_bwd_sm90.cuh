@@ -14,13 +14,15 @@
 #pragma once
 
 #include "attend_bwd_parts.cuh"
+#include "attend_config.hpp"
 #include "tma.cuh"
 
 namespace lvx::cuda {
 
 struct BwdSm90 {
-  static constexpr int kHeadDim = 128, kBlockN = 128, kBlockM = 64, kStages = 2;
-  static constexpr int kThreads = 384;                     // producer + 2 consumer warpgroups
+  static constexpr int kHeadDim = config::kSm90Bwd.head_dim, kBlockN = config::kSm90Bwd.block_n,
+                       kBlockM = config::kSm90Bwd.block_m, kStages = config::kSm90Bwd.stages;
+  static constexpr int kThreads = config::kSm90Bwd.threads;  // producer + 2 consumer warpgroups
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // a K or V tile
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;   // a Q or dO tile
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;   // dSᵀ

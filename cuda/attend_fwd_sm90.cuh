@@ -11,14 +11,16 @@
 //     tensor cores (the rescale of O waits for it).
 #pragma once
 
+#include "attend_config.hpp"
 #include "attend_fwd_parts.cuh"
 #include "tma.cuh"
 
 namespace lvx::cuda {
 
 struct FwdSm90 {
-  static constexpr int kHeadDim = 128, kBlockM = 128, kBlockN = 128, kStages = 3;
-  static constexpr int kThreads = 384;                                     // producer + 2 consumer warpgroups
+  static constexpr int kHeadDim = config::kSm90Fwd.head_dim, kBlockM = config::kSm90Fwd.block_m,
+                       kBlockN = config::kSm90Fwd.block_n, kStages = config::kSm90Fwd.stages;
+  static constexpr int kThreads = config::kSm90Fwd.threads;                // producer + 2 consumer warpgroups
   static constexpr int kTileBytes = 128 * kHeadDim * 2;                    // one 128-row tile
   static constexpr int kSmemBytes = (1 + 2 * kStages) * kTileBytes + 1024;  // Q, stages x (K, V), alignment
 };

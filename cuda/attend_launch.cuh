@@ -1,4 +1,4 @@
-// Launch templates shared by the instantiation files in inst/.
+// Launch templates shared by the generated instantiation files (gen_instances.cmake).
 #pragma once
 
 #include "attend_bwd.cuh"

@@ -12,9 +12,13 @@
 #include <vector>
 
 #include "attend_dispatch.hpp"
-#include "backend.hpp"
+#include "split_kv.hpp"
+#include "core/backend.hpp"
 #include "cuda_check.hpp"
+#include "dispatch.hpp"
 #include "elementwise.cuh"
+#include "gpu/gpu.hpp"
+#include "ranges.cuh"
 
 namespace lvx {
 namespace {
@@ -42,29 +46,23 @@ void require_aligned(std::initializer_list<std::pair<const void*, const char*>> 
                 std::string(name) + " must be 16-byte aligned for the CUDA attention kernels");
 }
 
+std::string built_head_dims() {
+  std::string s;
+  for (int d : cuda::config::kHeadDims) s += (s.empty() ? "" : ", ") + std::to_string(d);
+  return s;
+}
+
 [[noreturn]] void unsupported_head_dim(int64_t D) {
-  LVX_FAIL(Status::unsupported, "CUDA attention supports head dims 32, 64, 96 and 128, got " + std::to_string(D));
+  LVX_FAIL(Status::unsupported,
+           "CUDA attention supports head dims " + built_head_dims() + ", got " + std::to_string(D));
 }
 
-template <typename T, typename Fn>
-void dispatch_head_dim(int64_t D, Fn&& fn) {
-  switch (D) {
-    case 32: return fn((T*)nullptr, std::integral_constant<int, 32>{});
-    case 64: return fn((T*)nullptr, std::integral_constant<int, 64>{});
-    case 96: return fn((T*)nullptr, std::integral_constant<int, 96>{});
-    case 128: return fn((T*)nullptr, std::integral_constant<int, 128>{});
-    default: unsupported_head_dim(D);
-  }
-}
-
+// fn(T* tag, std::integral_constant<int, D>) for the step's storage type and head dim.
 template <typename Fn>
 void dispatch(DType dtype, int64_t D, Fn&& fn) {
-  switch (dtype) {
-    case DType::bf16: return dispatch_head_dim<__nv_bfloat16>(D, fn);
-    case DType::f16: return dispatch_head_dim<__half>(D, fn);
-    case DType::f32: return dispatch_head_dim<float>(D, fn);
-  }
-  LVX_FAIL(Status::invalid_argument, "unknown dtype");
+  cuda::with_storage_type(dtype, [&](auto* tag) {
+    if (!cuda::with_head_dim(D, [&](auto d) { fn(tag, d); })) unsupported_head_dim(D);
+  });
 }
 
 class CudaBackend final : public Backend {
@@ -94,6 +92,8 @@ class CudaBackend final : public Backend {
     cudaSetDevice(device_);
     if (workspace_) cudaFreeAsync(workspace_, stream_);
     cudaStreamSynchronize(stream_);
+    if (summary_dev_) cudaFree(summary_dev_);
+    if (summary_host_) cudaFreeHost(summary_host_);
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
     cudaStreamDestroy(own_stream_);
   }
@@ -129,9 +129,26 @@ class CudaBackend final : public Backend {
   }
   void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n) override {
     if (dst_type == src_type) return copy(dst, src, n * dtype_size(src_type));
-    cuda::launch_convert(dst, (int)dst_type, src, (int)src_type, n, stream_);
+    cuda::launch_convert(dst, dst_type, src, src_type, n, stream_);
   }
   void add(float* dst, const float* src, size_t n) override { cuda::launch_add(dst, src, n, stream_); }
+
+  std::string head_dim_error(int64_t D) const override {
+    if (cuda::config::head_dim_built(D)) return "";
+    return "head dim " + std::to_string(D) + " is not built for the CUDA backend (supported: " + built_head_dims() + ")";
+  }
+
+  // One reduction kernel and one 24-byte read: the host waits for the stream here.
+  RangeSummary summarize_ranges(const int32_t* ranges, int64_t rows) override {
+    if (!summary_dev_) {
+      LVX_CUDA_CHECK(cudaMalloc(&summary_dev_, 3 * sizeof(long long)));
+      LVX_CUDA_CHECK(cudaMallocHost(&summary_host_, 3 * sizeof(long long)));
+    }
+    cuda::launch_summarize_ranges(ranges, rows, summary_dev_, stream_);
+    LVX_CUDA_CHECK(cudaMemcpyAsync(summary_host_, summary_dev_, 3 * sizeof(long long), cudaMemcpyDeviceToHost, stream_));
+    LVX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return RangeSummary{rows ? summary_host_[0] : 0, summary_host_[1], summary_host_[2]};
+  }
 
   void attend_fwd_step(const FwdStep& a) override {
     const StepShape& s = a.s;
@@ -145,12 +162,12 @@ class CudaBackend final : public Backend {
     p.o = a.o; p.lse = a.lse;
     p.splits = 1; p.split_len = p.Lkv;
     if (a.dtype != DType::f32) {
-      if (!cuda::tensor_core_head_dim((int)s.D)) unsupported_head_dim(s.D);
+      if (!cuda::config::head_dim_built(s.D)) unsupported_head_dim(s.D);
       require_aligned({{a.q, "q"}, {a.k, "k"}, {a.v, "v"}});
       const int D = (int)s.D;
-      cuda::SplitPlan plan = cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, cuda::fwd_block_m(D, sm90_),
-                                                   cuda::fwd_block_n(D, sm90_), num_sms_,
-                                                   cuda::fwd_blocks_per_sm(D, sm90_));
+      const cuda::FwdTile tile = cuda::fwd_tile(D, sm90_);
+      cuda::SplitPlan plan =
+          cuda::plan_fwd_splits(p.B, p.Lq, p.Lkv, p.Hq, tile.block_m, tile.block_n, num_sms_, tile.blocks_per_sm);
       if (plan.splits > 1) {
         const size_t rows = (size_t)p.B * p.Lq * p.Hq;
         float* ws = workspace((size_t)plan.splits * rows * (D + 1) * sizeof(float));
@@ -216,7 +233,7 @@ class CudaBackend final : public Backend {
   void copy_zero(void* p, size_t bytes) { LVX_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_)); }
 
   void row_dot(const RowDot& a) override {
-    cuda::launch_row_dot(a.dout, a.o, (int)a.dtype, a.dl, a.B, a.L, a.H, a.D, stream_);
+    cuda::launch_row_dot(a.dout, a.o, a.dtype, a.dl, a.B, a.L, a.H, a.D, stream_);
   }
   void merge_lse(const MergeLse& a) override {
     cuda::launch_merge_lse(a.o, a.lse, a.o_in, a.lse_in, a.B, a.L, a.H, a.D, stream_);
@@ -289,12 +306,13 @@ class CudaBackend final : public Backend {
   std::vector<int> free_marks_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  long long* summary_dev_ = nullptr;   // summarize_ranges: device result
+  long long* summary_host_ = nullptr;  // and its pinned host copy
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
-bool cuda_backend_built() { return true; }
-bool cuda_head_dim_supported(int64_t D) { return D == 32 || D == 64 || D == 96 || D == 128; }
+std::unique_ptr<Backend> gpu::make_backend(int device) { return std::make_unique<CudaBackend>(device); }
+bool gpu::built() { return true; }
 
 }  // namespace lvx

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "error.hpp"
+#include "core/error.hpp"
 
 #define LVX_CUDA_CHECK(call)                                                                   \
   do {                                                                                         \

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cuda_check.hpp"
+#include "dispatch.hpp"
 
 namespace lvx::cuda {
 namespace {
@@ -65,16 +66,6 @@ __global__ void merge_lse_kernel(float* o, float* lse, const float* o_in, const 
   if (lane == 0) lse[li] = mx + __logf(wa + wb);
 }
 
-template <typename To>
-void convert_from(To* dst, const void* src, int src_type, size_t n, cudaStream_t st) {
-  switch (src_type) {
-    case 0: convert_kernel<<<grid_for(n, 4), kThreads, 0, st>>>(dst, static_cast<const float*>(src), n); break;
-    case 1: convert_kernel<<<grid_for(n, 4), kThreads, 0, st>>>(dst, static_cast<const __half*>(src), n); break;
-    case 2: convert_kernel<<<grid_for(n, 4), kThreads, 0, st>>>(dst, static_cast<const __nv_bfloat16*>(src), n); break;
-  }
-  LVX_CUDA_CHECK_LAUNCH();
-}
-
 unsigned warp_grid(int64_t rows) { return (unsigned)((rows * 32 + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -91,24 +82,27 @@ void launch_add(float* dst, const float* src, size_t n, cudaStream_t st) {
   LVX_CUDA_CHECK_LAUNCH();
 }
 
-void launch_convert(void* dst, int dst_type, const void* src, int src_type, size_t n, cudaStream_t st) {
+void launch_convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n, cudaStream_t st) {
   if (n == 0) return;
-  switch (dst_type) {
-    case 0: convert_from(static_cast<float*>(dst), src, src_type, n, st); break;
-    case 1: convert_from(static_cast<__half*>(dst), src, src_type, n, st); break;
-    case 2: convert_from(static_cast<__nv_bfloat16*>(dst), src, src_type, n, st); break;
-  }
+  with_storage_type(dst_type, [&](auto* to) {
+    with_storage_type(src_type, [&](auto* from) {
+      using To = std::remove_pointer_t<decltype(to)>;
+      using From = std::remove_pointer_t<decltype(from)>;
+      convert_kernel<<<grid_for(n, 4), kThreads, 0, st>>>(static_cast<To*>(dst), static_cast<const From*>(src), n);
+    });
+  });
+  LVX_CUDA_CHECK_LAUNCH();
 }
 
-void launch_row_dot(const void* dout, const void* o, int dtype, float* dl, int64_t B, int64_t L, int64_t H,
+void launch_row_dot(const void* dout, const void* o, DType dtype, float* dl, int64_t B, int64_t L, int64_t H,
                     int64_t D, cudaStream_t st) {
   const int64_t rows = B * L * H;
   if (rows == 0) return;
-  switch (dtype) {
-    case 0: row_dot_kernel<<<warp_grid(rows), kThreads, 0, st>>>(static_cast<const float*>(dout), static_cast<const float*>(o), dl, B, L, H, D); break;
-    case 1: row_dot_kernel<<<warp_grid(rows), kThreads, 0, st>>>(static_cast<const __half*>(dout), static_cast<const __half*>(o), dl, B, L, H, D); break;
-    case 2: row_dot_kernel<<<warp_grid(rows), kThreads, 0, st>>>(static_cast<const __nv_bfloat16*>(dout), static_cast<const __nv_bfloat16*>(o), dl, B, L, H, D); break;
-  }
+  with_storage_type(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    row_dot_kernel<<<warp_grid(rows), kThreads, 0, st>>>(static_cast<const T*>(dout), static_cast<const T*>(o), dl, B, L,
+                                                         H, D);
+  });
   LVX_CUDA_CHECK_LAUNCH();
 }
 

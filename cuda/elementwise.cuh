@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <cstdint>
 
+#include "core/kernels.hpp"
+
 namespace lvx::cuda {
 
 template <typename T> __device__ __forceinline__ float to_f32(T x);
@@ -18,8 +20,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 
 void launch_fill(float* p, float value, size_t n, cudaStream_t st);
 void launch_add(float* dst, const float* src, size_t n, cudaStream_t st);
-void launch_convert(void* dst, int dst_type, const void* src, int src_type, size_t n, cudaStream_t st);
-void launch_row_dot(const void* dout, const void* o, int dtype, float* dl, int64_t B, int64_t L, int64_t H,
+void launch_convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n, cudaStream_t st);
+void launch_row_dot(const void* dout, const void* o, DType dtype, float* dl, int64_t B, int64_t L, int64_t H,
                     int64_t D, cudaStream_t st);
 void launch_merge_lse(float* o, float* lse, const float* o_in, const float* lse_in, int64_t B, int64_t L,
                       int64_t H, int64_t D, cudaStream_t st);

@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <limits>
 #include <random>
 #include <vector>
 
@@ -22,6 +21,10 @@
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
+  if (lvx_version() / 100 != LVX_VERSION / 100) {  // the library linked, against this header
+    std::fprintf(stderr, "lvxattn %d linked, built against %d\n", lvx_version(), LVX_VERSION);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
   int rank, P;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &P);
@@ -51,20 +54,30 @@ int main(int argc, char** argv) {
 
   lvx_context_t ctx;
   CHECK_LVX(lvx_context_create(MPI_COMM_WORLD, nullptr, &ctx));
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  lvx_problem_t dist{B, nq, nk, Hq, Hkv, D, LVX_FLOAT32, LVX_ALGO_LVX, nan};
+  // Fill the struct with its defaults first (struct_size, float32, scale 1/sqrt(D)), then set fields.
+  lvx_problem_t dist;
+  lvx_default_problem(&dist);
+  dist.batch = B;
+  dist.q_len = nq;
+  dist.kv_len = nk;
+  dist.q_heads = Hq;
+  dist.kv_heads = Hkv;
+  dist.head_dim = D;
+  dist.algorithm = LVX_ALGO_LVX;
   std::vector<float> o(ql.size()), lse(Hq * nq), dq(ql.size()), dk(kl.size()), dv(vl.size());
   CHECK_LVX(lvx_forward(ctx, &dist, ql.data(), kl.data(), vl.data(), nullptr, o.data(), lse.data()));
   CHECK_LVX(lvx_backward(ctx, &dist, ql.data(), kl.data(), vl.data(), nullptr, o.data(), lse.data(), dl.data(),
                          dq.data(), dk.data(), dv.data()));
-  lvx_stats_t fs, bs;
+  lvx_stats_t fs = {sizeof(lvx_stats_t)}, bs = {sizeof(lvx_stats_t)};
   CHECK_LVX(lvx_get_stats(ctx, 0, &fs));
   CHECK_LVX(lvx_get_stats(ctx, 1, &bs));
 
   // The whole problem on this rank alone, through a single-process context.
   lvx_context_t solo;
   CHECK_LVX(lvx_context_create(MPI_COMM_NULL, nullptr, &solo));
-  lvx_problem_t whole{B, Lq, Lkv, Hq, Hkv, D, LVX_FLOAT32, LVX_ALGO_LVX, nan};
+  lvx_problem_t whole = dist;
+  whole.q_len = Lq;
+  whole.kv_len = Lkv;
   std::vector<float> O(q.size()), LSE(Hq * Lq), dQ(q.size()), dK(k.size()), dV(v.size());
   CHECK_LVX(lvx_forward(solo, &whole, q.data(), k.data(), v.data(), nullptr, O.data(), LSE.data()));
   CHECK_LVX(lvx_backward(solo, &whole, q.data(), k.data(), v.data(), nullptr, O.data(), LSE.data(), dout.data(),

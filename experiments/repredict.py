@@ -24,10 +24,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import git_sha, new_results_path, refuse_committed  # noqa: E402
-from lvxattn import _core  # noqa: E402
+from lvxattn import _core, calibrate  # noqa: E402
 from lvxattn.sharding import even_counts  # noqa: E402
 
-DTYPE_CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
 
 
 def entry_for(cache: dict, row: dict) -> dict:
@@ -48,11 +47,10 @@ def predict(row: dict, cal: dict) -> tuple[float, float]:
     lq, lkv = even_counts(int(row["Lq"]), P), even_counts(int(row["Lkv"]), P)
     fwd = bwd = 0.0
     for rank in range(P):
-        p = _core.predict(lq, lkv, rank, int(row["B"]), int(row["Hq"]), int(row["Hkv"]), int(row["D"]),
-                          DTYPE_CODES[row["dtype"]], False, row["algorithm"], cal["flops_per_s"],
-                          cal["bytes_per_s"], cal["latency_s"], cal.get("kernel") or [],
-                          lvx_gather=row.get("lvx_form") in ("overlap", "single"),
-                          lvx_overlap=row.get("lvx_form") == "overlap")
+        plan = _core.Plan(lq, lkv, rank=rank, B=int(row["B"]), Hq=int(row["Hq"]), Hkv=int(row["Hkv"]),
+                          D=int(row["D"]), dtype=calibrate.core_dtype(row["dtype"]),
+                          lvx_form=row.get("lvx_form") or "ring")
+        p = plan.predict(row["algorithm"], calibrate.cost_params(cal))
         fwd, bwd = max(fwd, p["forward_s"]), max(bwd, p["backward_s"])
     return fwd, bwd
 

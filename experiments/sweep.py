@@ -10,7 +10,7 @@ transport and dtype the cost model is calibrated on that sub-communicator
 (``lvxattn.calibrate``, cached per machine) and given to its contexts, so
 ``algorithm = "auto"`` can be swept as well. Each point is timed like
 ``bench_dist.py`` (warm-up, then the median over repeats of the slowest rank's
-forward and backward) and predicted with ``lvxattn._core.predict`` (the calibrated
+forward and backward) and predicted with ``lvxattn._core.Plan.predict`` (the calibrated
 step costs of each phase). Rank 0 prints a table and
 appends one CSV row per point, with the git sha, date, device, MPI library,
 transport, shapes, measured and predicted times and bytes (max over ranks).
@@ -53,7 +53,6 @@ from lvxattn.sharding import even_counts  # noqa: E402
 from bench_dist import bench_one  # noqa: E402
 from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
-DTYPE_CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
 GRID_KEYS = ("P", "Lq", "Lkv", "heads", "D", "algorithms", "transports", "dtypes")
 SCALARS = {"repeats": 3, "warmup": 1, "threads": 0, "device": "cpu", "csv": "", "name": "sweep", "weak": False}
 
@@ -109,11 +108,10 @@ def predict(comm, point: dict, algorithm: str, params: dict, lvx_form: str = "")
     """Predicted seconds (slowest rank) and bytes sent (largest rank) per phase, and
     whether every rank's predicted bytes will be compared: returns per-rank bytes too."""
     P, r = comm.size, comm.rank
-    args = (even_counts(point["Lq"], P), even_counts(point["Lkv"], P), r, 1, point["Hq"], point["Hkv"],
-            point["D"], DTYPE_CODES[point["dtype"]], False, algorithm)
-    pred = _core.predict(*args, params["flops_per_s"], params["bytes_per_s"], params["latency_s"],
-                         params.get("kernel") or [], lvx_gather=lvx_form in ("overlap", "single"),
-                         lvx_overlap=lvx_form == "overlap")
+    plan = _core.Plan(even_counts(point["Lq"], P), even_counts(point["Lkv"], P), rank=r, B=1, Hq=point["Hq"],
+                      Hkv=point["Hkv"], D=point["D"], dtype=calibrate.core_dtype(point["dtype"]),
+                      lvx_form=lvx_form or "ring")
+    pred = plan.predict(algorithm, calibrate.cost_params(params))
     return {k: pred[k] for k in ("forward_s", "backward_s", "forward_bytes", "backward_bytes")}
 
 

@@ -1,17 +1,26 @@
-// lvxattn._core: the pybind11 face of lvx::Context. Tensors cross as raw
-// pointers (tensor.data_ptr()), so the extension does not link against torch;
-// communicators cross as Fortran handles (mpi4py's comm.py2f()).
+// lvxattn._core: the pybind11 face of the front door (lvx::Context, lvx::Planner) and of
+// the cost model (lvx::Plan.predict). Tensors cross as raw pointers (tensor.data_ptr()),
+// so the extension does not link against torch; communicators cross as Fortran handles
+// (mpi4py's comm.py2f()); the library's enumerations cross as enums bound once, with
+// their values from lvx.h (core/types.cpp checks them at compile time).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <mpi.h>
 
+#include <cmath>
+#include <limits>
+#include <memory>
 #include <optional>
 
-#include "backend.hpp"
-#include "context.hpp"
-#include "cost_model.hpp"
-#include "error.hpp"
+#include "context/context.hpp"
+#include "core/error.hpp"
+#include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
+#include "lvx/lvx.h"
+#include "plan/cost_model.hpp"
+#include "plan/planner.hpp"
+#include "plan/validate.hpp"
 
 namespace py = pybind11;
 
@@ -27,6 +36,18 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
+// Values 0, 1, ... of an enumeration under their library names ("float32", "lvx",
+// "mpi-staged", ...), constructible from a name (DType("bfloat16")), and a name is taken
+// where a value is expected.
+template <typename E>
+void bind_enum(py::module_& m, const char* py_name, const char* doc, E (*parse)(const std::string&)) {
+  py::enum_<E> e(m, py_name, doc);
+  for (int i = 0; lvx::is_valid(static_cast<E>(i)); ++i) e.value(lvx::name(static_cast<E>(i)), static_cast<E>(i));
+  e.def(py::init([parse](const std::string& s) { return parse(s); }), py::arg("name"));
+  e.def_property_readonly("label", [](E v) { return std::string(lvx::name(v)); }, "the library's name of the value");
+  py::implicitly_convertible<py::str, E>();  // a name where a value is expected: predict("ring", ...)
+}
+
 py::dict phase_dict(const lvx::PhaseStats& s) {
   py::dict d;
   d["bytes_sent"] = s.bytes_sent;
@@ -36,24 +57,6 @@ py::dict phase_dict(const lvx::PhaseStats& s) {
   d["total_s"] = s.total_s;
   d["steps"] = s.steps;
   return d;
-}
-
-// flops/s, bandwidth, latency and the optional calibrated step costs: 8 numbers,
-// forward then backward, each (s_per_flop, s_per_kv_elem, s_per_q_elem, s_per_call).
-lvx::CostParams make_cost_params(double flops_per_s, double bytes_per_s, double latency_s,
-                                 const std::vector<double>& kernel) {
-  LVX_REQUIRE(flops_per_s > 0 && bytes_per_s > 0 && latency_s >= 0,
-              "cost parameters: flops_per_s and bytes_per_s must be > 0 and latency_s >= 0");
-  LVX_REQUIRE(kernel.empty() || kernel.size() == 8,
-              "cost parameters: kernel takes 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
-              "s_per_q_elem, s_per_call), got " + std::to_string(kernel.size()));
-  for (double v : kernel) LVX_REQUIRE(v >= 0, "cost parameters: kernel terms must be >= 0");
-  lvx::CostParams c{flops_per_s, bytes_per_s, latency_s, {}, {}};
-  if (!kernel.empty()) {
-    c.fwd = {kernel[0], kernel[1], kernel[2], kernel[3]};
-    c.bwd = {kernel[4], kernel[5], kernel[6], kernel[7]};
-  }
-  return c;
 }
 
 py::dict prediction_dict(const lvx::Prediction& r) {
@@ -66,20 +69,12 @@ py::dict prediction_dict(const lvx::Prediction& r) {
   return d;
 }
 
-lvx::Algorithm parse_algorithm(const std::string& a) {
-  if (a == "lvx") return lvx::Algorithm::lvx;
-  if (a == "ring") return lvx::Algorithm::ring;
-  if (a == "ulysses") return lvx::Algorithm::ulysses;
-  if (a == "auto") return lvx::Algorithm::automatic;
-  LVX_FAIL(lvx::Status::invalid_argument,
-           "algorithm must be one of 'lvx', 'ring', 'ulysses', 'auto', got '" + a + "'");
+// lvx's form as the stats name it: "" where lvx's form does not apply.
+std::string lvx_form_label(const lvx::Plan& p) {
+  return p.algorithm != lvx::Algorithm::lvx || p.P == 1 ? "" : lvx::name(p.lvx_form);
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "lvxattn core: distributed exact cross-attention (C++/CUDA)";
-
+void bind_errors(py::module_& m) {
   g_base_error = PyErr_NewException("lvxattn._core.LvxError", PyExc_RuntimeError, nullptr);
   py::tuple invalid_bases = py::make_tuple(py::handle(g_base_error), py::handle(PyExc_ValueError));
   g_invalid_error = PyErr_NewException("lvxattn._core.InvalidArgumentError", invalid_bases.ptr(), nullptr);
@@ -105,49 +100,68 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(type, e.what());
     }
   });
+}
 
-  m.def("cuda_built", &lvx::cuda_backend_built, "whether this build has the CUDA backend");
-  m.def("cuda_head_dim_supported", &lvx::cuda_head_dim_supported, py::arg("D"));
-  m.def("nccl_built", &lvx::nccl_transport_built, "whether this build has the NCCL transport");
-  m.def("dtype_size", [](int t) { return lvx::dtype_size(static_cast<lvx::DType>(t)); });
+void bind_plan(py::module_& m) {
+  py::class_<lvx::CostParams>(m, "CostParams", "The rates algorithm='auto' predicts with (cost_model.hpp).")
+      .def(py::init(&lvx::make_cost_params), py::arg("flops_per_s"), py::arg("bytes_per_s"), py::arg("latency_s"),
+           py::arg("kernel") = std::vector<double>{},
+           "kernel: the calibrated step costs, 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
+           "s_per_q_elem, s_per_call), or none: a step then costs its flops at flops_per_s")
+      .def_readonly("flops_per_s", &lvx::CostParams::flops_per_s)
+      .def_readonly("bytes_per_s", &lvx::CostParams::bytes_per_s)
+      .def_readonly("latency_s", &lvx::CostParams::latency_s);
 
-  m.def(
-      "predict",
-      [](const std::vector<int64_t>& lq, const std::vector<int64_t>& lkv, int rank, int64_t B, int64_t Hq,
-         int64_t Hkv, int64_t D, int dtype, bool has_ranges, const std::string& algorithm, double flops_per_s,
-         double bytes_per_s, double latency_s, const std::vector<double>& kernel, bool lvx_gather,
-         bool lvx_overlap) {
-        LVX_REQUIRE(lq.size() == lkv.size() && !lq.empty(), "lq and lkv need one entry per rank");
-        lvx::Plan p;
-        p.P = static_cast<int>(lq.size());
-        p.rank = rank;
-        p.B = B;
-        p.Hq = Hq;
-        p.Hkv = Hkv;
-        p.D = D;
-        p.dtype = static_cast<lvx::DType>(dtype);
-        p.has_ranges = has_ranges;
-        p.lq = lq;
-        p.lkv = lkv;
-        lvx::finish_plan(p);
-        p.lvx_gather = lvx_gather && p.P > 1;
-        p.lvx_overlap = lvx_overlap && p.lvx_gather;
-        return prediction_dict(lvx::predict(parse_algorithm(algorithm), p,
-                                            make_cost_params(flops_per_s, bytes_per_s, latency_s, kernel)));
-      },
-      py::arg("lq"), py::arg("lkv"), py::arg("rank"), py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
-      py::arg("dtype"), py::arg("has_ranges"), py::arg("algorithm"), py::arg("flops_per_s"), py::arg("bytes_per_s"),
-      py::arg("latency_s"), py::arg("kernel") = std::vector<double>{}, py::arg("lvx_gather") = false,
-      py::arg("lvx_overlap") = false,
-      "Predicted seconds and bytes this rank sends for one algorithm (the model behind 'auto').");
+  py::class_<lvx::Problem>(m, "Problem", "One rank's call: its shapes (rows of its shard), dtype, algorithm, scale.")
+      .def(py::init([](int64_t B, int64_t Lq, int64_t Lkv, int64_t Hq, int64_t Hkv, int64_t D, lvx::DType dtype,
+                       lvx::Algorithm algorithm, float scale, uintptr_t q_ranges) {
+             return lvx::Problem{B, Lq, Lkv, Hq, Hkv, D, dtype, algorithm, scale, ptr<const int32_t>(q_ranges)};
+           }),
+           py::kw_only(), py::arg("B"), py::arg("Lq"), py::arg("Lkv"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
+           py::arg("dtype"), py::arg("algorithm"), py::arg("scale") = std::numeric_limits<float>::quiet_NaN(),
+           py::arg("q_ranges") = 0,
+           "scale NaN: 1/sqrt(D); q_ranges: the address of int32 [B, Lq, 2] on the context's device, 0 for none");
 
-  py::class_<lvx::Plan>(m, "Plan")
+  py::class_<lvx::Plan>(m, "Plan",
+                        "What every rank agreed on for a call and what the planner chose (Context.plan), or a "
+                        "plan to price (the constructor, for Plan.predict).")
+      .def(py::init([](const std::vector<int64_t>& lq, const std::vector<int64_t>& lkv, int rank, int64_t B, int64_t Hq,
+                       int64_t Hkv, int64_t D, lvx::DType dtype, bool has_ranges, lvx::LvxForm lvx_form) {
+             LVX_REQUIRE(lq.size() == lkv.size() && !lq.empty(), "lq and lkv need one entry per rank");
+             LVX_REQUIRE(rank >= 0 && rank < static_cast<int>(lq.size()), "rank must be in [0, len(lq))");
+             lvx::Plan p;
+             p.rank = rank;
+             p.B = B;
+             p.Hq = Hq;
+             p.Hkv = Hkv;
+             p.D = D;
+             p.dtype = dtype;
+             p.has_ranges = has_ranges;
+             p.set_rows(lq, lkv);
+             p.lvx_form = p.P > 1 ? lvx_form : lvx::LvxForm::ring;
+             return p;
+           }),
+           py::arg("lq"), py::arg("lkv"), py::kw_only(), py::arg("rank") = 0, py::arg("B") = 1, py::arg("Hq") = 1,
+           py::arg("Hkv") = 1, py::arg("D") = 64, py::arg("dtype") = lvx::DType::f32, py::arg("has_ranges") = false,
+           py::arg("lvx_form") = lvx::LvxForm::ring,
+           "lq, lkv: every rank's query and KV rows; the plan is rank `rank`'s")
+      .def("predict",
+           [](const lvx::Plan& p, lvx::Algorithm algorithm, const lvx::CostParams& cost) {
+             return prediction_dict(lvx::predict(algorithm, p, cost));
+           },
+           py::arg("algorithm"), py::arg("cost"),
+           "Predicted seconds (forward_s, backward_s) and bytes this rank sends (forward_bytes, backward_bytes) of "
+           "one algorithm for this plan, and whether it can run (feasible): the model behind 'auto'.")
       .def_readonly("P", &lvx::Plan::P)
       .def_readonly("rank", &lvx::Plan::rank)
       .def_readonly("B", &lvx::Plan::B)
       .def_readonly("Hq", &lvx::Plan::Hq)
       .def_readonly("Hkv", &lvx::Plan::Hkv)
       .def_readonly("D", &lvx::Plan::D)
+      .def_readonly("dtype", &lvx::Plan::dtype)
+      .def_readonly("algorithm", &lvx::Plan::algorithm)
+      .def_readonly("transport", &lvx::Plan::transport)
+      .def_readonly("lvx_form", &lvx::Plan::lvx_form)
       .def_readonly("scale", &lvx::Plan::scale)
       .def_readonly("has_ranges", &lvx::Plan::has_ranges)
       .def_readonly("lq", &lvx::Plan::lq)
@@ -155,69 +169,53 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("q_off", &lvx::Plan::q_off)
       .def_readonly("kv_off", &lvx::Plan::kv_off)
       .def_readonly("lq_total", &lvx::Plan::lq_total)
-      .def_readonly("lkv_total", &lvx::Plan::lkv_total)
-      .def_property_readonly("dtype", [](const lvx::Plan& p) { return static_cast<int>(p.dtype); })
-      .def_property_readonly("algorithm", [](const lvx::Plan& p) { return std::string(lvx::algorithm_name(p.algorithm)); });
+      .def_readonly("lkv_total", &lvx::Plan::lkv_total);
 
-  py::class_<lvx::Context>(m, "Context")
-      .def(py::init([](std::optional<int> comm_f, const std::string& device, int device_index, int threads,
-                       const std::string& transport) {
-             MPI_Comm comm = MPI_COMM_NULL;
-             if (comm_f) comm = MPI_Comm_f2c(static_cast<MPI_Fint>(*comm_f));
-             lvx::ContextOptions o;
-             if (device == "cuda")
-               o.device = lvx::DeviceKind::cuda;
-             else if (device != "cpu")
-               LVX_FAIL(lvx::Status::invalid_argument, "device must be 'cpu' or 'cuda', got '" + device + "'");
-             o.device_index = device_index;
-             o.threads = threads;
-             o.transport = transport;
-             return std::make_unique<lvx::Context>(comm, o);
+  py::class_<lvx::Planner, std::shared_ptr<lvx::Planner>>(m, "Planner",
+                                                         "The planner of one communicator (collective to make).")
+      .def(py::init([](std::optional<int> comm_f) {
+             return std::make_shared<lvx::Planner>(comm_f ? MPI_Comm_f2c(static_cast<MPI_Fint>(*comm_f))
+                                                          : MPI_COMM_NULL);
            }),
-           py::arg("comm_f") = py::none(), py::arg("device") = "cpu", py::arg("device_index") = -1,
-           py::arg("threads") = 0, py::arg("transport") = "auto")
+           py::arg("comm_f") = py::none())
+      .def_property_readonly("rank", &lvx::Planner::rank)
+      .def_property_readonly("size", &lvx::Planner::size)
+      .def(
+          "fail",
+          [](lvx::Planner& p, const std::string& message) {
+            py::gil_scoped_release release;
+            p.fail(message);
+          },
+          py::arg("message"),
+          "Joins the call's plan with this rank's error, so that every rank fails with it; always raises "
+          "InvalidArgumentError.");
+}
+
+void bind_context(py::module_& m) {
+  py::class_<lvx::Context>(m, "Context", "A device context on a planner: the front door (plan) and its execution.")
+      .def(py::init([](std::shared_ptr<lvx::Planner> planner, lvx::DeviceKind device, int device_index, int threads,
+                       lvx::TransportKind transport) {
+             return std::make_unique<lvx::Context>(std::move(planner),
+                                                   lvx::ContextOptions{device, device_index, threads, transport});
+           }),
+           py::arg("planner"), py::arg("device") = lvx::DeviceKind::cpu, py::arg("device_index") = -1,
+           py::arg("threads") = 0, py::arg("transport") = lvx::TransportKind::automatic)
       .def_property_readonly("rank", &lvx::Context::rank)
       .def_property_readonly("size", &lvx::Context::size)
-      .def_property_readonly("transport", &lvx::Context::transport_name)
       .def_property_readonly("backend", [](lvx::Context& c) { return c.backend().describe(); })
       .def("release_buffers", &lvx::Context::release_buffers, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("buffer_bytes", &lvx::Context::buffer_bytes)
       .def("set_stream", [](lvx::Context& c, uintptr_t s) { c.backend().set_stream(ptr<void>(s)); })
-      .def(
-          "set_cost_params",
-          [](lvx::Context& c, double flops, double bw, double lat, const std::vector<double>& kernel) {
-            c.cost_params = make_cost_params(flops, bw, lat, kernel);
-          },
-          py::arg("flops_per_s"), py::arg("bytes_per_s"), py::arg("latency_s"), py::arg("kernel") = std::vector<double>{})
+      .def("set_cost_params", [](lvx::Context& c, const lvx::CostParams& cost) { c.cost_params = cost; },
+           py::arg("cost"))
+      .def_readonly("cost_params", &lvx::Context::cost_params)
       .def(
           "plan",
-          [](lvx::Context& c, int64_t B, int64_t Lq, int64_t Lkv, int64_t Hq, int64_t Hkv, int64_t D, int dtype,
-             const std::string& algorithm, float scale, bool has_ranges, int64_t max_range_end,
-             const std::string& local_error, int device) {
-            lvx::LocalProblem l;
-            std::string err = local_error;
-            l.B = B;
-            l.Lq = Lq;
-            l.Lkv = Lkv;
-            l.Hq = Hq;
-            l.Hkv = Hkv;
-            l.D = D;
-            l.dtype = static_cast<lvx::DType>(dtype);
-            try {
-              l.algorithm = parse_algorithm(algorithm);
-            } catch (const lvx::Error& e) {
-              if (err.empty()) err = e.what();
-            }
-            l.scale = scale;
-            l.has_ranges = has_ranges;
-            l.max_range_end = max_range_end;
-            l.device = device;
+          [](lvx::Context& c, const lvx::Problem& problem) {
             py::gil_scoped_release release;
-            return c.make_plan(l, err);
+            return c.plan(problem);
           },
-          py::arg("B"), py::arg("Lq"), py::arg("Lkv"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"), py::arg("dtype"),
-          py::arg("algorithm"), py::arg("scale"), py::arg("has_ranges"), py::arg("max_range_end"),
-          py::arg("local_error") = "", py::arg("device") = 0)
+          py::arg("problem"), "Collective: checks this rank's call and plans it with every rank.")
       .def("forward",
            [](lvx::Context& c, const lvx::Plan& plan, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t ranges,
               uintptr_t o, uintptr_t lse) {
@@ -225,37 +223,43 @@ PYBIND11_MODULE(_core, m) {
              c.forward(plan, lvx::ForwardIO{ptr<void>(q), ptr<void>(k), ptr<void>(v), ptr<int32_t>(ranges),
                                             ptr<void>(o), ptr<float>(lse)});
            })
-      .def("backward",
-           [](lvx::Context& c, const lvx::Plan& plan, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t ranges,
-              uintptr_t o, uintptr_t lse, uintptr_t dout, uintptr_t dq, uintptr_t dk, uintptr_t dv) {
-             py::gil_scoped_release release;
-             c.backward(plan, lvx::BackwardIO{ptr<void>(q), ptr<void>(k), ptr<void>(v), ptr<int32_t>(ranges),
-                                              ptr<void>(o), ptr<float>(lse), ptr<void>(dout), ptr<void>(dq),
-                                              ptr<void>(dk), ptr<void>(dv)});
-           })
-      .def("stats",
-           [](lvx::Context& c) {
-             py::dict d;
-             d["algorithm"] = std::string(lvx::algorithm_name(c.last_plan().algorithm));
-             d["transport"] = c.transport_name();
-             d["backend"] = c.backend().describe();
-             d["P"] = c.size();
-             d["lvx_gather"] = c.last_plan().lvx_gather;
-             d["lvx_form"] = c.last_plan().algorithm != lvx::Algorithm::lvx || c.size() == 1 ? ""
-                             : !c.last_plan().lvx_gather                                    ? "ring"
-                             : c.last_plan().lvx_overlap                                    ? "overlap"
-                                                                                            : "single";
-             lvx::PhaseStats fwd, bwd;
-             {
-               py::gil_scoped_release release;  // reading the timings waits for the device
-               fwd = c.forward_stats();
-               bwd = c.backward_stats();
-             }
-             d["forward"] = phase_dict(fwd);
-             d["backward"] = phase_dict(bwd);
-             return d;
-           },
-           "the last call of each phase; waits for its device work")
+      .def(
+          "backward",
+          [](lvx::Context& c, const lvx::Plan& plan, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t ranges,
+             uintptr_t o, uintptr_t lse, uintptr_t dout, uintptr_t dq, uintptr_t dk, uintptr_t dv,
+             std::optional<lvx::Problem> shape) {
+            py::gil_scoped_release release;
+            c.backward(plan,
+                       lvx::BackwardIO{ptr<void>(q), ptr<void>(k), ptr<void>(v), ptr<int32_t>(ranges), ptr<void>(o),
+                                       ptr<float>(lse), ptr<void>(dout), ptr<void>(dq), ptr<void>(dk), ptr<void>(dv)},
+                       shape ? &*shape : nullptr);
+          },
+          py::arg("plan"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("q_ranges"), py::arg("o"), py::arg("lse"),
+          py::arg("dout"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("shape") = py::none(),
+          "shape: this rank's problem, when the plan is reused from its forward (checked against the plan)")
+      .def(
+          "stats",
+          [](lvx::Context& c) {
+            const lvx::Plan& plan = c.last_plan();
+            py::dict d;
+            d["algorithm"] = std::string(lvx::name(plan.algorithm));
+            d["transport"] = c.transport_name();
+            d["path"] = std::string(lvx::name(plan.transport));  // none, mpi, mpi-staged, mpi-direct or nccl
+            d["backend"] = c.backend().describe();
+            d["P"] = c.size();
+            d["lvx_gather"] = plan.algorithm == lvx::Algorithm::lvx && plan.lvx_gathered();
+            d["lvx_form"] = lvx_form_label(plan);
+            lvx::PhaseStats fwd, bwd;
+            {
+              py::gil_scoped_release release;  // reading the timings waits for the device
+              fwd = c.forward_stats();
+              bwd = c.backward_stats();
+            }
+            d["forward"] = phase_dict(fwd);
+            d["backward"] = phase_dict(bwd);
+            return d;
+          },
+          "the last call of each phase; waits for its device work")
       .def(
           "total_stats",
           [](lvx::Context& c) {
@@ -277,11 +281,30 @@ PYBIND11_MODULE(_core, m) {
       .def("reset_total_stats", [](lvx::Context& c) {
         py::gil_scoped_release release;
         for (int phase = 0; phase < 2; ++phase) c.phase_log(phase).reset_totals(c.backend());
-      })
-      .def(
-          "predict",
-          [](lvx::Context& c, const lvx::Plan& plan, const std::string& algorithm) {
-            return prediction_dict(lvx::predict(parse_algorithm(algorithm), plan, c.cost_params));
-          },
-          py::arg("plan"), py::arg("algorithm"));
+      });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lvxattn core: distributed exact cross-attention (C++/CUDA)";
+  bind_errors(m);
+  bind_enum<lvx::DType>(m, "DType", "storage dtype (lvx_dtype_t)", lvx::parse_dtype);
+  bind_enum<lvx::Algorithm>(m, "Algorithm", "attention algorithm (lvx_algorithm_t)", lvx::parse_algorithm);
+  bind_enum<lvx::DeviceKind>(m, "Device", "where the buffers live (lvx_device_t)", lvx::parse_device);
+  bind_enum<lvx::TransportKind>(m, "Transport", "what moves the data between ranks (lvx_transport_t)",
+                                lvx::parse_transport);
+  bind_enum<lvx::LvxForm>(m, "LvxForm", "how lvx moves the query side (plan.hpp)", lvx::parse_lvx_form);
+  m.def(
+      "version",
+      [] {
+        const int v = lvx_version();
+        return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+      },
+      "the library's version (lvx_version())");
+  m.def("cuda_built", &lvx::gpu::built, "whether this build has the CUDA backend");
+  m.def("nccl_built", &lvx::gpu::nccl_built, "whether this build has the NCCL transport");
+  m.attr("MAX_HEAD_DIM") = lvx::kMaxHeadDim;
+  bind_plan(m);
+  bind_context(m);
 }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Compiles every cuda/ source as CMake would (both targets), in parallel; prints the
+# Compiles every cuda/ kernel source as CMake would (both targets), in parallel; prints the
 # resource report of the attention kernels. Usage: cuda/dev/build_lib.sh OUTDIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/lvx_cuda_build}
 mkdir -p "$out"
 flags="-std=c++17 -O3 --use_fast_math -Xcompiler -fPIC -I../src -I. -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a"
-srcs="cuda_backend.cu elementwise.cu attend_plan.cu $(ls inst/*.cu)"
+cmake -DLVX_INST_DIR="$out/inst" -P gen_instances.cmake
+srcs="cuda_backend.cu elementwise.cu ranges.cu split_kv.cpp tensor_map.cu $(ls "$out"/inst/*.cu)"
 for s in $srcs; do
-  o="$out/$(echo "$s" | tr / _).o"
+  o="$out/$(basename "$s" | tr . _).o"
   echo "nvcc $s"
   nvcc $flags -Xptxas -v -c "$s" -o "$o" >"$o.log" 2>&1 || { cat "$o.log"; exit 1; } &
   while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do sleep 0.2; done

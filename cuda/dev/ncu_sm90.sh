@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/lvx_out}
 cd "$(dirname "$0")/../.."
 (cd cuda && BUILD=/tmp/b JOBS=16 RUN=0 VARIANTS=0 dev/run_playground.sh >/dev/null 2>&1) || echo build failed
-for o in fwd bwd; do cuobjdump -sass /tmp/b/inst_${o}_bf16_d128_cu.o > "$out/sass_$o.txt" 2>&1; done
+for o in fwd bwd; do cuobjdump -sass /tmp/b/${o}_bf16_d128_cu.o > "$out/sass_$o.txt" 2>&1; done
 for k in ${KERNELS:-attend_fwd_sm90 attend_bwd_sm90}; do
   timeout 200 ncu --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active" \

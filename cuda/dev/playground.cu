@@ -13,7 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
+#include "gpu/gpu.hpp"
 #include "cuda_check.hpp"
 
 using namespace lvx;
@@ -236,7 +237,7 @@ bool run_case(Backend& be, const Case& c, DType t) {
 
 int main(int argc, char** argv) {
   const bool small = argc > 1 && std::string(argv[1]) == "small";
-  auto be = make_cuda_backend(0);
+  auto be = gpu::make_backend(0);
   std::printf("%s\n", be->describe().c_str());
   std::vector<Case> cases = {
       {"odd lengths GQA", 2, 77, 300, 4, 2, 64, 0, 0, 300},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the playground and the ctypes shim with plain nvcc (no CMake) and runs the
+# Builds the playground and the ctypes shim with plain nvcc (no CMake build) and runs the
 # correctness check. Usage: cuda/dev/run_playground.sh [small]   (BUILD=dir to reuse)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,10 +7,11 @@ build=${BUILD:-/tmp/lvx_cuda_dev}
 mkdir -p "$build"
 arch=${ARCH:--gencode=arch=compute_90a,code=sm_90a}
 flags="-std=c++17 -O3 --use_fast_math -Xcompiler -fPIC -I../src -I. $arch"
-srcs="cuda_backend.cu elementwise.cu attend_plan.cu $(ls inst/*.cu) ../src/error.cpp"
+cmake -DLVX_INST_DIR="$build/inst" -P gen_instances.cmake
+srcs="cuda_backend.cu elementwise.cu ranges.cu split_kv.cpp tensor_map.cu $(ls "$build"/inst/*.cu) ../src/core/error.cpp ../src/core/backend.cpp"
 objs=""
 for s in $srcs; do
-  o="$build/$(echo "$s" | tr /. __).o"
+  o="$build/$(basename "$s" | tr . _).o"
   objs="$objs $o"
   nvcc $flags -c "$s" -o "$o" &
   while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-8}" ]; do sleep 0.2; done
@@ -22,6 +23,6 @@ nvcc $arch -o "$build/playground" "$build/playground.o" $objs -lcudart
 nvcc $arch -shared -o "$build/liblvx_cuda_dev.so" "$build/shim.o" $objs -lcudart
 if [ "${RUN:-1}" = 1 ]; then "$build/playground" "$@"; fi
 if [ "${VARIANTS:-0}" = 1 ]; then
-  nvcc $flags -o "$build/variants" dev/variants.cu "$build/attend_plan_cu.o" "$build/___src_error_cpp.o" -lcudart
+  nvcc $flags -o "$build/variants" dev/variants.cu "$build/split_kv_cpp.o" "$build/error_cpp.o" -lcudart
   "$build/variants"
 fi

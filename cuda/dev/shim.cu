@@ -3,13 +3,14 @@
 #include <cstdio>
 #include <memory>
 
-#include "backend.hpp"
-#include "error.hpp"
+#include "core/backend.hpp"
+#include "gpu/gpu.hpp"
+#include "core/error.hpp"
 
 namespace {
 std::unique_ptr<lvx::Backend> g_backend;
 lvx::Backend& backend(void* stream) {
-  if (!g_backend) g_backend = lvx::make_cuda_backend(0);
+  if (!g_backend) g_backend = lvx::gpu::make_backend(0);
   g_backend->set_stream(stream);
   return *g_backend;
 }

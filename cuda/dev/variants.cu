@@ -1,6 +1,6 @@
 // Times tile-shape variants of the attention kernels (bf16, D=128) on the five
-// single-GPU shapes of experiments/bench_gpu_kernels.py with CUDA events, on random inputs; the winner goes into
-// kernel_traits.cuh (FwdConfig / BwdConfig). Correctness of the library configuration
+// single-GPU shapes of experiments/bench_gpu_kernels.py with CUDA events, on random inputs;
+// the winner goes into the table in attend_config.hpp. Correctness of the library configuration
 // is checked by playground.cu; a variant here is also compared against the library's
 // output on each shape (relative difference).
 #include <cuda_bf16.h>
@@ -12,8 +12,8 @@
 
 #include "attend_bwd.cuh"
 #include "attend_dispatch.hpp"
+#include "split_kv.hpp"
 #include "attend_fwd.cuh"
-#include "dev/attend_bwd_v2.cuh"
 #include "cuda_check.hpp"
 
 using namespace lvx::cuda;
@@ -27,7 +27,6 @@ using Fwd4w64 = FwdTraits<128, 4, 64>;
 using Bwd8w64 = BwdTraits<128, 64, 8>;
 using Bwd8w32 = BwdTraits<128, 32, 8>;
 using Bwd4w64 = BwdTraits<128, 64, 4>;
-using Bwd8w64NoDq = BwdTraits<128, 64, 8, false>;
 
 __global__ void fill_random(T* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
@@ -79,19 +78,6 @@ void run_fwd(FwdParams p, int num_sms, int blocks_per_sm, float* ws) {
     fwd_combine_kernel<Tr::kHeadDim><<<(unsigned)((rows * 32 + 255) / 256), 256>>>(p);
     LVX_CUDA_CHECK_LAUNCH();
   }
-}
-
-template <typename Tr>
-void run_bwd_v2(const BwdParams& p) {
-  constexpr int smem = Tr::kSmemElems * 2;
-  static bool once = [] {
-    LVX_CUDA_CHECK(cudaFuncSetAttribute(attend_bwd_kernel_v2<T, Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)once;
-  dim3 grid((p.Lkv + Tr::kBlockN - 1) / Tr::kBlockN, p.Hkv, p.B);
-  attend_bwd_kernel_v2<T, Tr><<<grid, Tr::kThreads, smem>>>(p);
-  LVX_CUDA_CHECK_LAUNCH();
 }
 
 template <typename Tr>
@@ -166,13 +152,8 @@ int main() {
     bp.dq = dq; bp.dk = dk; bp.dv = dv;
     auto zero = [&] { fill_value<<<256, 256>>>(dq, nq, 0.f); fill_value<<<1024, 256>>>(dk, nkv, 0.f); fill_value<<<1024, 256>>>(dv, nkv, 0.f); };
 #define BWD_VARIANT(NAME, TR) { float ms = median_ms([&] { zero(); run_bwd<TR>(bp); }); report(NAME, ms, 2.5 * flops, false); }
-    BWD_VARIANT("bwd 8w BM64 (lib, v3)", BwdConfig<128>::Traits)
-    BWD_VARIANT("bwd 8w BM32 (v3)", Bwd8w32)
-    BWD_VARIANT("bwd 8w BM64 no dQ (v3 diag)", Bwd8w64NoDq)
-    {
-      float ms = median_ms([&] { zero(); run_bwd_v2<BwdConfig<128>::Traits>(bp); });
-      report("bwd 8w BM64 (v2)", ms, 2.5 * flops, false);
-    }
+    BWD_VARIANT("bwd 8w BM64 (lib)", BwdConfig<128>::Traits)
+    BWD_VARIANT("bwd 8w BM32", Bwd8w32)
     float ms_zero = median_ms([&] { zero(); });
     std::printf("%36s %9.3f  (fills included above)\n", "zero dq/dk/dv", ms_zero);
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)o, (void*)o_ref, (void*)dq, (void*)lse,

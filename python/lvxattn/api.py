@@ -16,55 +16,57 @@ from typing import Any, Optional
 import torch
 
 from . import _core
+from .first_order import first_order_only
 
-ALGORITHMS = ("lvx", "ring", "ulysses", "auto")
-TRANSPORTS = ("auto", "mpi", "nccl")
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_MAX_HEAD_DIM = 256
+# The library's names (core/types.cpp): the dtypes are torch's, the algorithms lvx, ring,
+# ulysses and auto.
+ALGORITHMS = tuple(_core.Algorithm.__members__)
+_DTYPES = {getattr(torch, name): dtype for name, dtype in _core.DType.__members__.items()}
 
+_planners: dict = {}
 _contexts: dict = {}
 _last_context: Optional[_core.Context] = None
 
 
+def _planner_for(comm) -> _core.Planner:
+    """The planner of a communicator (one per communicator, made collectively on its first
+    call; None: one process). Every call's plan is one allgather on it, made before any
+    transport exists, so that ranks that disagree or send bad input all fail at the same
+    point instead of hanging."""
+    key = None if comm is None else (int(comm.py2f()), comm.Get_size())
+    planner = _planners.get(key)
+    if planner is None:
+        planner = _core.Planner() if comm is None else _core.Planner(comm_f=int(comm.py2f()))
+        _planners[key] = planner
+    return planner
+
+
 def context_for(comm=None, device: torch.device | str = "cpu", transport: str = "auto") -> _core.Context:
-    """The cached context of a communicator and device. Creating one is collective
-    over ``comm``: every rank must ask for the same (device type, transport)."""
+    """The cached context of a communicator, device and transport (auto, mpi or nccl).
+    Making one is local; calls on it are collective over ``comm`` (the first one on a
+    communicator makes its planner, collectively)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    handle = None if comm is None else int(comm.py2f())
-    key = (handle, None if comm is None else comm.Get_size(), device.type, device.index, transport)
+    planner = _planner_for(comm)
+    key = (None if comm is None else (int(comm.py2f()), comm.Get_size()), device.type, device.index, transport)
     ctx = _contexts.get(key)
     if ctx is None:
-        ctx = _core.Context(comm_f=handle, device=device.type,
+        ctx = _core.Context(planner, device=_core.Device(device.type),
                             device_index=-1 if device.index is None else device.index,
-                            threads=torch.get_num_threads(), transport=transport)
+                            threads=torch.get_num_threads(), transport=_core.Transport(transport))
         _contexts[key] = ctx
     return ctx
 
 
 def set_cost_params(flops_per_s: float, bytes_per_s: float, latency_s: float, comm=None,
                     device: torch.device | str = "cpu", transport: str = "auto", kernel=None) -> None:
-    """The rates ``algorithm="auto"`` predicts with, given to the context that makes
-    the plans: with a communicator that is its planning context (rank 0's values
-    decide for all ranks), without one the device context itself. ``kernel``: the
-    calibrated step costs (8 numbers, see ``lvxattn.calibrate``); without them a
-    step costs its flops at ``flops_per_s``."""
-    ctx = context_for(None, device, transport) if comm is None else _control_for(comm)
-    ctx.set_cost_params(float(flops_per_s), float(bytes_per_s), float(latency_s),
-                        [float(x) for x in (kernel or [])])
-
-
-def _control_for(comm) -> _core.Context:
-    """A per-communicator CPU context that only makes plans: its allgather runs
-    before any device context exists, so ranks that disagree on the device or
-    send bad input all fail at the same point instead of hanging."""
-    key = ("control", int(comm.py2f()), comm.Get_size())
-    ctx = _contexts.get(key)
-    if ctx is None:
-        ctx = _core.Context(comm_f=int(comm.py2f()), device="cpu", threads=1, transport="mpi")
-        _contexts[key] = ctx
-    return ctx
+    """The rates ``algorithm="auto"`` predicts with, for the calls on ``context_for(comm,
+    device, transport)`` (rank 0's values decide for all ranks). ``kernel``: the calibrated
+    step costs (8 numbers, see ``lvxattn.calibrate``); without them a step costs its flops
+    at ``flops_per_s``. Raises InvalidArgumentError for rates <= 0 or a kernel of another length."""
+    cost = _core.CostParams(float(flops_per_s), float(bytes_per_s), float(latency_s), [float(x) for x in (kernel or [])])
+    context_for(comm, device, transport).set_cost_params(cost)
 
 
 def available_transports() -> tuple:
@@ -99,7 +101,8 @@ def total_stats() -> dict:
 
 
 def last_stats() -> dict:
-    """What the last call on this process did: algorithm, transport, and per phase
+    """What the last call on this process did: algorithm, transport (as it names itself),
+    path (the planner's transport: none, mpi, mpi-staged, mpi-direct or nccl), lvx_form, and per phase
     (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds.
     Waits for that call's device work."""
     if _last_context is None:
@@ -109,18 +112,23 @@ def last_stats() -> dict:
 
 @dataclass
 class _Call:
+    """A planned call: its context, plan and device, and its q_ranges as the kernels take
+    them. forward_raw returns it as the plan that backward_raw reuses."""
     ctx: Any
     plan: Any
     device: torch.device
+    q_ranges: Optional[torch.Tensor]
 
 
-def _local_checks(q, k, v, q_ranges, scale, algorithm):
-    """Validates one rank's arguments; raises TypeError/ValueError naming the argument.
-    Returns (q, k, v, q_ranges, scale, max_range_end) normalized."""
+def _tensor_checks(q, k, v, q_ranges):
+    """What only Python can check (the library checks the problem itself: heads, head dim,
+    q_ranges values, ...): tensor types, dtypes, devices and matching shapes. Raises
+    TypeError/ValueError naming the argument; returns (q, k, v, q_ranges) as the kernels
+    take them (q_ranges int32 on q's device)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _DTYPE_CODES:
+        if t.dtype not in _DTYPES:
             raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, L, H, D], got shape {tuple(t.shape)}")
@@ -130,57 +138,43 @@ def _local_checks(q, k, v, q_ranges, scale, algorithm):
         raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-    B, Lq, Hq, D = q.shape
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    Bk, Lkv, Hkv, Dk = k.shape
-    if B < 1:
-        raise ValueError(f"batch size must be >= 1, got q with B={B}")
-    if Bk != B:
-        raise ValueError(f"q and k must have the same batch size, got {B} and {Bk}")
-    if Dk != D:
-        raise ValueError(f"q and k must have the same head dim, got {D} and {Dk}")
-    if Hq < 1 or Hkv < 1 or Hq % Hkv:
-        raise ValueError(f"query heads ({Hq}) must be a positive multiple of KV heads ({Hkv})")
-    if not 1 <= D <= _MAX_HEAD_DIM:
-        raise ValueError(f"head dim must be in [1, {_MAX_HEAD_DIM}], got {D}")
-    if q.device.type == "cuda":
-        if not _core.cuda_built():
-            raise ValueError("q, k and v are CUDA tensors but this build of lvxattn has no CUDA backend")
-        if not _core.cuda_head_dim_supported(D):
-            raise ValueError(f"head dim {D} is not built for the CUDA backend (supported: 32, 64, 96, 128)")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
-    else:
-        try:
-            scale = float(scale)
-        except (TypeError, ValueError):
-            raise TypeError(f"scale must be a number, got {type(scale).__name__}") from None
-        if not math.isfinite(scale):
-            raise ValueError(f"scale must be finite, got {scale}")
-    max_end = 0
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f"q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}")
+    if k.shape[3] != q.shape[3]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[3]} and {k.shape[3]}")
     if q_ranges is not None:
         if not isinstance(q_ranges, torch.Tensor):
             raise TypeError(f"q_ranges must be a torch.Tensor, got {type(q_ranges).__name__}")
         if q_ranges.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"q_ranges must be int32 (or int64), got {q_ranges.dtype}")
-        if tuple(q_ranges.shape) != (B, Lq, 2):
-            raise ValueError(f"q_ranges must have shape [B, Lq, 2] = {(B, Lq, 2)}, got {tuple(q_ranges.shape)}")
-        if q_ranges.numel():
-            begin, end = q_ranges[..., 0].long(), q_ranges[..., 1].long()
-            # One host read for all three checks (a single sync on a GPU).
-            lo, reversed_rows, max_end = torch.stack(
-                [begin.min(), (end < begin).sum(), end.max()]).tolist()
-            if lo < 0:
-                raise ValueError(f"q_ranges begin must be >= 0, got {lo}")
-            if reversed_rows:
-                raise ValueError("q_ranges must have begin <= end in every row")
-            if max_end > 2**31 - 1:
-                raise ValueError("q_ranges end does not fit in int32")
+        want = (q.shape[0], q.shape[1], 2)
+        if tuple(q_ranges.shape) != want:
+            raise ValueError(f"q_ranges must have shape [B, Lq, 2] = {want}, got {tuple(q_ranges.shape)}")
+        if q_ranges.dtype == torch.int64:  # out-of-int32 values stay out of range (the library rejects them)
+            q_ranges = q_ranges.clamp(-2**31, 2**31 - 1)
         q_ranges = q_ranges.to(device=q.device, dtype=torch.int32).contiguous()
-    return _dense(q), _dense(k), _dense(v), q_ranges, scale, max_end
+    return _dense(q), _dense(k), _dense(v), q_ranges
+
+
+def _problem(q, k, algorithm, scale, q_ranges) -> _core.Problem:
+    """This rank's call for the library. Raises ValueError/TypeError for an unknown
+    algorithm name or a scale that is not a number (NaN is the library's "default")."""
+    if not isinstance(algorithm, _core.Algorithm):
+        algorithm = _core.Algorithm(str(algorithm))
+    if scale is None:
+        scale = math.nan
+    else:
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise TypeError(f"scale must be a number, got {type(scale).__name__}") from None
+        if math.isnan(scale):
+            raise ValueError("scale must be finite, got nan")
+    B, Lq, Hq, D = q.shape
+    return _core.Problem(B=B, Lq=Lq, Lkv=k.shape[1], Hq=Hq, Hkv=k.shape[2], D=D, dtype=_DTYPES[q.dtype],
+                         algorithm=algorithm, scale=scale, q_ranges=_ptr(q_ranges))
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -191,44 +185,32 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 def _plan(q, k, v, comm, algorithm, q_ranges, scale, transport):
-    """Local checks, then the collective plan. A bad input on any rank fails every
-    rank: the rank at fault raises its own TypeError/ValueError, the others an
-    InvalidArgumentError naming that rank."""
+    """Python's checks, then the library's (the front door: one allgather over comm). Bad
+    input on any rank fails every rank: the rank at fault raises its own error, the others
+    an InvalidArgumentError naming that rank."""
+    planner = _planner_for(comm)
     try:
-        q, k, v, q_ranges, scale, max_end = _local_checks(q, k, v, q_ranges, scale, algorithm)
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-        local_error = None
-    except (TypeError, ValueError) as exc:
+        q, k, v, q_ranges = _tensor_checks(q, k, v, q_ranges)
+        problem = _problem(q, k, algorithm, scale, q_ranges)
+        ctx = context_for(comm, q.device, transport)
+        _use_stream(ctx, q.device)  # the library reads device q_ranges on torch's stream
+    except (TypeError, ValueError, _core.LvxError) as exc:
         if comm is None:
             raise
-        local_error = exc
-    if local_error is not None:
-        # Join the plan's collective so that the other ranks fail too instead of waiting.
-        try:
-            _control_for(comm).plan(0, 0, 0, 1, 1, 1, 0, "lvx", 1.0, False, 0,
-                                    str(local_error) or type(local_error).__name__)
+        try:  # join the plan's allgather, so that the other ranks fail too instead of waiting
+            planner.fail(str(exc) or type(exc).__name__)
         except _core.InvalidArgumentError:
             pass
-        raise local_error
-    B, Lq, Hq, D = q.shape
-    args = (B, Lq, k.shape[1], Hq, k.shape[2], D, _DTYPE_CODES[q.dtype], algorithm, scale,
-            q_ranges is not None, max_end)
-    device_code = 1 if q.device.type == "cuda" else 0
-    if comm is None:
-        ctx = context_for(None, q.device, transport)
-        plan = ctx.plan(*args, "", device_code)
-    else:
-        plan = _control_for(comm).plan(*args, "", device_code)
-        ctx = context_for(comm, q.device, transport)
-    return _Call(ctx, plan, q.device), q, k, v, q_ranges
+        raise
+    call = _Call(ctx, ctx.plan(problem), q.device, q_ranges)
+    return call, q, k, v, q_ranges
 
 
-def _use_stream(call: _Call):
-    if call.device.type == "cuda":
+def _use_stream(ctx, device: torch.device):
+    if device.type == "cuda":
         # torch's default stream has handle 0, which CUDA reads as the legacy default
         # stream only when spelled cudaStreamLegacy (1).
-        call.ctx.set_stream(torch.cuda.current_stream(call.device).cuda_stream or 1)
+        ctx.set_stream(torch.cuda.current_stream(device).cuda_stream or 1)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:
@@ -240,18 +222,18 @@ def _run_forward(call: _Call, q, k, v, q_ranges):
     B, Lq, Hq, _ = q.shape
     o = torch.empty_like(q)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    _use_stream(call)
+    _use_stream(call.ctx, call.device)
     call.ctx.forward(call.plan, _ptr(q), _ptr(k), _ptr(v), _ptr(q_ranges), _ptr(o), _ptr(lse))
     _last_context = call.ctx
     return o, lse
 
 
-def _run_backward(call: _Call, q, k, v, q_ranges, o, lse, dout):
+def _run_backward(call: _Call, q, k, v, q_ranges, o, lse, dout, shape=None):
     global _last_context
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _use_stream(call)
+    _use_stream(call.ctx, call.device)
     call.ctx.backward(call.plan, _ptr(q), _ptr(k), _ptr(v), _ptr(q_ranges), _ptr(o), _ptr(lse),
-                      _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv))
+                      _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv), shape)
     _last_context = call.ctx
     return dq, dk, dv
 
@@ -267,6 +249,7 @@ class _CrossAttentionFunction(torch.autograd.Function):
         return o, lse
 
     @staticmethod
+    @first_order_only("lvxattn.cross_attention")
     def backward(ctx, do, _dlse):
         q, k, v, o, lse, q_ranges = ctx.saved_tensors
         if do is None:  # o did not reach the loss
@@ -320,9 +303,32 @@ def cross_attention(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=No
     return o
 
 
-def backward_raw(q, k, v, o, lse, dout, comm=None, algorithm="lvx", q_ranges=None, scale=None,
-                 transport="auto"):
-    """The attention backward on saved tensors, for callers with their own autograd
-    (explicit recompute): returns ``(dq, dk, dv)``."""
+def forward_raw(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=None, transport="auto"):
+    """The attention forward without autograd, for callers with their own (explicit
+    recompute): returns ``(o, lse, plan)``, o ``[B, Lq_local, Hq, D]`` in q's dtype, lse
+    ``[B, Hq, Lq_local]`` float32, and ``plan`` for ``backward_raw`` of the same tensors.
+    Collective over ``comm``; raises as ``cross_attention``."""
     call, q, k, v, q_ranges = _plan(q, k, v, comm, algorithm, q_ranges, scale, transport)
-    return _run_backward(call, q, k, v, q_ranges, _dense(o), lse.contiguous(), _dense(dout.to(q.dtype)))
+    o, lse = _run_forward(call, q, k, v, q_ranges)
+    return o, lse, call
+
+
+def backward_raw(q, k, v, o, lse, dout, comm=None, algorithm="lvx", q_ranges=None, scale=None,
+                 transport="auto", plan=None):
+    """The attention backward on saved tensors, for callers with their own autograd
+    (explicit recompute): returns ``(dq, dk, dv)`` shaped like q, k, v. Collective over
+    ``comm``. With ``plan`` (from ``forward_raw`` of the same q, k, v and q_ranges, on
+    every rank) the call is neither checked nor planned again; a tensor that does not
+    match the plan then fails the call (by default ending the job, as a failure inside a
+    schedule does: LVX_ON_ERROR). Without it: checked and planned as ``cross_attention``."""
+    if plan is None:
+        call, q, k, v, q_ranges = _plan(q, k, v, comm, algorithm, q_ranges, scale, transport)
+        shape = None
+    else:
+        call, q, k, v, q_ranges = plan, _dense(q), _dense(k), _dense(v), plan.q_ranges
+        dtype = _DTYPES.get(q.dtype)
+        B, Lq, Hq, D = q.shape
+        shape = _core.Problem(B=B if dtype is not None else -1, Lq=Lq, Lkv=k.shape[1], Hq=Hq, Hkv=k.shape[2], D=D,
+                              dtype=dtype or _core.DType.float32, algorithm=call.plan.algorithm,
+                              q_ranges=_ptr(q_ranges))
+    return _run_backward(call, q, k, v, q_ranges, _dense(o), lse.contiguous(), _dense(dout.to(q.dtype)), shape)

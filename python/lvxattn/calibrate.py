@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from . import api
+from . import _core, api
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The problems timed for the kernel costs, (Lq, Lkv, H, D) per device type: the first
@@ -308,6 +308,18 @@ def calibrate(comm=None, device: torch.device | str = "cpu", dtype: Optional[str
 def _max_op():
     from mpi4py import MPI
     return MPI.MAX
+
+
+def core_dtype(label: str) -> _core.DType:
+    """A dtype label of DTYPES ("fp32", "fp16", "bf16") as the library's dtype."""
+    return api._DTYPES[DTYPES[label]]
+
+
+def cost_params(params: dict) -> _core.CostParams:
+    """A calibration (what ``calibrate`` returns) as the cost model's parameters, for
+    ``_core.Plan.predict``. Raises InvalidArgumentError for values the model rejects."""
+    return _core.CostParams(params["flops_per_s"], params["bytes_per_s"], params["latency_s"],
+                            params.get("kernel") or [])
 
 
 def set_cost_params(comm, device: torch.device | str, transport: str, params: dict) -> None:

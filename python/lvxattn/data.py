@@ -12,6 +12,12 @@ independently: rank r reads visual rows ``[off_r, off_r + L_r)`` and its own tex
 rows. A rank reads only its hyperslab, a bounded number of rows at a time, so a
 file far larger than memory is fine as long as one shard fits.
 
+Stored types: ``visual`` and ``text`` may be IEEE float16, float32 or float64 and
+``q_ranges`` any integer type, in either byte order; HDF5 converts them on read
+into the requested dtype (bf16: read as float32, then rounded by torch) and int32.
+Other types (integer or complex features, long double, float ranges) raise
+``FeatureFileError`` naming the dataset and its type.
+
 Every check runs on every rank and the ranks agree on the outcome
 (``agree_on_errors``), so a bad file gives the same error everywhere instead of
 one rank failing while the others wait in a collective.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -120,6 +127,23 @@ class FeatureMeta:
         return self.visual_ndim == 4
 
 
+FEATURE_ITEMSIZES = (2, 4, 8)  # IEEE float16, float32, float64
+
+
+def type_name(dtype: np.dtype) -> str:
+    """A stored type for messages: ``float32 big-endian``, ``int8``, ``complex64 little-endian``."""
+    dtype = np.dtype(dtype)
+    if dtype.byteorder == "|" or dtype.itemsize == 1 or dtype.fields is not None:
+        return str(dtype)
+    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+    return f"{dtype.name} {'big' if big else 'little'}-endian"
+
+
+def _read_type(dtype: torch.dtype) -> np.dtype:
+    """The native numpy type HDF5 converts features to on read for a requested torch dtype."""
+    return np.dtype(np.float16) if dtype == torch.float16 else np.dtype(np.float32)
+
+
 def _open(path: str) -> h5py.File:
     if not os.path.exists(path):
         raise FeatureFileError(f"feature file not found: {path}")
@@ -171,8 +195,9 @@ def _meta_from_file(f: h5py.File, path: str) -> FeatureMeta:
     if text.ndim != 3:
         raise FeatureFileError(f"{path}: '{TEXT}' has shape {text.shape}; expected [B, Lq, Dt]")
     for name, ds in ((VISUAL, visual), (TEXT, text)):
-        if ds.dtype.kind != "f":
-            raise FeatureFileError(f"{path}: '{name}' has dtype {ds.dtype}; expected floating point")
+        if ds.dtype.kind != "f" or ds.dtype.itemsize not in FEATURE_ITEMSIZES:
+            raise FeatureFileError(f"{path}: '{name}' has type {type_name(ds.dtype)}; expected floating point "
+                                   "(float16, float32 or float64, either byte order)")
     batch = visual.shape[0]
     if text.shape[0] != batch:
         raise FeatureFileError(f"{path}: batch sizes disagree: '{VISUAL}' has {batch}, "
@@ -201,7 +226,8 @@ def _meta_from_file(f: h5py.File, path: str) -> FeatureMeta:
             raise FeatureFileError(f"{path}: '{Q_RANGES}' has shape {q_ranges.shape}; expected "
                                    f"[B, Lq, 2] = {[batch, text_len, 2]}")
         if q_ranges.dtype.kind not in "iu":
-            raise FeatureFileError(f"{path}: '{Q_RANGES}' has dtype {q_ranges.dtype}; expected integers")
+            raise FeatureFileError(f"{path}: '{Q_RANGES}' has type {type_name(q_ranges.dtype)}; expected "
+                                   "integers (any width, either byte order)")
     if visual_len < 1 or text_len < 1 or batch < 1:
         raise FeatureFileError(f"{path}: empty sequences (B={batch}, Lkv={visual_len}, Lq={text_len})")
     meta = FeatureMeta(path=path, batch=batch, visual_len=visual_len, text_len=text_len,
@@ -258,16 +284,19 @@ def frame_pieces(start: int, stop: int, tokens: int) -> Iterator[tuple[int, int,
 
 
 def _read_rows(ds: h5py.Dataset, start: int, stop: int, out: torch.Tensor, chunk_bytes: int) -> None:
-    """Copy sequence rows ``[start, stop)`` of a ``[B, L, D]`` or ``[B, F, T, D]`` dataset into ``out``."""
+    """Copy sequence rows ``[start, stop)`` of a ``[B, L, D]`` or ``[B, F, T, D]`` dataset into ``out``,
+    converted by HDF5 on read (byte order, precision) to ``out``'s dtype or, for bf16, float32."""
     batch, dim = ds.shape[0], ds.shape[-1]
-    step = _rows_per_chunk(batch * dim * ds.dtype.itemsize, chunk_bytes)
+    read_type = _read_type(out.dtype)
+    step = _rows_per_chunk(batch * dim * max(ds.dtype.itemsize, read_type.itemsize), chunk_bytes)
+    src = ds.astype(read_type)
     for lo in range(start, stop, step):
         hi = min(lo + step, stop)
         if ds.ndim == 3:
-            pieces = [(lo, ds[:, lo:hi, :])]
+            pieces = [(lo, src[:, lo:hi, :])]
         else:
             tokens = ds.shape[2]
-            pieces = [(row, ds[:, f0:f1, t0:t1, :].reshape(batch, -1, dim))
+            pieces = [(row, src[:, f0:f1, t0:t1, :].reshape(batch, -1, dim))
                       for row, f0, f1, t0, t1 in frame_pieces(lo, hi, tokens)]
         for row, block in pieces:
             dst = out[:, row - start: row - start + block.shape[1]]
@@ -306,13 +335,19 @@ def read_rank_shard(path: str, rank: int, size: int, visual_split: Sequence[int]
         _read_rows(f[TEXT], t_off, t_off + t_len, text, chunk_bytes)
         q_ranges = None
         if meta.has_q_ranges:
-            raw = f[Q_RANGES][:, t_off:t_off + t_len, :].astype(np.int64)
-            bad = (raw[..., 0] < 0) | (raw[..., 0] > raw[..., 1]) | (raw[..., 1] > meta.visual_len)
+            ds = f[Q_RANGES]
+            # Every integer type converts exactly to int64, or uint64 for unsigned 64-bit ones.
+            wide = np.uint64 if ds.dtype.kind == "u" and ds.dtype.itemsize == 8 else np.int64
+            raw = ds.astype(wide)[:, t_off:t_off + t_len, :]
+            limit = min(meta.visual_len, np.iinfo(np.int32).max)
+            bad = (raw[..., 0] > raw[..., 1]) | (raw[..., 1] > limit)
+            if wide == np.int64:
+                bad |= raw[..., 0] < 0
             if bad.any():
                 b, i = np.argwhere(bad)[0]
                 raise FeatureFileError(
-                    f"{path}: '{Q_RANGES}'[{b}, {t_off + i}] = {raw[b, i].tolist()} is not an interval "
-                    f"inside [0, {meta.visual_len}]")
+                    f"{path}: '{Q_RANGES}' ({type_name(ds.dtype)})[{b}, {t_off + i}] = {raw[b, i].tolist()} "
+                    f"is not an interval inside [0, {limit}]")
             q_ranges = torch.from_numpy(raw.astype(np.int32)).contiguous()
     return Shard(visual=visual, text=text, q_ranges=q_ranges, visual_offset=v_off, text_offset=t_off,
                  visual_counts=[n for _, n in visual_pieces], text_counts=[n for _, n in text_pieces],

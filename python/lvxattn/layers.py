@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import lvxattn
+from lvxattn.first_order import first_order_only
 
 
 def _widened(x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,7 @@ class SharedVisual(torch.autograd.Function):
         return x.view_as(x)
 
     @staticmethod
+    @first_order_only("lvxattn.layers.SharedVisual")
     def backward(ctx, dx):
         total = ctx.grad.take(ctx.shape)
         if dx is not None:
@@ -179,6 +181,7 @@ class KvProjection(torch.autograd.Function):
         return k, v
 
     @staticmethod
+    @first_order_only("lvxattn.layers.KvProjection")
     def backward(ctx, dk, dv):
         x, wk, wv, k, rstd = ctx.saved_tensors
         dk = torch.zeros_like(k) if dk is None else dk.to(k.dtype)
@@ -191,9 +194,10 @@ class KvProjection(torch.autograd.Function):
 class RecomputedKvAttention(torch.autograd.Function):
     """``cross_attention(Q, K(X), V(X))`` that keeps X instead of K and V for backward.
 
-    Forward saves Q, X, O, LSE (and the weight handles); backward rebuilds K, V from X
-    (``kv_forward``), runs the attention backward on the saved O and LSE
-    (``lvxattn.backward_raw``), and turns dK, dV into dX, dWk, dWv (``kv_backward``).
+    Forward saves Q, X, O, LSE (and the weight handles) and the call's plan; backward
+    rebuilds K, V from X (``kv_forward``), runs the attention backward on the saved O and
+    LSE with the forward's plan (``lvxattn.backward_raw``), and turns dK, dV into dX, dWk,
+    dWv (``kv_backward``).
     X's gradients from all layers are summed by autograd.
     """
 
@@ -201,22 +205,23 @@ class RecomputedKvAttention(torch.autograd.Function):
     def forward(ctx, q, x, wk, wv, q_ranges, kv_heads: int, head_dim: int, eps: float,
                 settings: AttentionSettings, visual_grad: VisualGrad | None):
         k, v, _ = kv_forward(x, wk, wv, kv_heads, head_dim, eps)
-        o, lse = lvxattn.cross_attention_forward(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
-                                                 q_ranges=q_ranges, scale=settings.scale)
+        o, lse, plan = lvxattn.forward_raw(q, k, v, comm=settings.comm, algorithm=settings.algorithm,
+                                           q_ranges=q_ranges, scale=settings.scale)
         del k, v  # the point of this Function: K and V die here
         ctx.save_for_backward(q, x, wk, wv, q_ranges, o, lse)
+        ctx.plan = plan  # the backward reuses it: no second check, plan or allgather
         ctx.kv_shape = (kv_heads, head_dim, eps)
         ctx.settings, ctx.visual_grad = settings, visual_grad
         return o
 
     @staticmethod
+    @first_order_only("lvxattn.layers.RecomputedKvAttention")
     def backward(ctx, do):
         q, x, wk, wv, q_ranges, o, lse = ctx.saved_tensors
         s = ctx.settings
         k, v, rstd = kv_forward(x, wk, wv, *ctx.kv_shape)
         # Collective: every rank runs it, even one that needs no gradient itself.
-        dq, dk, dv = lvxattn.backward_raw(q, k, v, o, lse, do, comm=s.comm, algorithm=s.algorithm,
-                                          q_ranges=q_ranges, scale=s.scale)
+        dq, dk, dv = lvxattn.backward_raw(q, k, v, o, lse, do, comm=s.comm, plan=ctx.plan)
         del v
         dx, dwk, dwv = kv_backward(x, wk, wv, k, rstd, dk.to(k.dtype), dv.to(k.dtype),
                                    tuple(ctx.needs_input_grad[1:4]), dk_is_scratch=True,

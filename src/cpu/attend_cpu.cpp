@@ -8,6 +8,19 @@
 // heads; the KV range is split over items when there are too few of them.
 // Backward: items are (batch, KV head, KV tile) holding dK/dV tiles in local
 // accumulators; dQ goes to a per-worker buffer that is summed at the end.
+//
+// Values a row cannot see never reach its results. A tile (query rows i, KV rows j)
+// that every row sees whole needs no care. In a straddling tile, S is set to -inf
+// where row i cannot see KV row j, so P = 0 there, and dS = P ∘ (dP − Dl) is a select
+// (0 where hidden: dP = dO Vᵀ is NaN wherever V is). The products O += P V,
+// dQ += scale·dS K (sum over j) and dV += Pᵀ dO, dK += scale·dSᵀ Q (sum over i) are
+// then exact as long as the operand rows some row of the tile cannot see are
+// finite (0·x = 0); but 0·NaN = 0·Inf = NaN. So a straddling tile checks those rows
+// (V; K; Q, dO of rows not seeing all of the tile) and, only when one holds a
+// non-finite value, forms its products with a select per term (select_gemm) instead
+// of tile_gemm. The forward's tiles start at the first KV row any row of the query
+// tile sees and end at the last, so padding outside every row's interval is never
+// loaded.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -36,10 +49,13 @@ struct RowWindows {
   alignas(64) float lo[kTq];
   alignas(64) float hi[kTq];
   int64_t min_lo = 0, max_hi = 0;  // union of the windows
+  int64_t all_lo = 0, all_hi = 0;  // intersection over the rows < nq (empty when one is empty)
 
   void build(const int32_t* ranges, int64_t nq, int64_t kv_begin, int64_t lkv) {
     min_lo = lkv;
     max_hi = 0;
+    all_lo = 0;
+    all_hi = lkv;
     for (int64_t i = 0; i < kTq; ++i) {
       int64_t a = 0, b = 0;
       if (i < nq) {
@@ -49,6 +65,10 @@ struct RowWindows {
       }
       lo[i] = static_cast<float>(a);
       hi[i] = static_cast<float>(b);
+      if (i < nq) {
+        all_lo = std::max(all_lo, a);
+        all_hi = std::min(all_hi, b);
+      }
       if (b > a) {
         min_lo = std::min(min_lo, a);
         max_hi = std::max(max_hi, b);
@@ -59,10 +79,49 @@ struct RowWindows {
   // True when every row of the tile sees all of KV rows [j0, j1).
   bool covers(int64_t j0, int64_t j1, int64_t nq) const {
     for (int64_t i = 0; i < nq; ++i)
-      if (lo[i] > j0 || hi[i] < j1) return false;
+      if (!row_covers(i, j0, j1)) return false;
     return true;
   }
+  bool row_covers(int64_t i, int64_t j0, int64_t j1) const { return lo[i] <= j0 && hi[i] >= j1; }
+  bool sees(int64_t i, int64_t j) const { return lo[i] <= j && j < hi[i]; }
 };
+
+bool row_finite(const float* x, int64_t d) {
+  bool ok = true;
+  for (int64_t c = 0; c < d; ++c) ok &= std::isfinite(x[c]);
+  return ok;
+}
+
+// Does a KV row j0 + j (j < nk) that some row of the tile cannot see (outside the
+// windows' intersection) hold a non-finite value? rows: nk rows of stride ld.
+bool hidden_kv_nonfinite(const RowWindows& w, const float* rows, int64_t ld, int64_t d, int64_t j0, int64_t nk) {
+  for (int64_t j = 0; j < nk; ++j)
+    if ((j0 + j < w.all_lo || j0 + j >= w.all_hi) && !row_finite(rows + j * ld, d)) return true;
+  return false;
+}
+
+// Does a query row i < nq that does not see all of KV rows [j0, j1) hold a non-finite value?
+bool hidden_q_nonfinite(const RowWindows& w, const float* rows, int64_t ld, int64_t d, int64_t nq, int64_t j0,
+                        int64_t j1) {
+  for (int64_t i = 0; i < nq; ++i)
+    if (!w.row_covers(i, j0, j1) && !row_finite(rows + i * ld, d)) return true;
+  return false;
+}
+
+// C[m][:] += alpha·Σ_k A(m, k)·B[k][:] over the terms with seen(m, k) only: tile_gemm's
+// product in select form, for tiles whose hidden operand rows are not all finite.
+template <typename Seen>
+void select_gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t sam, int64_t sak, const float* b,
+                 int64_t ldb, float* c, int64_t ldc, float alpha, Seen seen) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      if (!seen(m, k)) continue;
+      const float x = alpha * a[m * sam + k * sak];
+      const float* bk = b + k * ldb;
+      float* cm = c + m * ldc;
+      for (int64_t n = 0; n < N; ++n) cm[n] += x * bk[n];
+    }
+}
 
 // Sᵀ[j][i] ← -inf where query row i does not see KV row j0 + j.
 void mask_scores(float* st, int64_t nk, int64_t j0, const RowWindows& w) {
@@ -190,11 +249,12 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
     std::fill(m_all, m_all + G * kTq, kNegInf);
     std::fill(l_all, l_all + G * kTq, 0.f);
 
-    for (int64_t j0 = j_begin - j_begin % kTk; j0 < j_end; j0 += kTk) {
-      const int64_t nk = std::min(kTk, s.Lkv - j0);
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kTk) {
+      const int64_t nk = std::min(kTk, j_end - j0);
       const bool full = win.covers(j0, j0 + nk, nq);
       pack_rows(kt, Dp, k + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
       pack_rows(vt, Dp, v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
+      const bool select_pv = !full && hidden_kv_nonfinite(win, vt, Dp, D, j0, nk);
       for (int64_t h = 0; h < G; ++h) {
         float* o = o_all + h * kTq * Dp;
         float* m = m_all + h * kTq;
@@ -229,7 +289,11 @@ void fwd_typed(const FwdStep& a, ThreadPool& pool) {
           }
         }
         // O[i][:] += Σ_j Pᵀ[j][i]·V[j][:]
-        tile_gemm<true>(nq, Dp, nk, st, 1, kTq, vt, Dp, o, Dp);
+        if (select_pv)
+          select_gemm(nq, Dp, nk, st, 1, kTq, vt, Dp, o, Dp, 1.f,
+                      [&](int64_t i, int64_t j) { return win.sees(i, j0 + j); });
+        else
+          tile_gemm<true>(nq, Dp, nk, st, 1, kTq, vt, Dp, o, Dp);
       }
     }
     // Normalize and merge into the accumulator (or this chunk's partial).
@@ -324,6 +388,7 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
         pack_rows(vt, Dp, v + (b * s.Lkv + j0) * ldkv + g * D, ldkv, nk, D, nk);
         loaded = true;
       }
+      const bool k_hidden_nonfinite = !full && hidden_kv_nonfinite(win, kt, Dp, D, j0, nk);
       for (int64_t h = 0; h < G; ++h) {
         const int64_t hq = g * G + h;
         const T* qsrc = q + (b * s.Lq + i0) * ldq + hq * D;
@@ -338,9 +403,8 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
           lse[i] = i < nq ? a.lse[lrow] : kNegInf;
           dl[i] = i < nq ? a.dl[lrow] : 0.f;
         }
-        // Sᵀ = K·(scale·Qᵀ); Pᵀ = exp(Sᵀ − lse), 0 where masked or lse = -inf.
+        // Sᵀ = K·(scale·Qᵀ); Pᵀ = exp(Sᵀ − lse), 0 where masked or lse = -inf (below).
         tile_gemm<false>(nk, kTq, D, kt, Dp, 1, qtr, kTq, pt, kTq);
-        if (!full) mask_scores(pt, nk, j0, win);
         // dPᵀ = V·dOᵀ
         tile_gemm<false>(nk, kTq, D, vt, Dp, 1, dotr, kTq, dst, kTq);
         for (int vv = 0; vv < kTqVecs; ++vv) {
@@ -348,20 +412,38 @@ void bwd_typed(const BwdStep& a, ThreadPool& pool) {
           auto dead = lv == splat(kNegInf);
           v16 lsafe = dead ? splat(0.f) : lv;
           v16 dlv = load(dl + vv * kLanes);
+          v16 lo = load(win.lo + vv * kLanes), hi = load(win.hi + vv * kLanes);
           for (int64_t j = 0; j < nk; ++j) {
             float* pp = pt + j * kTq + vv * kLanes;
             float* dp = dst + j * kTq + vv * kLanes;
+            // Selects, not products, where hidden: lse or dP may be NaN there.
+            auto zero = dead;
+            if (!full) {
+              v16 jv = splat(static_cast<float>(j0 + j));
+              zero = zero | (jv < lo) | (jv >= hi);
+            }
             v16 p = exp16(load(pp) - lsafe);
-            p = dead ? v16{} : p;
+            p = zero ? v16{} : p;
             store(pp, p);
-            store(dp, p * (load(dp) - dlv));  // dSᵀ
+            v16 ds = p * (load(dp) - dlv);  // dSᵀ
+            store(dp, zero ? v16{} : ds);
           }
         }
-        tile_gemm<true>(nk, Dp, nq, pt, kTq, 1, dorow, Dp, dv, Dp);          // dV += Pᵀ dO
-        tile_gemm<true>(nk, Dp, nq, dst, kTq, 1, qrow, Dp, dk, Dp, a.scale); // dK += scale dSᵀ Q
-        // dQ[i] += scale Σ_j dSᵀ[j][i] K[j]; rows of head hq are strided by Hq·Dp.
-        tile_gemm<true>(nq, Dp, nk, dst, 1, kTq, kt, Dp,
-                        dq_w + ((b * s.Lq + i0) * s.Hq + hq) * Dp, s.Hq * Dp, a.scale);
+        float* dq_rows = dq_w + ((b * s.Lq + i0) * s.Hq + hq) * Dp;  // rows of head hq: stride Hq·Dp
+        const bool select = k_hidden_nonfinite || (!full && (hidden_q_nonfinite(win, qrow, Dp, D, nq, j0, j0 + nk) ||
+                                                             hidden_q_nonfinite(win, dorow, Dp, D, nq, j0, j0 + nk)));
+        if (select) {
+          auto seen_ji = [&](int64_t j, int64_t i) { return win.sees(i, j0 + j); };
+          select_gemm(nk, Dp, nq, pt, kTq, 1, dorow, Dp, dv, Dp, 1.f, seen_ji);
+          select_gemm(nk, Dp, nq, dst, kTq, 1, qrow, Dp, dk, Dp, a.scale, seen_ji);
+          select_gemm(nq, Dp, nk, dst, 1, kTq, kt, Dp, dq_rows, s.Hq * Dp, a.scale,
+                      [&](int64_t i, int64_t j) { return win.sees(i, j0 + j); });
+        } else {
+          tile_gemm<true>(nk, Dp, nq, pt, kTq, 1, dorow, Dp, dv, Dp);          // dV += Pᵀ dO
+          tile_gemm<true>(nk, Dp, nq, dst, kTq, 1, qrow, Dp, dk, Dp, a.scale); // dK += scale dSᵀ Q
+          // dQ[i] += scale Σ_j dSᵀ[j][i] K[j]
+          tile_gemm<true>(nq, Dp, nk, dst, 1, kTq, kt, Dp, dq_rows, s.Hq * Dp, a.scale);
+        }
       }
     }
     if (!loaded) return;

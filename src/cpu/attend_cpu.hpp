@@ -3,8 +3,8 @@
 
 #include <cstddef>
 
-#include "kernels.hpp"
-#include "thread_pool.hpp"
+#include "core/kernels.hpp"
+#include "cpu/thread_pool.hpp"
 
 namespace lvx::cpu {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kernels.hpp"
+#include "core/kernels.hpp"
 
 namespace lvx::cpu {
 

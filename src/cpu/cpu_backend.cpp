@@ -6,9 +6,9 @@
 #include <new>
 #include <vector>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
 #include "cpu/attend_cpu.hpp"
-#include "error.hpp"
+#include "core/error.hpp"
 
 namespace lvx {
 

@@ -6,7 +6,7 @@
 #include <limits>
 #include <string>
 
-#include "backend.hpp"
+#include "core/backend.hpp"
 #include "cpu/convert.hpp"
 #include "reference.hpp"
 
@@ -60,7 +60,7 @@ void run_case(lvx::Backend& be, lvx::DType dt, const ref::Shape& s, bool masked,
   auto r = ref::attention(s, q, k, v, ranges, scale, &dout);
   auto qs = to_storage<T>(q), ks = to_storage<T>(k), vs = to_storage<T>(v), ds = to_storage<T>(dout);
   const float ninf = -std::numeric_limits<float>::infinity();
-  const std::string label = std::string(lvx::dtype_name(dt)) + " B" + std::to_string(s.B) + " Lq" +
+  const std::string label = std::string(lvx::name(dt)) + " B" + std::to_string(s.B) + " Lq" +
                             std::to_string(s.Lq) + " Lkv" + std::to_string(s.Lkv) + " H" + std::to_string(s.Hq) +
                             "/" + std::to_string(s.Hkv) + " D" + std::to_string(s.D) + (masked ? " masked" : "");
 

@@ -1,13 +1,13 @@
 // The schedules through the C API under mpirun: every rank builds the same
 // global problem, runs lvx, ring and ulysses on its (uneven) shard, and checks
 // its shard of O, LSE, dQ, dK, dV against the float64 reference. Also checks
-// that bad input on one rank fails every rank with the same error.
+// that bad input on one rank fails every rank with the same error, and the versioned
+// structs of the C API.
 #include <mpi.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -53,6 +53,20 @@ std::vector<float> shard(const std::vector<double>& x, int64_t B, int64_t L, int
   return y;
 }
 
+lvx_problem_t problem(int64_t B, int64_t q_len, int64_t kv_len, int64_t Hq, int64_t Hkv, int64_t D,
+                      lvx_algorithm_t algorithm) {
+  lvx_problem_t p;
+  lvx_default_problem(&p);  // struct_size, float32, scale NaN (1/sqrt(D))
+  p.batch = B;
+  p.q_len = q_len;
+  p.kv_len = kv_len;
+  p.q_heads = Hq;
+  p.kv_heads = Hkv;
+  p.head_dim = D;
+  p.algorithm = algorithm;
+  return p;
+}
+
 void run_case(const ref::Shape& g, lvx_algorithm_t algo, bool masked, int zero_q, int zero_kv, int salt) {
   std::mt19937 gen(42 + salt);  // same on every rank
   auto q = ref::randn(g.B * g.Lq * g.Hq * g.D, gen), k = ref::randn(g.B * g.Lkv * g.Hkv * g.D, gen);
@@ -83,7 +97,7 @@ void run_case(const ref::Shape& g, lvx_algorithm_t algo, bool masked, int zero_q
     check(false, std::string("context: ") + lvx_last_error());
     return;
   }
-  lvx_problem_t p{g.B, nq, nk, g.Hq, g.Hkv, g.D, LVX_FLOAT32, algo, std::numeric_limits<float>::quiet_NaN()};
+  lvx_problem_t p = problem(g.B, nq, nk, g.Hq, g.Hkv, g.D, algo);
   std::vector<float> o(qs.size()), lse(g.B * g.Hq * nq), dq(qs.size()), dk(ks.size()), dv(vs.size());
   const int32_t* rp = masked ? rs.data() : nullptr;
   lvx_result_t rc = lvx_forward(ctx, &p, qs.data(), ks.data(), vs.data(), rp, o.data(), lse.data());
@@ -121,7 +135,7 @@ void bad_input_fails_everywhere() {
   lvx_context_create(MPI_COMM_WORLD, nullptr, &ctx);
   // The last rank asks for a different head dim: every rank must fail with the same code.
   const int64_t D = rank == nranks - 1 && nranks > 1 ? 32 : 16;
-  lvx_problem_t p{1, 4, 4, 2, 2, D, LVX_FLOAT32, LVX_ALGO_LVX, std::numeric_limits<float>::quiet_NaN()};
+  lvx_problem_t p = problem(1, 4, 4, 2, 2, D, LVX_ALGO_LVX);
   std::vector<float> buf(4 * 2 * 32, 1.f), lse(8);
   lvx_result_t rc = lvx_forward(ctx, &p, buf.data(), buf.data(), buf.data(), nullptr, buf.data(), lse.data());
   if (nranks > 1)
@@ -134,6 +148,51 @@ void bad_input_fails_everywhere() {
   rc = lvx_forward(ctx, &p, buf.data(), buf.data(), buf.data(), rs.data(), buf.data(), lse.data());
   check(rc == LVX_ERROR_INVALID_ARGUMENT && std::strstr(lvx_last_error(), "q_ranges"),
         std::string("bad q_ranges on rank 0 fails every rank: ") + lvx_last_error());
+  // The last rank passes a problem its lvx_default_problem never filled.
+  rs.assign(8, 0);
+  lvx_problem_t unset = p;
+  if (rank == nranks - 1) unset.struct_size = 0;
+  rc = lvx_forward(ctx, &unset, buf.data(), buf.data(), buf.data(), nullptr, buf.data(), lse.data());
+  check(rc == LVX_ERROR_INVALID_ARGUMENT && std::strstr(lvx_last_error(), "struct_size"),
+        std::string("an unset struct_size on one rank fails every rank: ") + lvx_last_error());
+  lvx_context_destroy(ctx);
+}
+
+// The versioned C API: the version, sized structs, and the stats naming what ran.
+void versioned_api() {
+  check(lvx_version() == LVX_VERSION, "lvx_version() is the header's LVX_VERSION");
+  lvx_options_t o;
+  lvx_default_options(&o);
+  check(o.struct_size == sizeof o && o.transport == LVX_TRANSPORT_AUTO && o.device_index == -1,
+        "lvx_default_options fills struct_size and the defaults");
+  // Options a rank did not fill: creating the context fails on every rank.
+  lvx_options_t bad = o;
+  if (rank == 0) bad.struct_size = 0;
+  lvx_context_t ctx = nullptr;
+  lvx_result_t rc = lvx_context_create(MPI_COMM_WORLD, &bad, &ctx);
+  check(rc == LVX_ERROR_INVALID_ARGUMENT && !ctx && std::strstr(lvx_last_error(), "lvx_options_t.struct_size"),
+        std::string("unfilled options on rank 0 fail every rank's lvx_context_create: ") + lvx_last_error());
+  // A transport asked for that this build or device cannot run fails every rank at the first call.
+  o.transport = LVX_TRANSPORT_NCCL;
+  rc = lvx_context_create(MPI_COMM_WORLD, &o, &ctx);
+  check(rc == LVX_SUCCESS, "a CPU context asking for NCCL is made");
+  lvx_problem_t p = problem(1, 2, 3, 2, 2, 8, LVX_ALGO_RING);
+  std::vector<float> q(2 * 2 * 8, 1.f), kv(3 * 2 * 8, 1.f), o_(q.size()), lse(4);
+  rc = lvx_forward(ctx, &p, q.data(), kv.data(), kv.data(), nullptr, o_.data(), lse.data());
+  if (nranks > 1)
+    check(rc == LVX_ERROR_INVALID_ARGUMENT && std::strstr(lvx_last_error(), "nccl"),
+          std::string("NCCL for CPU buffers fails every rank: ") + lvx_last_error());
+  lvx_context_destroy(ctx);
+  // Stats, with a struct_size: the algorithm and the transport that ran.
+  o.transport = LVX_TRANSPORT_AUTO;
+  lvx_context_create(MPI_COMM_WORLD, &o, &ctx);
+  p.algorithm = LVX_ALGO_AUTO;
+  rc = lvx_forward(ctx, &p, q.data(), kv.data(), kv.data(), nullptr, o_.data(), lse.data());
+  lvx_stats_t st = {sizeof(lvx_stats_t)};
+  if (rc == LVX_SUCCESS) rc = lvx_get_stats(ctx, 0, &st);
+  check(rc == LVX_SUCCESS && st.algorithm != LVX_ALGO_AUTO &&
+            st.transport == (nranks > 1 ? LVX_TRANSPORT_MPI : LVX_TRANSPORT_NONE) && st.struct_size == sizeof st,
+        std::string("stats name the algorithm and transport that ran: ") + lvx_last_error());
   lvx_context_destroy(ctx);
 }
 
@@ -154,6 +213,7 @@ int main(int argc, char** argv) {
         if (nranks > 2) run_case(s, a, masked, 0, nranks - 1, salt++);
       }
   bad_input_fails_everywhere();
+  versioned_api();
   if (rank == 0) std::printf("%d failed\n", failures);
   MPI_Finalize();
   return failures ? 1 : 0;

@@ -40,15 +40,15 @@ def command_env() -> dict:
     return env
 
 
-def mpirun():
+def mpirun(n: int = RANKS):
     launcher = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     if launcher is None:
         pytest.skip("mpirun not found")
-    return [launcher, "--oversubscribe", "-n", str(RANKS)]
+    return [launcher, "--oversubscribe", "-n", str(n)]
 
 
-def lvxattn_command(*args: str, ranks: bool = True, cwd=None) -> subprocess.CompletedProcess:
-    cmd = (mpirun() if ranks else []) + [sys.executable, "-m", "lvxattn", *args]
+def lvxattn_command(*args: str, ranks: bool = True, n: int = RANKS, cwd=None) -> subprocess.CompletedProcess:
+    cmd = (mpirun(n) if ranks else []) + [sys.executable, "-m", "lvxattn", *args]
     try:
         return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
@@ -154,6 +154,42 @@ def test_run_bad_input_fails_cleanly_on_every_rank(tmp_path, case, extra, messag
     for rank in range(RANKS):
         lines = [line for line in result.stderr.splitlines() if f"error (rank {rank}/{RANKS})" in line]
         assert lines and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def write_in_types(path, source, visual_type, text_type, ranges_type):
+    """A copy of feature file `source` with its datasets stored in the given types."""
+    with h5py.File(source, "r") as src, h5py.File(path, "w") as dst:
+        for name, stored in (("visual", visual_type), ("text", text_type), ("q_ranges", ranges_type)):
+            dst.create_dataset(name, data=src[name][...].astype(stored))
+        dst.attrs.update(src.attrs)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_run_reads_big_endian_features(tmp_path, small_file, ranks):
+    """visual and text stored as '>f4', q_ranges as '>i4': the same first loss as the native file."""
+    needs_core()
+    path = tmp_path / "big_endian.h5"
+    write_in_types(path, small_file, ">f4", ">f4", ">i4")
+    report_path = tmp_path / "report.json"
+    args = ["--layers", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "4", "--steps", "1", "--gate-init", "0.5"]
+    result = lvxattn_command("run", "--features", str(path), "--report", str(report_path), "--no-progress", *args,
+                             n=ranks)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["world_size"] == ranks
+    assert report["loss"][0] == pytest.approx(reference_first_loss(small_file, args), rel=1e-5)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_run_with_a_feature_type_that_does_not_convert_fails_on_every_rank(tmp_path, small_file, ranks):
+    path = tmp_path / "float_ranges.h5"
+    write_in_types(path, small_file, ">f4", "<f8", ">f4")
+    result = lvxattn_command("run", "--features", str(path), "--steps", "1", "--no-progress", n=ranks)
+    assert result.returncode != 0
+    for rank in range(ranks):
+        lines = [line for line in result.stderr.splitlines() if f"error (rank {rank}/{ranks})" in line]
+        assert lines and "'q_ranges' has type float32 big-endian; expected integers" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -1,6 +1,6 @@
 """The cost model behind algorithm="auto" and its calibration.
 
-Without MPI: ``_core.predict`` for a fixed calibration picks lvx when Lkv·Hkv ≫ Lq·Hq
+Without MPI: ``_core.Plan.predict`` for a fixed calibration picks lvx when Lkv·Hkv ≫ Lq·Hq
 and ring when Lq·Hq ≫ Lkv·Hkv; its bytes follow DESIGN.md; the calibration is
 cached. Under MPI (``mpirun -n 4 python -m pytest --with-mpi -m mpi``): an actual
 ``cross_attention(algorithm="auto")`` runs what the model picks with rank 0's
@@ -21,19 +21,19 @@ from dist_util import shard, sub_comm, uneven_split
 
 # A link much slower than the kernel: communication decides.
 COMM_BOUND = {"flops_per_s": 1e13, "bytes_per_s": 1e8, "latency_s": 1e-6}
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def even(n, P):
     return [n * (r + 1) // P - n * r // P for r in range(P)]
 
 
-def choice(lq, lkv, Hq, Hkv, D=64, dtype=2, params=COMM_BOUND):
+def choice(lq, lkv, Hq, Hkv, D=64, dtype="bfloat16", params=COMM_BOUND):
     """The algorithm with the smallest predicted forward+backward time on the slowest rank."""
     best = {}
+    cost = calibrate.cost_params(params)
     for alg in ("lvx", "ring", "ulysses"):
-        ts = [_core.predict(lq, lkv, r, 1, Hq, Hkv, D, dtype, False, alg, params["flops_per_s"],
-                            params["bytes_per_s"], params["latency_s"]) for r in range(len(lq))]
+        ts = [_core.Plan(lq, lkv, rank=r, B=1, Hq=Hq, Hkv=Hkv, D=D, dtype=dtype).predict(alg, cost)
+              for r in range(len(lq))]
         if all(t["feasible"] for t in ts):
             best[alg] = max(t["forward_s"] + t["backward_s"] for t in ts)
     return min(best, key=best.get), best
@@ -58,15 +58,16 @@ def test_predict_picks_lvx_for_long_visual_inputs_and_ring_for_long_queries(P):
 def test_predicted_bytes_follow_the_design_table():
     P, B, Hq, Hkv, D, es = 4, 2, 8, 2, 16, 2
     lq, lkv = [3, 0, 5, 7], [11, 13, 0, 17]
+    cost = _core.CostParams(1e11, 1e9, 1e-6)
     for r in range(P):
         blk = lambda rows, t: rows[(r - t) % P]  # noqa: E731 - the block held at step t
-        lvx = _core.predict(lq, lkv, r, B, Hq, Hkv, D, 2, True, "lvx", 1e11, 1e9, 1e-6)
-        ring = _core.predict(lq, lkv, r, B, Hq, Hkv, D, 2, True, "ring", 1e11, 1e9, 1e-6)
+        plan = _core.Plan(lq, lkv, rank=r, B=B, Hq=Hq, Hkv=Hkv, D=D, dtype="bfloat16", has_ranges=True)
+        lvx, ring = plan.predict("lvx", cost), plan.predict("ring", cost)
         assert lvx["forward_bytes"] == sum(blk(lq, t) * (B * Hq * D * es + 8 * B) for t in range(P - 1)) + \
             sum(blk(lq, t) * 4 * (B * Hq * D + B * Hq) for t in range(P))
         assert ring["forward_bytes"] == sum(blk(lkv, t) * 2 * B * Hkv * D * es for t in range(P - 1))
         assert ring["backward_bytes"] == ring["forward_bytes"] + sum(blk(lkv, t) * 8 * B * Hkv * D for t in range(P))
-    assert not _core.predict(lq, lkv, 0, B, 6, 3, D, 2, False, "ulysses", 1e11, 1e9, 1e-6)["feasible"]
+    assert not _core.Plan(lq, lkv, B=B, Hq=6, Hkv=3, D=D, dtype="bfloat16").predict("ulysses", cost)["feasible"]
 
 
 def test_step_cost_fit_recovers_known_terms_and_keeps_them_non_negative():
@@ -93,14 +94,15 @@ def test_predict_uses_the_calibrated_step_costs():
         return c[0] * scale * 4 * B * Hq * q_rows * kv_rows * D + c[1] * B * kv_rows * Hkv * D + \
             c[2] * B * q_rows * Hq * D
 
-    one = _core.predict([lq], [lkv], 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e9, 0.0, fwd + bwd)
+    shape = dict(B=B, Hq=Hq, Hkv=Hkv, D=D, dtype="bfloat16")
+    one = _core.Plan([lq], [lkv], **shape).predict("lvx", _core.CostParams(1e9, 1e9, 0.0, fwd + bwd))
     assert one["forward_s"] == pytest.approx(step(fwd, 1.0, lq, lkv) + fwd[3])
     assert one["backward_s"] == pytest.approx(step(bwd, 2.5, lq, lkv) + bwd[3])
-    four = _core.predict([lq // 4] * 4, [lkv // 4] * 4, 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e30, 0.0, fwd + bwd)
+    four = _core.Plan([lq // 4] * 4, [lkv // 4] * 4, **shape).predict("lvx", _core.CostParams(1e9, 1e30, 0.0, fwd + bwd))
     assert four["forward_s"] == pytest.approx(4 * step(fwd, 1.0, lq // 4, lkv // 4) + fwd[3])
     assert four["backward_s"] == pytest.approx(4 * step(bwd, 2.5, lq // 4, lkv // 4) + bwd[3])
     with pytest.raises(lvxattn.InvalidArgumentError, match="8 numbers"):
-        _core.predict([lq], [lkv], 0, B, Hq, Hkv, D, 2, False, "lvx", 1e9, 1e9, 0.0, [1.0])
+        _core.CostParams(1e9, 1e9, 0.0, [1.0])
 
 
 def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
@@ -136,7 +138,7 @@ def run_auto(comm, Lq, Lkv, Hq, Hkv, D=16):
     v = torch.randn(1, lkv[r], Hkv, D, requires_grad=True)
     lvxattn.cross_attention(q, k, v, comm=comm, algorithm="auto").sum().backward()
     stats = lvxattn.last_stats()
-    want, _ = choice(lq, lkv, Hq, Hkv, D, 0, params=COMM_BOUND)
+    want, _ = choice(lq, lkv, Hq, Hkv, D, "float32", params=COMM_BOUND)
     return stats["algorithm"], want
 
 
@@ -200,8 +202,9 @@ def test_predicted_bytes_equal_measured_bytes_for_every_algorithm(case):
                                    lq, r)
                 lvxattn.cross_attention(q, k, v, comm=comm, algorithm=alg, q_ranges=ranges).sum().backward()
                 stats = lvxattn.last_stats()
-                pred = _core.predict(lq, lkv, r, B, Hq, Hkv, D, DTYPE_CODES[dtype], masked, alg, 1e11, 1e9, 1e-6,
-                                     lvx_gather=stats["lvx_gather"], lvx_overlap=stats["lvx_form"] == "overlap")
+                plan = _core.Plan(lq, lkv, rank=r, B=B, Hq=Hq, Hkv=Hkv, D=D, dtype=str(dtype).split(".")[1],
+                                  has_ranges=masked, lvx_form=stats["lvx_form"] or "ring")
+                pred = plan.predict(alg, _core.CostParams(1e11, 1e9, 1e-6))
                 assert stats["algorithm"] == alg
                 assert stats["forward"]["bytes_sent"] == pred["forward_bytes"], (alg, P, r, "forward")
                 assert stats["backward"]["bytes_sent"] == pred["backward_bytes"], (alg, P, r, "backward")

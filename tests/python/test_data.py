@@ -129,8 +129,8 @@ def test_reads_only_own_rows_in_bounded_chunks(tmp_path, monkeypatch):
     reads = []
     original = h5py.Dataset.__getitem__
 
-    def recording_getitem(self, key):
-        block = original(self, key)
+    def recording_getitem(self, key, **kwargs):
+        block = original(self, key, **kwargs)
         reads.append((self.name, key, block.shape))
         return block
 
@@ -162,6 +162,88 @@ def test_writer_progress_bar_goes_to_given_stream(tmp_path, capsys):
                          visual_dim=2, progress=True)
     err = capsys.readouterr().err
     assert "writing f.h5" in err and "|" + "#" * 30 + "|" in err
+
+
+# ---------------------------------------------------------------------------
+# Stored types: byte order and width are HDF5's to convert
+
+
+def write_typed(path, visual_type, text_type, ranges_type, layout="flat", seed=0):
+    """A small file whose datasets are stored in the given numpy types (e.g. '>f4', '<u2')."""
+    rng = np.random.default_rng(seed)
+    shape = (2, 12, 4) if layout == "flat" else (2, 3, 4, 4)
+    ranges = masks.interleaved_ranges(2, 5, 12, 3, "latest").numpy()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("visual", data=rng.standard_normal(shape).astype(visual_type))
+        f.create_dataset("text", data=rng.standard_normal((2, 5, 3)).astype(text_type))
+        if ranges_type is not None:
+            f.create_dataset("q_ranges", data=ranges.astype(ranges_type))
+        if layout == "frames":
+            f.attrs["frames"], f.attrs["tokens_per_frame"] = 3, 4
+
+
+def expected_features(array, dtype):
+    """The stored values as the requested dtype, converted by numpy (fp16 directly, the
+    others through float32)."""
+    array = array.reshape(array.shape[0], -1, array.shape[-1])
+    if dtype == torch.float16:
+        return torch.from_numpy(array.astype(np.float16))
+    return torch.from_numpy(array.astype(np.float32)).to(dtype)
+
+
+FLOAT_TYPES = ["<f2", ">f2", "<f4", ">f4", "<f8", ">f8"]
+INT_TYPES = ["i1", "u1", "<i2", ">u2", ">i4", "<u4", ">i8", "<i8", ">u8"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", range(len(INT_TYPES)))
+def test_every_float_width_and_integer_type_loads_in_either_byte_order(tmp_path, n, dtype):
+    visual_type, text_type = FLOAT_TYPES[n % 6], FLOAT_TYPES[(n + 3) % 6]
+    path = tmp_path / "typed.h5"
+    write_typed(path, visual_type, text_type, INT_TYPES[n], layout="frames" if n % 2 else "flat", seed=n)
+    with h5py.File(path, "r") as f:
+        visual, text, ranges = f["visual"][...], f["text"][...], f["q_ranges"][...]
+    for size in (1, 2, 3):
+        for rank in range(size):
+            shard = data.read_rank_shard(path, rank, size, dtype=dtype, chunk_bytes=40)
+            v0, t0 = shard.visual_offset, shard.text_offset
+            v1, t1 = v0 + shard.visual.shape[1], t0 + shard.text.shape[1]
+            assert shard.visual.dtype == dtype and shard.text.dtype == dtype
+            assert torch.equal(shard.visual, expected_features(visual, dtype)[:, v0:v1])
+            assert torch.equal(shard.text, expected_features(text, dtype)[:, t0:t1])
+            assert shard.q_ranges.dtype == torch.int32
+            assert np.array_equal(shard.q_ranges.numpy(), ranges[:, t0:t1].astype(np.int64))
+
+
+BAD_TYPES = [
+    (dict(visual="<i2"), "'visual' has type int16 little-endian; expected floating point"),
+    (dict(visual=">i4"), "'visual' has type int32 big-endian; expected floating point"),
+    (dict(text="<c8"), "'text' has type complex64 little-endian; expected floating point"),
+    (dict(visual=np.longdouble), f"'visual' has type {np.dtype(np.longdouble).name} little-endian"),
+    (dict(q_ranges=">f4"), "'q_ranges' has type float32 big-endian; expected integers"),
+    (dict(q_ranges="<f8"), "'q_ranges' has type float64 little-endian; expected integers"),
+]
+
+
+@pytest.mark.parametrize("types, message", BAD_TYPES)
+def test_types_that_do_not_convert_exactly_raise_naming_dataset_and_type(tmp_path, types, message):
+    path = tmp_path / "bad.h5"
+    write_typed(path, types.get("visual", "<f4"), types.get("text", "<f4"), types.get("q_ranges", "<i4"))
+    with pytest.raises(data.FeatureFileError, match=message):
+        data.load_shard(path)
+
+
+@pytest.mark.parametrize("ranges_type, value", [(">i8", 2**31 + 5), ("<u8", 2**63 + 1), (">u4", 2**32 - 1)])
+def test_q_ranges_outside_int32_raise(tmp_path, ranges_type, value):
+    path = tmp_path / "big.h5"
+    write_typed(path, "<f4", "<f4", None)
+    with h5py.File(path, "a") as f:
+        ranges = np.zeros((2, 5, 2), dtype=ranges_type)
+        ranges[1, 3] = (0, value)
+        f.create_dataset("q_ranges", data=ranges)
+    type_text = data.type_name(np.dtype(ranges_type))
+    with pytest.raises(data.FeatureFileError, match=rf"'q_ranges' \({type_text}\)\[1, 3\] = \[0, {value}\]"):
+        data.load_shard(path)
 
 
 # ---------------------------------------------------------------------------
@@ -254,3 +336,47 @@ def test_mpi_error_on_one_rank_raises_on_every_rank(tmp_path):
     # An explicit split that does not sum to the length fails on all ranks alike.
     with pytest.raises(data.FeatureFileError, match="must be non-negative and sum"):
         data.load_shard(path, comm, visual_split=[1] * comm.size)
+
+
+@pytest.mark.mpi(min_size=1)
+def test_mpi_big_endian_files_load_at_one_two_and_three_ranks(tmp_path):
+    """The issue's file: visual and text '>f4', q_ranges '>i4', through the collective load."""
+    from mpi4py import MPI
+    from dist_util import sub_comm
+    world = MPI.COMM_WORLD
+    path = shared_path(world, tmp_path, "big_endian.h5")
+    if world.rank == 0:
+        write_typed(path, ">f4", ">f4", ">i4", layout="frames")
+    world.Barrier()
+    with h5py.File(path, "r") as f:
+        visual, text, ranges = f["visual"][...], f["text"][...], f["q_ranges"][...]
+    for size in range(1, min(world.size, 3) + 1):
+        with sub_comm(world, size) as comm:
+            if comm is None:
+                continue
+            for dtype in (torch.float32, torch.bfloat16):
+                shard = data.load_shard(path, comm, dtype=dtype, chunk_bytes=40)
+                v0, t0 = shard.visual_offset, shard.text_offset
+                assert torch.equal(shard.visual,
+                                   expected_features(visual, dtype)[:, v0:v0 + shard.visual.shape[1]])
+                assert torch.equal(shard.text, expected_features(text, dtype)[:, t0:t0 + shard.text.shape[1]])
+                assert np.array_equal(shard.q_ranges.numpy(), ranges[:, t0:t0 + shard.text.shape[1]])
+                assert sum(comm.allgather(shard.visual.shape[1])) == 12
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("types, message", BAD_TYPES[::2])
+def test_mpi_bad_type_raises_on_every_rank(tmp_path, types, message):
+    from mpi4py import MPI
+    from dist_util import sub_comm
+    world = MPI.COMM_WORLD
+    path = shared_path(world, tmp_path, "bad_type.h5")
+    if world.rank == 0:
+        write_typed(path, types.get("visual", ">f4"), types.get("text", ">f4"), types.get("q_ranges", ">i4"))
+    world.Barrier()
+    for size in range(1, min(world.size, 3) + 1):
+        with sub_comm(world, size) as comm:
+            if comm is None:
+                continue
+            with pytest.raises(data.FeatureFileError, match=message):
+                data.load_shard(path, comm)

@@ -125,7 +125,7 @@ def test_bytes_sent_match_the_formula_and_lvx_sends_less(dtype):
         ranges[..., 1] = Lkv
         lvxattn.cross_attention(q, k, v, comm=comm, algorithm=algorithm, q_ranges=ranges).sum().backward()
         stats = lvxattn.last_stats()
-        assert stats["algorithm"] == algorithm
+        assert stats["algorithm"] == algorithm and stats["path"] == "mpi"
         for phase in ("forward", "backward"):
             want = expected_bytes(algorithm, phase, P, rank, lq, lkv, B, Hq, Hkv, D, es, True,
                                   stats.get("lvx_gather", False))
@@ -202,3 +202,15 @@ def test_a_bad_lvx_gather_setting_on_one_rank_fails_every_rank():
         with pytest.raises(lvxattn.InvalidArgumentError, match="rank 1: LVX_LVX_GATHER must be auto, ring"):
             lvxattn.cross_attention(q, k, k, comm=comm)
     lvxattn.cross_attention(q, k, k, comm=comm)  # and the next call runs
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_bad_gather_size_setting_on_one_rank_fails_every_rank(monkeypatch):
+    comm = WORLD
+    q, k = torch.randn(1, 3, 2, 8), torch.randn(1, 5, 2, 8)
+    if comm.rank == comm.size - 1:
+        monkeypatch.setenv("LVX_GATHER_MAX_MB", "lots")
+    with pytest.raises(lvxattn.InvalidArgumentError, match=f"rank {comm.size - 1}: LVX_GATHER_MAX_MB must be a number"):
+        lvxattn.cross_attention(q, k, k, comm=comm)
+    monkeypatch.delenv("LVX_GATHER_MAX_MB", raising=False)
+    lvxattn.cross_attention(q, k, k, comm=comm)

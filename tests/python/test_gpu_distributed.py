@@ -77,9 +77,10 @@ def test_gpu_algorithms_and_transports_match_reference(case):
     torch.cuda.synchronize(dev)
     stats = lvxattn.last_stats()
     if P > 1:
-        assert stats["transport"].startswith(transport)
-        if algorithm == "lvx":  # auto gathers over NCCL, not through host staging
-            assert stats["lvx_gather"] == (form in ("gather", "overlap", "single") or (not form and transport == "nccl"))
+        assert stats["transport"].startswith(transport) and stats["path"].startswith(transport)
+        if algorithm == "lvx":  # auto gathers where the path moves device memory, not through host staging
+            direct = stats["path"] in ("nccl", "mpi-direct")
+            assert stats["lvx_gather"] == (form in ("gather", "overlap", "single") or (not form and direct))
             assert not form or form == "gather" or stats["lvx_form"] == form
 
     tol = TOL[dtype]
@@ -102,3 +103,19 @@ def test_gpu_matches_cpu_backend_bitwise_close():
     o_cpu = lvxattn.cross_attention(*parts, comm=comm)
     o_gpu = lvxattn.cross_attention(*(t.to(dev) for t in parts), comm=comm).cpu()
     assert rel_err(o_gpu, o_cpu.double()) < 1e-2
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ranks_on_different_device_types_all_fail_before_any_transport():
+    """Rank 0 passes CPU tensors, the others GPU tensors: one plan's allgather fails every
+    rank with the same message (no transport is made, so none waits in its set-up)."""
+    comm, rank = WORLD, WORLD.rank
+    dev = torch.device("cpu") if rank == 0 else local_device()
+    q, k = torch.randn(1, 4, 2, 64).to(dev, torch.bfloat16), torch.randn(1, 6, 2, 64).to(dev, torch.bfloat16)
+    with pytest.raises(lvxattn.RankMismatchError) as info:
+        lvxattn.cross_attention(q, k, k, comm=comm)
+    assert "device type" in str(info.value) and "rank 0 has cpu" in str(info.value)
+    assert len(set(comm.allgather(str(info.value)))) == 1
+    dev = local_device()  # and the next call runs (over MPI: ranks may share one GPU)
+    assert torch.isfinite(lvxattn.cross_attention(q.to(dev), k.to(dev), k.to(dev), comm=comm, transport="mpi").float()).all()
+

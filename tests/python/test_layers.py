@@ -139,6 +139,33 @@ def test_recompute_and_plain_autograd_agree_exactly_enough():
         assert_close(grads_r[name], grads_p[name], name, rtol=1e-5, atol=1e-6)
 
 
+def test_recompute_backward_reuses_each_layers_forward_plan(monkeypatch):
+    """Each layer plans (checks, allgathers) once, in its forward; its backward runs that plan."""
+    import lvxattn.api
+
+    plans = []
+    real = lvxattn.api._plan
+    monkeypatch.setattr(lvxattn.api, "_plan", lambda *a, **kw: plans.append(1) or real(*a, **kw))
+    model, text, visual, q_ranges, loss_weights = make_problem(3, 2, 6, 9, "latest", seed=4)
+    model.recompute = True
+    out = model(text, visual.clone().requires_grad_(True), q_ranges)
+    assert len(plans) == 3
+    (out * loss_weights).sum().backward()
+    assert len(plans) == 3
+
+
+def test_a_reused_plan_rejects_tensors_of_another_shape():
+    import lvxattn
+
+    q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 6, 2, 8)
+    o, lse, plan = lvxattn.forward_raw(q, k, k)
+    dq, dk, dv = lvxattn.backward_raw(q, k, k, o, lse, torch.ones_like(o), plan=plan)
+    want_dq, want_dk, want_dv = lvxattn.backward_raw(q, k, k, o, lse, torch.ones_like(o))
+    assert torch.equal(dq, want_dq) and torch.equal(dk, want_dk) and torch.equal(dv, want_dv)
+    with pytest.raises(lvxattn.InvalidArgumentError, match="the tensors do not match the plan"):
+        lvxattn.backward_raw(q[:, :3], k, k, o[:, :3], lse[..., :3], torch.ones_like(o[:, :3]), plan=plan)
+
+
 def saved_bytes(model, text, visual, q_ranges, recompute, comm=None):
     model.recompute = recompute
     model.settings = type(model.settings)(comm=comm)

@@ -109,6 +109,7 @@ DISAGREE = [
     ("algorithm", lambda a: {**a, "algorithm": "ring"}),
     ("scale", lambda a: {**a, "scale": 0.5}),
     ("q_ranges presence", lambda a: {**a, "q_ranges": ranges(2, 5, [[0, 1]] * 5)}),
+    ("transport", lambda a: {**a, "transport": "mpi"}),
 ]
 
 
@@ -123,6 +124,15 @@ def test_ranks_that_disagree_all_raise_the_same_error(field, make):
     text = str(info.value)
     assert field in text and "rank 0 has" in text and f"rank {comm.size - 1} has" in text
     assert len(set(comm.allgather(text))) == 1  # word for word the same everywhere
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(30)
+def test_a_transport_that_cannot_run_fails_every_rank_before_it_is_made():
+    """NCCL asked for host tensors: the plan, not the transport's set-up, fails every rank."""
+    with pytest.raises(lvxattn.InvalidArgumentError, match="transport 'nccl' needs CUDA tensors"):
+        lvxattn.cross_attention(**good(), comm=WORLD, transport="nccl")
+    assert torch.isfinite(lvxattn.cross_attention(**good(), comm=WORLD)).all()
 
 
 # ---------------------------------------------------------------- properties --
@@ -231,6 +241,27 @@ def test_soak_long_no_memory_growth():
 def test_soak_distributed_no_memory_growth():
     growth = soak(200, WORLD)
     assert max(WORLD.allgather(growth)) < 8.0
+
+
+GPU_RANGES = [
+    ("q_ranges begin > end", ValueError, "begin <= end in every row \\(10 rows", [[5, 2]] * 5),
+    ("q_ranges negative", ValueError, "begin must be >= 0, got -3", [[-3, 2]] * 5),
+    ("q_ranges past the KV length", ValueError, "exceeds the global KV length", [[0, 99]] * 5),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not torch.cuda.is_available() or not lvxattn.cuda_built(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name,exc,pattern,pairs", GPU_RANGES, ids=[r[0] for r in GPU_RANGES])
+def test_bad_device_q_ranges_are_rejected_like_host_ones(name, exc, pattern, pairs):
+    """q_ranges in device memory go through the same check (a reduction on the GPU, one read)."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    args = {n: t.to(dev, torch.bfloat16) for n, t in good(D=64).items()}
+    with pytest.raises(exc, match=pattern):
+        lvxattn.cross_attention(**args, q_ranges=ranges(2, 5, pairs).to(dev))
+    ok = ranges(2, 5, [[0, 6]] * 5).to(dev)
+    assert torch.isfinite(lvxattn.cross_attention(**args, q_ranges=ok).float()).all()
 
 
 @pytest.mark.gpu

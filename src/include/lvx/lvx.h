@@ -2,18 +2,40 @@
  *
  * Layouts (contiguous): Q, O, dO, dQ [B, Lq_local, Hq, D]; K, V, dK, dV
  * [B, Lkv_local, Hkv, D]; LSE [B, Hq, Lq_local] float; q_ranges (optional)
- * int32 [B, Lq_local, 2] = visible KV interval [begin, end) in global KV rows.
- * Each global sequence is split into contiguous pieces in rank order; pieces may
- * differ in length (zero included). Calls on a context are collective.
+ * int32 [B, Lq_local, 2] = visible KV interval [begin, end) in global KV rows, in the
+ * context's device memory (host memory for a CPU context). Each global sequence is split
+ * into contiguous pieces in rank order; pieces may differ in length (zero included).
+ * Calls on a context are collective: every rank makes the same calls in the same order,
+ * and bad input on any rank fails the call on every rank with the same message.
  *
  * Every call returns an lvx_result_t; lvx_last_error() gives the text of the
- * last failure on the calling thread. */
+ * last failure on the calling thread.
+ *
+ * Versions and the ABI. LVX_VERSION_* name this header, lvx_version() the library linked.
+ * Every struct that crosses the boundary begins with `struct_size`, which the caller
+ * sets to sizeof(the struct) as it compiled it: lvx_default_options() and
+ * lvx_default_problem() do (and fill every other field with its default); for
+ * lvx_stats_t write `lvx_stats_t s = {sizeof(lvx_stats_t)};`. The library reads and
+ * writes only the fields that fit in struct_size, so a program built against an older
+ * header runs with a newer library. The rules for changing this header: fields are only
+ * ever appended to a struct, never removed, reordered or retyped; enum values never
+ * change; anything else is a new major version. A struct_size of 0 (a struct not filled
+ * by its lvx_default_* function) or one smaller than the struct's first layout fails
+ * with LVX_ERROR_INVALID_ARGUMENT.
+ * From 0.1: lvx_options_t and lvx_problem_t gained struct_size as their first field and
+ * lvx_options_t.transport became an lvx_transport_t: fill both structs with their
+ * lvx_default_* function, then set fields by name. */
 #ifndef LVX_LVX_H
 #define LVX_LVX_H
 
 #include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#define LVX_VERSION_MAJOR 0
+#define LVX_VERSION_MINOR 2
+#define LVX_VERSION_PATCH 0
+#define LVX_VERSION (LVX_VERSION_MAJOR * 10000 + LVX_VERSION_MINOR * 100 + LVX_VERSION_PATCH)
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,33 +56,54 @@ typedef enum {
 typedef enum { LVX_FLOAT32 = 0, LVX_FLOAT16 = 1, LVX_BFLOAT16 = 2 } lvx_dtype_t;
 typedef enum { LVX_ALGO_LVX = 0, LVX_ALGO_RING = 1, LVX_ALGO_ULYSSES = 2, LVX_ALGO_AUTO = 3 } lvx_algorithm_t;
 typedef enum { LVX_DEVICE_CPU = 0, LVX_DEVICE_CUDA = 1 } lvx_device_t;
+/* A context asks for AUTO (NCCL for device buffers where built, else MPI), MPI or NCCL;
+ * lvx_stats_t names the path that ran: NONE (one rank), MPI (host buffers), MPI_STAGED
+ * (device buffers through pinned host memory), MPI_DIRECT (device buffers, CUDA-aware
+ * MPI) or NCCL. */
+typedef enum {
+  LVX_TRANSPORT_AUTO = 0,
+  LVX_TRANSPORT_MPI = 1,
+  LVX_TRANSPORT_NCCL = 2,
+  LVX_TRANSPORT_MPI_STAGED = 3,
+  LVX_TRANSPORT_MPI_DIRECT = 4,
+  LVX_TRANSPORT_NONE = 5
+} lvx_transport_t;
 
 typedef struct lvx_context_s* lvx_context_t;
 
 typedef struct {
-  lvx_device_t device;  /* where the buffers live */
-  int device_index;     /* CUDA device, -1: local rank modulo the device count */
-  int threads;          /* CPU threads, 0: cores divided by ranks on the node */
-  const char* transport; /* "auto", "mpi" or "nccl"; NULL means "auto" */
+  size_t struct_size;        /* sizeof(lvx_options_t) (lvx_default_options) */
+  lvx_device_t device;       /* where the buffers live; default CPU */
+  int device_index;          /* CUDA device, -1 (default): local rank modulo the device count */
+  int threads;               /* CPU threads, 0 (default): cores divided by ranks on the node */
+  lvx_transport_t transport; /* AUTO (default), MPI or NCCL */
 } lvx_options_t;
 
 typedef struct {
+  size_t struct_size;           /* sizeof(lvx_problem_t) (lvx_default_problem) */
   int64_t batch, q_len, kv_len; /* q_len and kv_len are this rank's rows */
   int64_t q_heads, kv_heads, head_dim;
-  lvx_dtype_t dtype;
-  lvx_algorithm_t algorithm;
-  float scale;                  /* NaN: 1/sqrt(head_dim) */
+  lvx_dtype_t dtype;            /* default FLOAT32 */
+  lvx_algorithm_t algorithm;    /* default LVX */
+  float scale;                  /* NaN (default): 1/sqrt(head_dim) */
 } lvx_problem_t;
 
 typedef struct {
+  size_t struct_size;           /* set by the caller: sizeof(lvx_stats_t) */
   uint64_t bytes_sent, bytes_recv;
   double compute_s, blocked_s, total_s;
   int steps;
   lvx_algorithm_t algorithm;    /* the one that ran (resolves LVX_ALGO_AUTO) */
+  lvx_transport_t transport;    /* the path that ran */
 } lvx_stats_t;
 
+/* LVX_VERSION of the library linked. */
+int lvx_version(void);
+
 void lvx_default_options(lvx_options_t* options);
-/* Collective over comm. comm == MPI_COMM_NULL makes a single-process context. */
+void lvx_default_problem(lvx_problem_t* problem);
+/* Collective over comm. comm == MPI_COMM_NULL makes a single-process context. Fails on
+   every rank when it fails on one (a device that does not exist, say). */
 lvx_result_t lvx_context_create(MPI_Comm comm, const lvx_options_t* options, lvx_context_t* context);
 void lvx_context_destroy(lvx_context_t context);
 /* CUDA stream (cudaStream_t) for the context's work; NULL: its own stream. */

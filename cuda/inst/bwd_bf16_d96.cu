@@ -1,4 +1,0 @@
-// Attention bwd step for __nv_bfloat16 storage, head dim 96.
-#include "../attend_launch.cuh"
-
-LVX_INSTANTIATE_ATTEND_BWD(__nv_bfloat16, 96)

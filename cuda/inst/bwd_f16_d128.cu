@@ -1,4 +1,0 @@
-// Attention bwd step for __half storage, head dim 128.
-#include "../attend_launch.cuh"
-
-LVX_INSTANTIATE_ATTEND_BWD(__half, 128)

@@ -1,4 +1,0 @@
-// Attention fwd step for float storage, head dim 32.
-#include "../attend_launch.cuh"
-
-LVX_INSTANTIATE_ATTEND_FWD(float, 32)

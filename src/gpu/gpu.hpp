@@ -1,0 +1,19 @@
+// What the CUDA layer (cuda/) gives the rest of the library: a backend on one GPU here,
+// the transports for device buffers in gpu/transports.hpp. src/ declares both and never
+// includes cuda/; the library is linked with cuda/'s definitions, or with no_gpu.cpp's
+// stand-ins in a build without CUDA. (No MPI here: the kernel playground includes it.)
+#pragma once
+
+#include <memory>
+
+#include "core/backend.hpp"
+
+namespace lvx::gpu {
+
+// Whether this build has the CUDA backend.
+bool built();
+
+// Throws "unsupported" in a build without CUDA.
+std::unique_ptr<Backend> make_backend(int device);
+
+}  // namespace lvx::gpu
