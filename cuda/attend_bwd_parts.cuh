@@ -53,6 +53,30 @@ __device__ __forceinline__ bool bwd_tile_visible_warp(const BwdParams& p, int b,
   return __any_sync(0xffffffffu, vis);
 }
 
+// bwd_tile_visible_warp, also giving the KV rows every row of the tile sees, [all_lo,
+// all_hi) (empty when a row sees none).
+template <int BM, int BN>
+__device__ __forceinline__ bool bwd_tile_rows_warp(const BwdParams& p, int b, int q0, int n0, int kv_hi, bool& whole,
+                                                   int& all_lo, int& all_hi) {
+  whole = kv_hi - n0 == BN;
+  all_lo = 0;
+  all_hi = p.Lkv;
+  if (!p.q_ranges) return true;
+  bool vis = false;
+  int lo = 0, hi = p.Lkv;
+  for (int r = threadIdx.x % 32; r < BM; r += 32) {
+    if (q0 + r >= p.Lq) continue;
+    const int2 iv = local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + q0 + r);
+    vis |= iv.x < kv_hi && iv.y > n0 && iv.y > iv.x;
+    lo = max(lo, iv.x);
+    hi = min(hi, iv.y);
+  }
+  all_lo = __reduce_max_sync(0xffffffffu, lo);
+  all_hi = __reduce_min_sync(0xffffffffu, hi);
+  whole = whole && all_lo <= n0 && all_hi >= kv_hi;
+  return __any_sync(0xffffffffu, vis);
+}
+
 // Per-row inputs of query tile [q0, q0 + BM) of head h, written by one warp with plain
 // loads (the sm_90a kernel's producer, ahead of the consumers): as below.
 template <int BM>
@@ -82,8 +106,18 @@ __device__ __forceinline__ void bwd_load_row_stats(const BwdParams& p, int b, in
   }
 }
 
+// Whether score s[nb][e] of a (16 KV rows x BM queries) slab (KV row kv_row0 + 8·(e / 2),
+// query 8nb + 2t + e % 2) is hidden: the query cannot see the KV row, or sees nothing.
+__device__ __forceinline__ bool bwd_hidden(const float* lse, const int2* iv, int kv_row0, int Lkv, int nb, int e,
+                                           int t) {
+  const int qc = nb * 8 + 2 * t + (e & 1), kv = kv_row0 + (e >> 1) * 8;
+  const int2 r = iv[qc];
+  return lse[qc] == -INFINITY || kv < r.x || kv >= r.y || kv >= Lkv;
+}
+
 // Pᵀ of one (16 KV rows x BM queries) slab from the scores Sᵀ in place, then packed as
-// m16k16 A fragments (pa[kk] = queries 16kk .. 16kk + 15).
+// m16k16 A fragments (pa[kk] = queries 16kk .. 16kk + 15). With need_mask, P is 0 by a
+// select where the score is hidden (exp2 of -inf − lse is NaN when lse is NaN).
 template <typename T, int BM>
 __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
                                           const int2* iv, float scale_log2, bool need_mask, int kv_row0, int Lkv,
@@ -95,13 +129,9 @@ __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[
     for (int e = 0; e < 4; ++e) {
       const int qc = nb * 8 + 2 * t + (e & 1);
       const float l2 = lse[qc] * kLog2e;
-      float pv = l2 == -INFINITY ? 0.f : exp2f(s[nb][e] * scale_log2 - l2);
-      if (need_mask) {
-        const int kv = kv_row0 + (e >> 1) * 8;
-        const int2 r = iv[qc];
-        if (kv < r.x || kv >= r.y || kv >= Lkv) pv = 0.f;
-      }
-      s[nb][e] = pv;
+      const float pv = exp2f(s[nb][e] * scale_log2 - l2);
+      const bool zero = need_mask ? bwd_hidden(lse, iv, kv_row0, Lkv, nb, e, t) : l2 == -INFINITY;
+      s[nb][e] = zero ? 0.f : pv;
     }
 #pragma unroll
   for (int kk = 0; kk < BM / 16; ++kk) {
@@ -112,10 +142,13 @@ __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[
   }
 }
 
-// dSᵀ = Pᵀ ∘ (dPᵀ − Dl), with Pᵀ as rounded for the dV product, packed like pa.
-template <typename T, int BM>
+// dSᵀ = Pᵀ ∘ (dPᵀ − Dl), with Pᵀ as rounded for the dV product, packed like pa. kSelect:
+// 0 by a select where the score is hidden (bwd_hidden): there dPᵀ = V dOᵀ may be NaN (a
+// V or dO row the query cannot see), and 0·NaN = NaN.
+template <typename T, int BM, bool kSelect>
 __device__ __forceinline__ void bwd_dscores(const uint32_t (&pa)[BM / 16][4], const float (&dp)[BM / 8][4],
-                                            const float* dl, uint32_t (&da)[BM / 16][4], int t) {
+                                            const float* dl, const float* lse, const int2* iv, int kv_row0, int Lkv,
+                                            uint32_t (&da)[BM / 16][4], int t) {
 #pragma unroll
   for (int kk = 0; kk < BM / 16; ++kk)
 #pragma unroll
@@ -124,7 +157,12 @@ __device__ __forceinline__ void bwd_dscores(const uint32_t (&pa)[BM / 16][4], co
       const int nb = 2 * kk + (r >> 1), e0 = 2 * (r & 1);
       const float2 pv = Pack2<T>::to_float2(pa[kk][r]);
       const int qc = nb * 8 + 2 * t;
-      da[kk][r] = Pack2<T>::from(pv.x * (dp[nb][e0] - dl[qc]), pv.y * (dp[nb][e0 + 1] - dl[qc + 1]));
+      float x = pv.x * (dp[nb][e0] - dl[qc]), y = pv.y * (dp[nb][e0 + 1] - dl[qc + 1]);
+      if (kSelect) {
+        x = bwd_hidden(lse, iv, kv_row0, Lkv, nb, e0, t) ? 0.f : x;
+        y = bwd_hidden(lse, iv, kv_row0, Lkv, nb, e0 + 1, t) ? 0.f : y;
+      }
+      da[kk][r] = Pack2<T>::from(x, y);
     }
 }
 

@@ -11,11 +11,21 @@
 //     to the fp32 dQ in global memory with one TMA reduce-add (the memory system does
 //     the adds in whole lines, where per-thread atomics capped the kernel). The
 //     consumers meet once per tile (dSᵀ complete), at a named barrier.
+// Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
+// Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and the
+// producer sets K rows no query row of the step sees to 0 where they hold NaN/±Inf; the
+// other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
+// tile whose rows do not all see every KV row of the block lands on q_land: rows that
+// see none of them become 0, and a NaN/±Inf in a row that sees some marks the tile.
+// A marked tile (sExact) forms dV, dK and dQ term by term over the (KV row, query)
+// pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
+// dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select).
 #pragma once
 
 #include "attend_bwd_parts.cuh"
 #include "attend_config.hpp"
 #include "tma.cuh"
+#include "visibility.cuh"
 
 namespace lvx::cuda {
 
@@ -41,16 +51,21 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   extern __shared__ __align__(128) unsigned char smem_sm90[];
   __shared__ float sLse[S][BM], sDl[S][BM];
   __shared__ int2 sIv[S][BM];
-  __shared__ int sItem[S], sWhole[S];
-  __shared__ __align__(8) uint64_t bars[1 + 2 * S];
+  __shared__ int sItem[S], sWhole[S], sExact[S];
+  __shared__ uint32_t sKpart[BwdSm90::kBlockN / 32];  // producer: K rows with a NaN/±Inf some query sees
+  __shared__ __align__(8) uint64_t bars[2 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + BwdSm90::kKvBytes;
   const uint32_t sQ = sV + BwdSm90::kKvBytes, sdO = sQ + S * kQ;  // [S] each
   const uint32_t sdS = sdO + S * kQ;                              // [2]
   const uint32_t sdQ = sdS + 2 * BwdSm90::kDsBytes;               // [consumer warpgroup]
-  // Barriers: K and V landed; a stage's Q, dO and row inputs ready; a stage read by every consumer warp.
+  // Barriers: K and V ready; a stage's Q, dO and row inputs ready; a stage read by every
+  // consumer warp; K and V, or a stage's Q and dO, landed where the producer fixes them
+  // before they are ready.
   const uint32_t kv_full = smem_addr(bars);
   auto q_full = [&](int st) { return kv_full + 8 * (1 + st); };
   auto q_empty = [&](int st) { return kv_full + 8 * (1 + S + st); };
+  auto q_land = [&](int st) { return kv_full + 8 * (1 + 2 * S + st); };
+  const uint32_t kv_land = kv_full + 8 * (1 + 3 * S);
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int hk = blockIdx.y, b = blockIdx.z, Lq = p.Lq, Lkv = p.Lkv;
@@ -58,9 +73,11 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   const int q_tiles = (Lq + BM - 1) / BM, items = p.group * q_tiles;
   if (tid == 0) {
     mbar_init(kv_full, 1);
+    mbar_init(kv_land, 1);
     for (int st = 0; st < S; ++st) {
       mbar_init(q_full(st), 1);
       mbar_init(q_empty(st), 8);
+      mbar_init(q_land(st), 1);
     }
     mbar_fence_init();
   }
@@ -69,19 +86,61 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
   if (wg == 0) {
     regs_dealloc<24>();
     if (tid >= 32) return;
-    // Producer warp.
-    if (lane == 0) {
-      mbar_arrive_expect(kv_full, 2 * BwdSm90::kKvBytes);
-      tma_load_rows(sK, &tk, 0, hk, n0, b, kv_full);
-      tma_load_rows(sK + BN * 128, &tk, 64, hk, n0, b, kv_full);
-      tma_load_rows(sV, &tv, 0, hk, n0, b, kv_full);
-      tma_load_rows(sV + BN * 128, &tv, 64, hk, n0, b, kv_full);
-    }
+    // Producer warp (lane 0 issues the loads; the warp fixes tiles, design at the top).
     const int kv_hi = min(Lkv, n0 + BN);
+    if (lane == 0) {
+      const uint32_t bar = p.q_ranges ? kv_land : kv_full;
+      mbar_arrive_expect(bar, 2 * BwdSm90::kKvBytes);
+      tma_load_rows(sK, &tk, 0, hk, n0, b, bar);
+      tma_load_rows(sK + BN * 128, &tk, 64, hk, n0, b, bar);
+      tma_load_rows(sV, &tv, 0, hk, n0, b, bar);
+      tma_load_rows(sV + BN * 128, &tv, 64, hk, n0, b, bar);
+    }
+    // K rows with a NaN/±Inf: those no query row of the step sees become 0; the others
+    // (sKpart, bit r of word r / 32) make every tile whose rows do not all see them exact.
+    uint32_t kpart[BN / 32];
+#pragma unroll
+    for (int i = 0; i < BN / 32; ++i) kpart[i] = 0;
+    if (p.q_ranges) {
+      mbar_wait(kv_land, 0);
+      bool any_bad = false;
+#pragma unroll
+      for (int i = 0; i < BN / 32; ++i) {
+        const int r = 32 * i + lane;
+        kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T>(sK, BN, r));
+        any_bad |= kpart[i] != 0;
+      }
+      if (any_bad) {
+        uint32_t seen[BN / 32];
+#pragma unroll
+        for (int i = 0; i < BN / 32; ++i) seen[i] = 0;
+        for (int q = lane; q < Lq; q += 32) {
+          const int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q);
+#pragma unroll
+          for (int i = 0; i < BN / 32; ++i) seen[i] |= interval_bits(iv.x, iv.y, n0 + 32 * i);
+        }
+#pragma unroll
+        for (int i = 0; i < BN / 32; ++i) {
+          seen[i] = __reduce_or_sync(0xffffffffu, seen[i]);
+          if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row(sK, BN, 32 * i + lane);
+          kpart[i] &= seen[i];
+        }
+        fence_proxy_async();
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(kv_full);
+    }
+    if (lane == 0)
+#pragma unroll
+      for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
+    __syncwarp();
+    uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
     int it = 0;
     for (int j = 0;; ++j) {
       bool whole = true;
-      while (it < items && !bwd_tile_visible_warp<BM, BN>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole)) ++it;
+      int all_lo = 0, all_hi = Lkv;
+      while (it < items && !bwd_tile_rows_warp<BM, BN>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
+        ++it;
       const int st = j % S;
       if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
       if (it >= items) {
@@ -93,17 +152,49 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
       }
       const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
       bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
+      // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
+      bool exact = false;
+#pragma unroll
+      for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
+      // Q and dO rows of rows that do not see every KV row of the block are fixed.
+      const bool qfix = p.q_ranges && !(all_lo <= n0 && all_hi >= kv_hi);
       if (lane == 0) {
         sItem[st] = it;
         sWhole[st] = whole;
+        sExact[st] = exact;
       }
       __syncwarp();
       if (lane == 0) {
-        mbar_arrive_expect(q_full(st), 2 * kQ);
-        tma_load_rows(sQ + st * kQ, &tq, 0, h, q0, b, q_full(st));
-        tma_load_rows(sQ + st * kQ + BM * 128, &tq, 64, h, q0, b, q_full(st));
-        tma_load_rows(sdO + st * kQ, &tdo, 0, h, q0, b, q_full(st));
-        tma_load_rows(sdO + st * kQ + BM * 128, &tdo, 64, h, q0, b, q_full(st));
+        const uint32_t bar = qfix ? q_land(st) : q_full(st);
+        mbar_arrive_expect(bar, 2 * kQ);
+        tma_load_rows(sQ + st * kQ, &tq, 0, h, q0, b, bar);
+        tma_load_rows(sQ + st * kQ + BM * 128, &tq, 64, h, q0, b, bar);
+        tma_load_rows(sdO + st * kQ, &tdo, 0, h, q0, b, bar);
+        tma_load_rows(sdO + st * kQ + BM * 128, &tdo, 64, h, q0, b, bar);
+      }
+      if (qfix) {
+        // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
+        // that sees some of them makes the tile exact.
+        mbar_wait(q_land(st), (land_phase >> st) & 1u);
+        land_phase ^= 1u << st;
+        bool bad = false;
+        for (int r = lane; r < BM; r += 32) {
+          const int2 iv = sIv[st][r];
+          if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
+          if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
+            zero_tile_row(sQ + st * kQ, BM, r);
+            zero_tile_row(sdO + st * kQ, BM, r);
+          } else {
+            bad |= tile_row_nonfinite<T>(sQ + st * kQ, BM, r) || tile_row_nonfinite<T>(sdO + st * kQ, BM, r);
+          }
+        }
+        fence_proxy_async();
+        __syncwarp();
+        bad = __any_sync(0xffffffffu, bad);
+        if (lane == 0) {
+          if (bad) sExact[st] = 1;
+          mbar_arrive(q_full(st));
+        }
       }
       ++it;
     }
@@ -144,6 +235,100 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     return sItem[j % S];
   };
 
+  // dQ half → shared memory (two 32-column boxes, 128-byte swizzle) → one reduce-add.
+  auto add_dq = [&](const float (&dq)[BM / 8][4], int h, int q0) {
+    const uint32_t dq_stage = opaque(sdQ) + cw * BwdSm90::kDqBytes;
+    const bool issuer = tid % 128 == 0;
+    if (issuer) bulk_wait_read();  // the previous reduce-add has read the stage
+    named_barrier(2 + cw, 128);
+    const int row0 = (int)opaque(warp * 16 + g);  // addresses formed here, not held across the loop
+#pragma unroll
+    for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        const int row = row0 + ri * 8, chunk = (nb % 4) * 2 + t / 2;
+        const uint32_t addr = dq_stage + (nb / 4) * BM * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
+                     "f"(dq[nb][2 * ri + 1] * p.scale));
+      }
+    fence_proxy_async();
+    named_barrier(2 + cw, 128);
+    if (issuer) {
+      tma_reduce_add_rows(&tdq, dq_stage, cw * 64, h, q0, b);
+      tma_reduce_add_rows(&tdq, dq_stage + BM * 128, cw * 64 + 32, h, q0, b);
+      bulk_commit();
+    }
+  };
+  // dSᵀ of this warpgroup's KV rows → shared memory (the A operand of dQ = dS K).
+  auto store_ds = [&](const uint32_t (&da)[BM / 16][4], uint32_t ds_tile) {
+    const int ds_row = cw * 64 + warp * 16 + g;
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        // da[kk][r]: KV row ds_row + 8·(r & 1), queries 16kk + 8·(r >> 1) + 2t, +1
+        const int row = ds_row + 8 * (r & 1), chunk = 2 * kk + (r >> 1);
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(ds_tile + swz_offset(BN, row, chunk) + 4 * t), "r"(da[kk][r]));
+      }
+  };
+  // The exact products of a tile the producer marked, term by term over the (KV row,
+  // query) pairs that see each other; no wgmma is in flight during them.
+  // acc (dV or dK of this thread's KV rows) += Xᵀ · rows (dO or Q tile), Xᵀ = Pᵀ from its
+  // A fragments xa, or (from_ds) dSᵀ from its shared-memory tile ds_tile:
+  auto kv_exact = [&](float (&acc)[D / 8][4], const uint32_t (&xa)[BM / 16][4], bool from_ds, uint32_t ds_tile,
+                      uint32_t rows_tile, const int2* iv) {
+    const int ds_row = cw * 64 + warp * 16 + g;
+#pragma unroll 1
+    for (int i = 0; i < BM; ++i) {
+      const int2 r = iv[i];
+      float2 x;
+      if (from_ds) {
+        const uint32_t dsb = opaque(ds_tile);
+        x = make_float2(tile_elem<T>(dsb, BN, ds_row, i / 8, i % 8), tile_elem<T>(dsb, BN, ds_row + 8, i / 8, i % 8));
+      } else {
+        x = a_frag_pair<T, BM / 16>(xa, i, lane);
+      }
+      const bool see0 = kv_row0 >= r.x && kv_row0 < r.y, see1 = kv_row0 + 8 >= r.x && kv_row0 + 8 < r.y;
+      const uint32_t base = opaque(rows_tile);
+#pragma unroll
+      for (int jj = 0; jj < D / 8; ++jj) {
+        const float2 v = tile_pair<T>(base, BM, i, jj, t);
+        if (see0) {
+          acc[jj][0] += x.x * v.x;
+          acc[jj][1] += x.x * v.y;
+        }
+        if (see1) {
+          acc[jj][2] += x.y * v.x;
+          acc[jj][3] += x.y * v.y;
+        }
+      }
+    }
+  };
+  // dq (this warpgroup's head-dim half of the tile's dQ) = dS K.
+  auto dq_exact = [&](float (&dq)[BM / 8][4], uint32_t ds_tile, const int2* iv) {
+    const int i0 = warp * 16 + g;
+    const int2 r0 = iv[i0], r1 = iv[i0 + 8];
+#pragma unroll 1
+    for (int k = 0; k < BN; ++k) {
+      const int col = n0 + k;
+      const bool see0 = col >= r0.x && col < r0.y, see1 = col >= r1.x && col < r1.y;
+      const uint32_t dsb = opaque(ds_tile), kb = opaque(sK);
+      const float ds0 = tile_elem<T>(dsb, BN, k, i0 / 8, i0 % 8), ds1 = tile_elem<T>(dsb, BN, k, i0 / 8 + 1, i0 % 8);
+#pragma unroll
+      for (int nb = 0; nb < BM / 8; ++nb) {
+        const float2 v = tile_pair<T>(kb, BN, k, 8 * cw + nb, t);
+        if (see0) {
+          dq[nb][0] += ds0 * v.x;
+          dq[nb][1] += ds0 * v.y;
+        }
+        if (see1) {
+          dq[nb][2] += ds1 * v.x;
+          dq[nb][3] += ds1 * v.y;
+        }
+      }
+    }
+  };
+
   mbar_wait(kv_full, 0);
   int it = next_item(0);
   issue_scores(0);
@@ -155,6 +340,41 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
     const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
     const uint32_t k_tile = opaque(sK), v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * BwdSm90::kDsBytes;
+
+    if (sExact[st]) {
+      // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
+      // dQ term by term.
+      uint32_t pa[BM / 16][4];
+      bwd_probs<T, BM>(s, pa, sLse[st], sIv[st], p.scale_log2, true, kv_row0, Lkv, t);
+      float dp[BM / 8][4];
+      float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<T>::template ss64<0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
+      wg_commit();
+      wg_wait<0>();
+      wg_fence_regs(dp_flat);
+      uint32_t da[BM / 16][4];
+      bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+      store_ds(da, ds_tile);
+      kv_exact(dv, pa, false, ds_tile, do_tile, sIv[st]);
+      kv_exact(dk, pa, true, ds_tile, q_tile, sIv[st]);
+      fence_proxy_async();
+      named_barrier(1, 256);  // dSᵀ of both warpgroups in place
+      float dq[BM / 8][4];
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+      dq_exact(dq, ds_tile, sIv[st]);
+      const int it_next = next_item(j + 1);
+      if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
+      add_dq(dq, h, q0);
+      issue_scores((j + 1) % S);  // also past the last tile (unused then)
+      wg_wait<0>();
+      wg_fence_regs(s_flat);
+      it = it_next;
+      continue;
+    }
 
     // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
     uint32_t pa[BM / 16][4];
@@ -177,21 +397,14 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
 
     // dSᵀ, then dK += dSᵀ Q, and dSᵀ to shared memory for dQ.
     uint32_t da[BM / 16][4];
-    bwd_dscores<T, BM>(pa, dp, sDl[st], da, t);
+    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+    else bwd_dscores<T, BM, false>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
     wg_fence_regs(dk_flat);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs128<1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
     wg_commit();
-    const int ds_row = cw * 64 + warp * 16 + g;
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        // da[kk][r]: KV row ds_row + 8·(r & 1), queries 16kk + 8·(r >> 1) + 2t, +1
-        const int row = ds_row + 8 * (r & 1), chunk = 2 * kk + (r >> 1);
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(ds_tile + swz_offset(BN, row, chunk) + 4 * t), "r"(da[kk][r]));
-      }
+    store_ds(da, ds_tile);
     fence_proxy_async();
     named_barrier(1, 256);  // dSᵀ of both warpgroups in place
     wg_wait<0>();           // dV, dK: Pᵀ and dSᵀ registers free
@@ -214,28 +427,7 @@ __global__ void __launch_bounds__(BwdSm90::kThreads, 1)
     wg_wait<1>();
     wg_fence_regs(dq_flat);
     if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
-
-    // dQ half → shared memory (two 32-column boxes, 128-byte swizzle) → one reduce-add.
-    const uint32_t dq_stage = opaque(sdQ) + cw * BwdSm90::kDqBytes;
-    const bool issuer = tid % 128 == 0;
-    if (issuer) bulk_wait_read();  // the previous reduce-add has read the stage
-    named_barrier(2 + cw, 128);
-#pragma unroll
-    for (int nb = 0; nb < BM / 8; ++nb)
-#pragma unroll
-      for (int ri = 0; ri < 2; ++ri) {
-        const int row = warp * 16 + g + ri * 8, chunk = (nb % 4) * 2 + t / 2;
-        const uint32_t addr = dq_stage + (nb / 4) * BM * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
-        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
-                     "f"(dq[nb][2 * ri + 1] * p.scale));
-      }
-    fence_proxy_async();
-    named_barrier(2 + cw, 128);
-    if (issuer) {
-      tma_reduce_add_rows(&tdq, dq_stage, cw * 64, h, q0, b);
-      tma_reduce_add_rows(&tdq, dq_stage + BM * 128, cw * 64 + 32, h, q0, b);
-      bulk_commit();
-    }
+    add_dq(dq, h, q0);
     wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
     wg_fence_regs(s_flat);
     it = it_next;

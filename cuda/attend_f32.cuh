@@ -52,7 +52,7 @@ __global__ void attend_fwd_f32_kernel(const FwdParams p) {
     }
     m = m_new;
   }
-  if (!(l > 0.f)) return;
+  if (l == 0.f) return;  // saw nothing; a NaN l (the row sees a NaN) goes on as NaN
   const size_t lse_idx = ((size_t)b * p.Hq + h) * p.Lq + row;
   const float lse_b = (m + log2f(l)) * 0.6931471805599453f;
   const float lse_a = p.lse[lse_idx];

@@ -135,7 +135,7 @@ __device__ __forceinline__ void fwd_epilogue(const FwdParams& p, const float (&a
     const int row = row0 + ri * 8;
     const float l = quad_sum(lrow[ri]);
     if (row >= Lq) continue;
-    const bool empty = !(l > 0.f);
+    const bool empty = l == 0.f;  // saw nothing; a NaN l (the row sees a NaN) goes on as NaN
     const float lse_b = empty ? -INFINITY : (mrow[ri] + __log2f(l)) * kLn2;
     const float inv_l = empty ? 0.f : 1.f / l;
     const size_t lse_idx = ((size_t)b * p.Hq + h) * Lq + row;

@@ -57,7 +57,7 @@ __global__ void merge_lse_kernel(float* o, float* lse, const float* o_in, const 
   const int64_t li = (b * H + h) * L + i;
   const float la = lse[li], lb = lse_in[li];
   const float mx = fmaxf(la, lb);
-  if (mx == -INFINITY || lb == -INFINITY) return;
+  if (lb == -INFINITY) return;  // a NaN lb (the row sees a NaN) goes on as NaN
   const float wa = __expf(la - mx), wb = __expf(lb - mx), inv = 1.f / (wa + wb);
   float* orow = o + w * D;
   const float* irow = o_in + w * D;

@@ -15,6 +15,7 @@
 
 #include "context/context.hpp"
 #include "core/error.hpp"
+#include "cpu/attend_cpu.hpp"
 #include "gpu/gpu.hpp"
 #include "gpu/transports.hpp"
 #include "lvx/lvx.h"
@@ -305,6 +306,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_built", &lvx::gpu::built, "whether this build has the CUDA backend");
   m.def("nccl_built", &lvx::gpu::nccl_built, "whether this build has the NCCL transport");
   m.attr("MAX_HEAD_DIM") = lvx::kMaxHeadDim;
+  m.def("cpu_isas_available", &lvx::cpu::cpu_isas_available,
+        "CPU kernel variants built and supported by this CPU, best first");
+  m.def("cpu_isa", &lvx::cpu::cpu_isa, "the CPU kernel variant that runs");
+  m.def("set_cpu_isa", &lvx::cpu::set_cpu_isa, py::arg("name"),
+        "switch the CPU kernel variant; False when not built or not supported");
+  m.def("cpu_kernels_describe", &lvx::cpu::cpu_kernels_describe, "CPU kernel variant and BLAS, in words");
   bind_plan(m);
   bind_context(m);
 }

@@ -1,16 +1,22 @@
 // Kernel playground: checks the CUDA backend's attention kernels against a float64
 // CPU reference (fresh random inputs and accumulators, masks, GQA, odd lengths, B > 1,
 // split-KV) and prints one line per case. Exit status 1 if any case fails.
+// Poisoned cases put NaN/±Inf where some rows cannot see them (KV rows no row sees,
+// KV rows only some rows see, Q/dO of rows that see nothing or only part of the KV);
+// the reference computes each row from its visible KV rows only, and the check asks
+// for the reference's NaN/±Inf pattern exactly and exact zeros where it has nothing.
 // Build and run: cuda/dev/run_playground.sh
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.hpp"
@@ -65,26 +71,48 @@ struct Dev {
   ~Dev() { for (void* p : ptrs) be.release(p); }
 };
 
-double rel_err(const std::vector<float>& out, const std::vector<double>& ref, bool& nan) {
+// Relative error over the entries where the reference is finite; `bad` is set where
+// the output is not the reference's NaN, its ±Inf, or finite where it is, and where
+// the reference is exactly `exact` (nothing reached the entry) but the output is not.
+double rel_err(const std::vector<float>& out, const std::vector<double>& ref, bool& bad, double exact = NAN) {
   double num = 0, den = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
-    if (std::isinf(ref[i])) {
-      if (!(std::isinf(out[i]) && out[i] < 0)) num += 1e30;
+    const double o = out[i], r = ref[i];
+    if (std::isnan(r) != std::isnan(o) || (std::isinf(r) && o != r) || (std::isfinite(r) && !std::isfinite(o))) {
+      bad = true;
       continue;
     }
-    if (!std::isfinite(out[i])) nan = true;
-    num += (out[i] - ref[i]) * (out[i] - ref[i]);
-    den += ref[i] * ref[i];
+    if (!std::isfinite(r)) continue;
+    if (r == exact && o != exact) bad = true;
+    num += (o - r) * (o - r);
+    den += r * r;
   }
   return std::sqrt(num / (den > 0 ? den : 1));
 }
 
+// Where a case puts NaN/±Inf (Poison), all heads of the rows named.
+enum Poison { kNone, kKvHidden, kVPartial, kKPartial, kQEmpty, kQPartial };
+
 struct Case {
   const char* name;
   int B, Lq, Lkv, Hq, Hkv, D;
-  int mask;  // 0 none, 1 all_previous, 2 latest (interleaved images), 3 random intervals
+  int mask;  // 0 none, 1 all_previous, 2 latest (interleaved images), 3 random intervals,
+             // 4 layout (below), 5 every row sees [kv_total / 2, kv_total)
   long long kv_begin, kv_total;
+  Poison poison = kNone;
 };
+
+// Mask 4 over global KV rows: pad | image 1 | image 2 | gap | image 3 | tail; query row
+// i of batch b sees, by (i + b) % 6: nothing, images 1-2, image 2, image 2 less its last
+// row, image 3, image 3 from its second row. So tiles hold rows that see different
+// parts of them, KV rows no row sees (pad, gap, tail) and rows only some rows see.
+void layout_interval(long long T, int kind, long long& beg, long long& end) {
+  const long long pad = std::max(1LL, T / 10), tail = std::max(1LL, T / 10), gap = std::max(2LL, T / 10);
+  const long long body = T - pad - tail - gap, i1 = pad + body / 4, i2 = i1 + body / 3, g = i2 + gap;
+  const long long kinds[6][2] = {{pad + 1, pad + 1}, {pad, i2}, {i1, i2}, {i1, i2 - 1}, {g, T - tail}, {g + 1, T - tail}};
+  beg = kinds[kind][0];
+  end = kinds[kind][1];
+}
 
 // q_ranges like lvxattn.masks.interleaved_ranges over the global KV length.
 std::vector<int32_t> make_ranges(const Case& c) {
@@ -97,6 +125,11 @@ std::vector<int32_t> make_ranges(const Case& c) {
       if (c.mask == 3) {
         beg = u(rng); end = u(rng);
         if (end < beg) std::swap(beg, end);
+      } else if (c.mask == 4) {
+        layout_interval(c.kv_total, (i + b) % 6, beg, end);
+      } else if (c.mask == 5) {
+        beg = c.kv_total / 2;
+        end = c.kv_total;
       } else {
         int n = i < lead ? 0 : std::min(images, 1 + (int)((long long)(i - lead) * images / std::max(c.Lq - lead, 1)));
         auto bound = [&](int k) { return (long long)k * c.kv_total / images; };
@@ -109,6 +142,71 @@ std::vector<int32_t> make_ranges(const Case& c) {
   return r;
 }
 
+// Sets every head of row `row` of x ([B, L, H, D]) to `value`, in both representations.
+void set_row(Stored& x, const Case& c, int b, int row, int L, int H, float value) {
+  for (int h = 0; h < H; ++h)
+    for (int d = 0; d < c.D; ++d) {
+      const size_t i = (((size_t)b * L + row) * H + h) * c.D + d;
+      x.val[i] = value;
+      if (x.t == DType::bf16) { __nv_bfloat16 v = __float2bfloat16_rn(value); std::memcpy(&x.raw16[i], &v, 2); }
+      if (x.t == DType::f16) { __half v = __float2half_rn(value); std::memcpy(&x.raw16[i], &v, 2); }
+    }
+}
+
+// Puts NaN, +Inf or -Inf (by case and dtype) where c.poison says, batch by batch.
+void poison(const Case& c, DType t, const std::vector<int32_t>& ranges, Stored& q, Stored& k, Stored& v,
+            Stored& dout) {
+  static int calls = 0;
+  const float values[3] = {NAN, INFINITY, -INFINITY};
+  const float value = values[calls++ % 3];
+  for (int b = 0; b < c.B; ++b) {
+    // Local KV rows each query row sees; how many rows see each KV row.
+    std::vector<int> seen(c.Lkv, 0);
+    std::vector<std::pair<long long, long long>> iv(c.Lq);
+    for (int i = 0; i < c.Lq; ++i) {
+      long long lo = 0, hi = c.Lkv;
+      if (c.mask) {
+        lo = std::max<long long>(0, ranges[((size_t)b * c.Lq + i) * 2] - c.kv_begin);
+        hi = std::min<long long>(c.Lkv, ranges[((size_t)b * c.Lq + i) * 2 + 1] - c.kv_begin);
+      }
+      iv[i] = {lo, std::max(lo, hi)};
+      for (long long j = lo; j < hi; ++j) ++seen[j];
+    }
+    if (c.poison == kKvHidden || c.poison == kVPartial || c.poison == kKPartial)
+      for (int j = 0; j < c.Lkv; ++j)
+        if (seen[j] == 0) {
+          set_row(k, c, b, j, c.Lkv, c.Hkv, value);
+          set_row(v, c, b, j, c.Lkv, c.Hkv, value);
+        }
+    if (c.poison == kVPartial || c.poison == kKPartial) {
+      // The last KV row only some rows see, and one in the middle of the shard.
+      int last = -1, mid = -1;
+      for (int j = 0; j < c.Lkv; ++j)
+        if (seen[j] > 0 && seen[j] < c.Lq) {
+          last = j;
+          if (mid < 0 && j >= c.Lkv / 2) mid = j;
+        }
+      for (int j : {last, mid})
+        if (j >= 0) set_row(c.poison == kVPartial ? v : k, c, b, j, c.Lkv, c.Hkv, value);
+    }
+    if (c.poison == kQEmpty || c.poison == kQPartial) {
+      int partial = 0;
+      for (int i = 0; i < c.Lq; ++i) {
+        const bool empty = iv[i].second <= iv[i].first;
+        const bool part = !empty && (iv[i].first > 0 || iv[i].second < c.Lkv);
+        if (c.poison == kQEmpty && empty) {
+          set_row(q, c, b, i, c.Lq, c.Hq, value);
+          set_row(dout, c, b, i, c.Lq, c.Hq, value);
+        }
+        // Q of one row, dO of another, of the rows that see part of the shard.
+        if (c.poison == kQPartial && part && partial < 2)
+          set_row(partial++ ? dout : q, c, b, i, c.Lq, c.Hq, value);
+      }
+    }
+  }
+  (void)t;
+}
+
 bool run_case(Backend& be, const Case& c, DType t) {
   const size_t nq = (size_t)c.B * c.Lq * c.Hq * c.D, nkv = (size_t)c.B * c.Lkv * c.Hkv * c.D;
   const size_t nl = (size_t)c.B * c.Hq * c.Lq;
@@ -116,6 +214,7 @@ bool run_case(Backend& be, const Case& c, DType t) {
   const float scale = 1.f / std::sqrt((float)c.D) * 1.1f;
   Stored q(t, nq, 1.f), k(t, nkv, 1.f), v(t, nkv, 1.f), dout(t, nq, 1.f);
   std::vector<int32_t> ranges = c.mask ? make_ranges(c) : std::vector<int32_t>();
+  if (c.poison != kNone) poison(c, t, ranges, q, k, v, dout);
   // Running accumulator: half the rows fresh (0, -inf), half from an earlier step.
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<float> o0(nq), lse0(nl), dq0(nq), dk0(nkv), dv0(nkv), dl(nl);
@@ -215,21 +314,26 @@ bool run_case(Backend& be, const Case& c, DType t) {
   be.synchronize();
 
   bool nan = false;
-  const double e_o = rel_err(dev.down<float>(o, nq), o_ref, nan);
+  // O of a row that sees nothing is the accumulator as it was, exactly.
+  std::vector<float> o_out = dev.down<float>(o, nq);
+  for (size_t i = 0; i < nq; ++i)
+    if (o_ref[i] == (double)o0[i] && o_out[i] != o0[i]) nan = true;
+  const double e_o = rel_err(o_out, o_ref, nan);
   const double e_l = rel_err(dev.down<float>(lse, nl), lse_ref, nan);
-  // Gradient errors measured on the increments (the += target starts random).
+  // Gradient errors measured on the increments (the += target starts random); an
+  // increment the reference has nothing for must be exactly 0.
   auto inc_err = [&](float* p, const std::vector<float>& base, const std::vector<double>& ref) {
     std::vector<float> out = dev.down<float>(p, base.size());
     std::vector<double> r(ref.size());
     for (size_t i = 0; i < out.size(); ++i) { out[i] -= base[i]; r[i] = ref[i] - base[i]; }
-    return rel_err(out, r, nan);
+    return rel_err(out, r, nan, 0.0);
   };
   const double e_dq = inc_err(gdq, dq0, dq_ref), e_dk = inc_err(gdk, dk0, dk_ref), e_dv = inc_err(gdv, dv0, dv_ref);
   const double tol = t == DType::bf16 ? 1e-2 : t == DType::f16 ? 5e-3 : 1e-4;
   const bool ok = !nan && e_o < tol && e_l < tol && e_dq < tol && e_dk < tol && e_dv < tol;
-  std::printf("%-5s %-22s B=%d Lq=%-4d Lkv=%-5d H=%d/%d D=%-3d mask=%d | o %.2e lse %.2e dq %.2e dk %.2e dv %.2e %s%s\n",
+  std::printf("%-5s %-26s B=%d Lq=%-4d Lkv=%-5d H=%d/%d D=%-3d mask=%d | o %.2e lse %.2e dq %.2e dk %.2e dv %.2e %s%s\n",
               t == DType::bf16 ? "bf16" : t == DType::f16 ? "f16" : "f32", c.name, c.B, c.Lq, c.Lkv, c.Hq, c.Hkv, c.D,
-              c.mask, e_o, e_l, e_dq, e_dk, e_dv, nan ? "NaN " : "", ok ? "ok" : "FAIL");
+              c.mask, e_o, e_l, e_dq, e_dk, e_dv, nan ? "non-finite/exact-zero mismatch " : "", ok ? "ok" : "FAIL");
   return ok;
 }
 
@@ -254,10 +358,31 @@ int main(int argc, char** argv) {
       {"D128 tiles GQA", 1, 300, 1000, 8, 2, 128, 0, 0, 1000},
       {"D128 tiles random", 2, 260, 900, 4, 4, 128, 3, 30, 1000},
       {"D128 tiles latest", 1, 517, 1100, 2, 1, 128, 2, 0, 1100},
+      // NaN/±Inf where some rows cannot see them.
+      {"issue: shared edge, K/V pad", 1, 4, 10, 1, 1, 32, 5, 0, 10, kKvHidden},
+      {"shared edge tiles K/V pad", 1, 300, 1000, 2, 1, 128, 5, 0, 1000, kKvHidden},
+      {"layout K/V hidden", 2, 150, 700, 4, 2, 128, 4, 0, 700, kKvHidden},
+      {"layout V partial", 2, 150, 700, 4, 2, 128, 4, 0, 700, kVPartial},
+      {"layout K partial", 2, 150, 700, 4, 2, 128, 4, 0, 700, kKPartial},
+      {"layout Q/dO empty rows", 2, 150, 700, 4, 4, 128, 4, 0, 700, kQEmpty},
+      {"layout Q/dO partial rows", 1, 150, 700, 4, 2, 128, 4, 0, 700, kQPartial},
+      {"layout D64 V partial shard", 2, 93, 411, 4, 1, 64, 4, 100, 700, kVPartial},
+      {"layout D64 K partial shard", 2, 93, 411, 4, 1, 64, 4, 100, 700, kKPartial},
+      {"layout D64 Q/dO partial", 2, 77, 300, 4, 2, 64, 4, 0, 300, kQPartial},
+      {"split-KV layout K/V hidden", 1, 40, 4100, 2, 1, 128, 4, 0, 4100, kKvHidden},
+      {"split-KV layout V partial", 1, 40, 4100, 2, 1, 128, 4, 0, 4100, kVPartial},
+      {"D96 split-KV V partial", 1, 30, 2500, 2, 2, 96, 4, 0, 2500, kVPartial},
+      {"D32 random K partial", 2, 50, 200, 4, 2, 32, 3, 0, 200, kKPartial},
+      {"random K/V hidden", 1, 150, 333, 6, 3, 128, 3, 50, 500, kKvHidden},
+      {"latest Q/dO empty rows", 2, 93, 411, 4, 1, 64, 2, 0, 411, kQEmpty},
+      {"D128 many tiles V partial", 1, 517, 1300, 2, 1, 128, 4, 0, 1300, kVPartial},
+      {"D128 many tiles K partial", 1, 517, 1300, 2, 1, 128, 4, 0, 1300, kKPartial},
   };
   if (small)
     cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 140, 4, 2, 128, 1, 0, 140},
-             {"small D96 split", 1, 9, 600, 1, 1, 96, 0, 0, 600}};
+             {"small D96 split", 1, 9, 600, 1, 1, 96, 0, 0, 600},
+             {"small D128 V partial", 1, 70, 300, 2, 1, 128, 4, 0, 300, kVPartial},
+             {"small D64 K partial", 1, 37, 150, 2, 1, 64, 4, 0, 150, kKPartial}};
   int fails = 0;
   for (DType t : {DType::bf16, DType::f16, DType::f32})
     for (const Case& c : cases) fails += !run_case(*be, c, t);

@@ -10,7 +10,7 @@
 # test. Logs and CSVs go to $OUT. Steps are independent: one failing does not stop
 # the rest. A step list without "build" reuses /tmp/lvx_venv when an earlier call on
 # the same machine left it there. Usage:
-#   STEPS="build test bench kernels recompute memprofile sweep soak" experiments/device/run_gpus.sh
+#   STEPS="build test bench kernels recompute mllama memprofile sweep soak" experiments/device/run_gpus.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
@@ -56,6 +56,18 @@ if [[ " $steps " == *" test "* ]]; then
       tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
     echo "gpu distributed tests n=$n rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_dist_n$n.log" | sort | uniq -c | head -5
   done
+  # NaN/Inf outside the rows' intervals: both kernel families in one process, then lvx,
+  # ring and ulysses at 1-3 ranks (ranks share the GPUs through host-staged MPI).
+  for sm90 in 1 0; do
+    LVX_CUDA_SM90=$sm90 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu \
+      tests/python/test_gpu_masked_values.py >"$out/test_gpu_masked_sm90_$sm90.log" 2>&1
+    echo "gpu masked-value tests (LVX_CUDA_SM90=$sm90) rc=$?"; grep -E "passed|failed" "$out/test_gpu_masked_sm90_$sm90.log" | tail -3
+  done
+  for n in ${MASKED_RANKS:-1 2 3}; do
+    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
+      tests/python/test_gpu_masked_values.py >"$out/test_gpu_masked_n$n.log" 2>&1
+    echo "gpu masked-value tests n=$n rc=$?"; grep -E "passed|failed" "$out/test_gpu_masked_n$n.log" | sort | uniq -c | head -5
+  done
 fi
 
 if [[ " $steps " == *" bench "* ]]; then
@@ -98,6 +110,18 @@ if [[ " $steps " == *" recompute "* ]]; then
   for n in ${RECOMPUTE_RANKS:-1 $NGPU}; do
     timeout ${RECOMPUTE_TIMEOUT:-200} $MPIRUN -n $n "$PY" experiments/bench_recompute.py $RECOMPUTE_ARGS \
       --csv "$out/bench_recompute.csv" --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
+  done
+fi
+
+if [[ " $steps " == *" mllama "* ]]; then
+  # transformers' Mllama through lvxattn: GPU tests (one process), then the training-step benchmark.
+  timeout ${TEST_TIMEOUT:-200} "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/python/test_mllama.py \
+    >"$out/test_mllama_gpu.log" 2>&1
+  echo "mllama gpu tests rc=$?"; grep -E "passed|failed|Error" "$out/test_mllama_gpu.log" | sort | uniq -c | head -5
+  for n in ${MLLAMA_RANKS:-1}; do
+    timeout ${MLLAMA_TIMEOUT:-420} $MPIRUN -n $n "$PY" experiments/bench_mllama.py --csv "$out/bench_mllama.csv" \
+      $MLLAMA_ARGS >"$out/bench_mllama_n$n.log" 2>&1
+    echo "bench_mllama n=$n rc=$?"; tail -12 "$out/bench_mllama_n$n.log"
   done
 fi
 

@@ -153,15 +153,16 @@ def kv_backward(x: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: torch.Te
     need_x, need_wk, need_wv = needs
     batch, length, dim = x.shape
     dk_pre = _unit_rms_norm_backward(k, rstd, dk, dk if dk_is_scratch else torch.empty_like(dk))
-    dk2 = dk_pre.reshape(batch * length, -1)
-    dv2 = dv.reshape(batch * length, -1)
+    width = wk.shape[0]  # Hkv * D, spelled out: a rank may hold no visual rows (length 0)
+    dk2 = dk_pre.reshape(batch * length, width)
+    dv2 = dv.reshape(batch * length, width)
     x2 = x.reshape(batch * length, dim)
     dx = None
     if need_x and visual_grad is not None:
         visual_grad.add(dk2, wk, dv2, wv)
     elif need_x:
         # Not a view: autograd adds into a non-view gradient in place, into a view by copy.
-        dx = torch.matmul(dk_pre.view(batch, length, -1), wk)
+        dx = torch.matmul(dk_pre.view(batch, length, width), wk)
         dx.view(batch * length, dim).addmm_(dv2, wv)
     dwk = torch.mm(dk2.t(), x2) if need_wk else None
     dwv = torch.mm(dv2.t(), x2) if need_wv else None

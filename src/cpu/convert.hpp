@@ -6,8 +6,10 @@
 #include <cstring>
 
 #include "core/kernels.hpp"
+#include "cpu/isa.hpp"
 
 namespace lvx::cpu {
+inline namespace LVX_CPU_ISA {
 
 struct Bf16 {
   uint16_t bits;
@@ -47,4 +49,5 @@ inline void with_storage_type(DType t, Fn&& fn) {
   }
 }
 
+}  // namespace LVX_CPU_ISA
 }  // namespace lvx::cpu

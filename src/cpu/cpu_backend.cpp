@@ -19,7 +19,9 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads) : pool_(threads) {}
 
   DeviceKind kind() const override { return DeviceKind::cpu; }
-  std::string describe() const override { return "cpu (" + std::to_string(pool_.size()) + " threads)"; }
+  std::string describe() const override {
+    return "cpu (" + std::to_string(pool_.size()) + " threads; " + cpu::cpu_kernels_describe() + ")";
+  }
 
   void* allocate(size_t bytes) override {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);

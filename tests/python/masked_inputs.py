@@ -111,11 +111,12 @@ def attention_visible(q, k, v, q_ranges, scale=None):
     return o, lse
 
 
-def reference_with_grads(q, k, v, do, q_ranges, scale=None):
-    """attention_visible's o, lse and dq, dk, dv for the output gradient do (float64, CPU)."""
-    qr, kr, vr = (t.detach().cpu().double().requires_grad_() for t in (q, k, v))
+def reference_with_grads(q, k, v, do, q_ranges, scale=None, device="cpu"):
+    """attention_visible's o, lse and dq, dk, dv for the output gradient do (float64 on
+    `device`: torch's own float64 operations, CPU or GPU)."""
+    qr, kr, vr = (t.detach().to(device, torch.float64).requires_grad_() for t in (q, k, v))
     o, lse = attention_visible(qr, kr, vr, q_ranges, scale)
-    o.backward(do.cpu().double())
+    o.backward(do.to(device, torch.float64))
     return {"o": o.detach(), "lse": lse.detach(), "dq": qr.grad, "dk": kr.grad, "dv": vr.grad}
 
 
