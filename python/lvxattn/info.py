@@ -37,7 +37,8 @@ def _mapped_libraries(fragment: str) -> list[str]:
 def build_info(check_mpi4py: bool = True) -> dict:
     """This build's backends and transports, and checks against the running process.
 
-    Returns a dict: ``version``; ``cuda``, ``nccl``, ``mpi`` (CMake's summary lines:
+    Returns a dict: ``version``; ``cpu`` (the CPU kernels and BLAS this machine runs);
+    ``cuda``, ``nccl``, ``mpi`` (CMake's summary lines:
     ON/OFF and where from); ``transports`` (``available_transports()``);
     ``torch`` (version, CUDA version or None, GPUs visible); ``mpi4py`` (its MPI
     library's version line, when ``check_mpi4py`` and mpi4py imports);
@@ -48,6 +49,7 @@ def build_info(check_mpi4py: bool = True) -> dict:
 
     info = {
         "version": _build_info.VERSION,
+        "cpu": _core.cpu_kernels_describe(),
         "cuda": _build_info.CUDA,
         "nccl": _build_info.NCCL,
         "mpi": _build_info.MPI,
@@ -89,7 +91,7 @@ NO_NCCL = ("this build has the CUDA backend but no NCCL transport: GPU ranks exc
 def format_info(info: dict) -> str:
     lines = [
         f"lvxattn {info['version']} ({os.path.dirname(os.path.abspath(__file__))})",
-        "  CPU backend    ON",
+        f"  CPU backend    ON ({info['cpu']})",
         f"  CUDA backend   {info['cuda']}",
         f"  MPI transport  {info['mpi']}",
         f"  NCCL transport {info['nccl']}",

@@ -23,7 +23,7 @@ import torch
 lvxattn = pytest.importorskip("lvxattn")
 from dist_util import gather_rows, lvx_form, shard, sub_comm, uneven_split  # noqa: E402
 from masked_inputs import hidden_kv_rows, layout, make_problem, mismatch, reference_with_grads  # noqa: E402
-from reference import TOL as CPU_TOL  # noqa: E402
+from cases import TOL as CPU_TOL  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
