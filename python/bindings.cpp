@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -21,6 +22,8 @@
 #include "lvx/lvx.h"
 #include "plan/cost_model.hpp"
 #include "plan/planner.hpp"
+#include "plan/settings.hpp"
+#include "transport/mpi_device_support.hpp"
 #include "plan/validate.hpp"
 
 namespace py = pybind11;
@@ -104,14 +107,33 @@ void bind_errors(py::module_& m) {
 }
 
 void bind_plan(py::module_& m) {
-  py::class_<lvx::CostParams>(m, "CostParams", "The rates algorithm='auto' predicts with (cost_model.hpp).")
-      .def(py::init(&lvx::make_cost_params), py::arg("flops_per_s"), py::arg("bytes_per_s"), py::arg("latency_s"),
-           py::arg("kernel") = std::vector<double>{},
+  py::class_<lvx::CostParams>(m, "CostParams",
+                              "The rates algorithm='auto' and transport='auto' predict with (cost_model.hpp).")
+      .def(py::init([](double flops_per_s, double bytes_per_s, double latency_s, const std::vector<double>& kernel,
+                       const std::map<std::string, std::pair<double, double>>& links) {
+             lvx::CostParams c = lvx::make_cost_params(flops_per_s, bytes_per_s, latency_s, kernel);
+             for (const auto& [name, link] : links) lvx::set_link(c, lvx::parse_transport(name), link.first, link.second);
+             return c;
+           }),
+           py::arg("flops_per_s"), py::arg("bytes_per_s"), py::arg("latency_s"),
+           py::arg("kernel") = std::vector<double>{}, py::arg("links") = std::map<std::string, std::pair<double, double>>{},
            "kernel: the calibrated step costs, 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
-           "s_per_q_elem, s_per_call), or none: a step then costs its flops at flops_per_s")
+           "s_per_q_elem, s_per_call), or none: a step then costs its flops at flops_per_s. links: the calibrated "
+           "(bytes_per_s, latency_s) of device transports by name ('nccl', 'mpi-direct', 'mpi-staged'); where every "
+           "transport a call may use has one, transport='auto' takes the fastest predicted")
       .def_readonly("flops_per_s", &lvx::CostParams::flops_per_s)
       .def_readonly("bytes_per_s", &lvx::CostParams::bytes_per_s)
-      .def_readonly("latency_s", &lvx::CostParams::latency_s);
+      .def_readonly("latency_s", &lvx::CostParams::latency_s)
+      .def_property_readonly(
+          "links",
+          [](const lvx::CostParams& c) {
+            py::dict d;
+            for (lvx::TransportKind t : {lvx::TransportKind::nccl, lvx::TransportKind::mpi_direct, lvx::TransportKind::mpi_staged})
+              if (const lvx::LinkCost* l = lvx::link_of(c, t); l && l->bytes_per_s > 0)
+                d[lvx::name(t)] = py::make_tuple(l->bytes_per_s, l->latency_s);
+            return d;
+          },
+          "the calibrated links, {name: (bytes_per_s, latency_s)}");
 
   py::class_<lvx::Problem>(m, "Problem", "One rank's call: its shapes (rows of its shard), dtype, algorithm, scale.")
       .def(py::init([](int64_t B, int64_t Lq, int64_t Lkv, int64_t Hq, int64_t Hkv, int64_t D, lvx::DType dtype,
@@ -181,6 +203,38 @@ void bind_plan(py::module_& m) {
            py::arg("comm_f") = py::none())
       .def_property_readonly("rank", &lvx::Planner::rank)
       .def_property_readonly("size", &lvx::Planner::size)
+      .def_property_readonly("mpi_probe", &lvx::Planner::mpi_probe,
+                             "the probe of CUDA-aware MPI on this communicator: '' (not run), 'passed' or 'failed: ...'")
+      .def(
+          "plan_for",
+          [](lvx::Planner& planner, int64_t B, int64_t Lq, int64_t Lkv, int64_t Hq, int64_t Hkv, int64_t D,
+             lvx::DType dtype, lvx::Algorithm algorithm, lvx::DeviceKind device, lvx::TransportKind transport,
+             int cuda_device, std::optional<lvx::CostParams> cost) {
+            lvx::LocalProblem l;
+            l.B = B;
+            l.Lq = Lq;
+            l.Lkv = Lkv;
+            l.Hq = Hq;
+            l.Hkv = Hkv;
+            l.D = D;
+            l.dtype = dtype;
+            l.algorithm = algorithm;
+            l.scale = D > 0 ? 1.f / std::sqrt(static_cast<float>(D)) : 1.f;
+            l.device = device;
+            l.cuda_device = cuda_device;
+            l.transport = transport;
+            if (cost) l.cost = *cost;
+            py::gil_scoped_release release;
+            return planner.plan(l);
+          },
+          py::kw_only(), py::arg("B"), py::arg("Lq"), py::arg("Lkv"), py::arg("Hq"), py::arg("Hkv"), py::arg("D"),
+          py::arg("dtype") = lvx::DType::f32, py::arg("algorithm") = lvx::Algorithm::lvx,
+          py::arg("device") = lvx::DeviceKind::cpu, py::arg("transport") = lvx::TransportKind::automatic,
+          py::arg("cuda_device") = -1, py::arg("cost") = py::none(),
+          "Collective: the plan of a call described by its sizes (this rank's rows), without tensors and without "
+          "running it: what a context's plan() decides after its checks (transport, lvx's form, algorithm), with "
+          "this rank's real capabilities (NCCL built, its MPI's answer on CUDA buffers, LVX_* settings). Raises "
+          "as a call would, on every rank.")
       .def(
           "fail",
           [](lvx::Planner& p, const std::string& message) {
@@ -305,6 +359,49 @@ PYBIND11_MODULE(_core, m) {
       "the library's version (lvx_version())");
   m.def("cuda_built", &lvx::gpu::built, "whether this build has the CUDA backend");
   m.def("nccl_built", &lvx::gpu::nccl_built, "whether this build has the NCCL transport");
+  m.def(
+      "mpi_device_support",
+      [] {
+        std::string error;
+        const lvx::Settings settings = lvx::read_settings(&error);
+        if (!error.empty()) LVX_FAIL(lvx::Status::invalid_argument, error);
+        const lvx::MpiDeviceSupport s = lvx::mpi_device_support(settings.mpi_cuda_aware);
+        py::dict d;
+        d["access"] = std::string(lvx::name(s.access));
+        d["how"] = s.how;
+        return d;
+      },
+      "This rank's MPI and CUDA buffers: access 'none', 'evidence' (the MPI says so; a collective probe confirms "
+      "it before first use) or 'yes' (LVX_MPI_CUDA_AWARE=1), and how that was found. MPI must be initialized.");
+  m.def(
+      "choose_path",
+      [](const lvx::Plan& shape, lvx::TransportKind transport, lvx::DeviceKind device, const std::vector<py::dict>& caps,
+         lvx::Algorithm algorithm, const lvx::CostParams& cost) {
+        std::vector<lvx::TransportCaps> c;
+        for (const py::dict& d : caps) {
+          lvx::TransportCaps t;
+          t.nccl = d.contains("nccl") && d["nccl"].cast<bool>();
+          const std::string access = d.contains("mpi_device") ? d["mpi_device"].cast<std::string>() : "none";
+          LVX_REQUIRE(access == "none" || access == "evidence" || access == "yes",
+                      "mpi_device must be 'none', 'evidence' or 'yes', got '" + access + "'");
+          t.mpi_device = access == "yes"        ? lvx::MpiDeviceAccess::yes
+                         : access == "evidence" ? lvx::MpiDeviceAccess::evidence
+                                                : lvx::MpiDeviceAccess::none;
+          t.gpu = d.contains("gpu") ? d["gpu"].cast<uint64_t>() : 0;
+          t.how = d.contains("how") ? d["how"].cast<std::string>() : "";
+          c.push_back(t);
+        }
+        LVX_REQUIRE(static_cast<int>(c.size()) == shape.P, "caps needs one entry per rank of the plan");
+        std::string error;
+        const lvx::Settings settings = lvx::read_settings(&error);
+        if (!error.empty()) LVX_FAIL(lvx::Status::invalid_argument, error);
+        const lvx::PathChoice p = lvx::choose_path(shape, transport, device, c, settings, algorithm, cost);
+        return py::make_tuple(p.transport, p.lvx_form, p.algorithm);
+      },
+      py::arg("plan"), py::arg("transport"), py::arg("device"), py::arg("caps"), py::arg("algorithm"), py::arg("cost"),
+      "The planner's choice (transport, lvx_form, algorithm) for a plan's shape given every rank's capabilities "
+      "(dicts: nccl: bool, mpi_device: 'none'|'evidence'|'yes', gpu: int, how: str), as plan() makes it after the "
+      "probe; local, for tools and tests. Raises as a plan would.");
   m.attr("MAX_HEAD_DIM") = lvx::kMaxHeadDim;
   m.def("cpu_isas_available", &lvx::cpu::cpu_isas_available,
         "CPU kernel variants built and supported by this CPU, best first");

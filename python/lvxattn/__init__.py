@@ -10,9 +10,9 @@ recomputed from the shared visual features in backward so longer inputs fit.
 import torch  # noqa: F401
 
 from ._core import InvalidArgumentError, LvxError, RankMismatchError, UnsupportedError, cuda_built
-from .api import (ALGORITHMS, available_transports, backward_raw, context_for, cross_attention,
-                  cross_attention_forward, empty_cache, forward_raw, last_stats, reset_stats, set_cost_params,
-                  total_stats)
+from .api import (ALGORITHMS, TRANSPORTS, available_transports, backward_raw, context_for, cross_attention,
+                  cross_attention_forward, empty_cache, forward_raw, last_stats, mpi_device_support, reset_stats,
+                  set_cost_params, total_stats)
 from . import devices, masks, reference, sharding
 from .info import build_info, warn_if_mismatched
 
@@ -21,7 +21,7 @@ warn_if_mismatched()   # CUDA backend without NCCL: slow, not wrong; say so once
 __version__ = "0.2.0"
 
 __all__ = [
-    "ALGORITHMS", "available_transports", "cross_attention", "cross_attention_forward", "forward_raw", "backward_raw", "context_for",
+    "ALGORITHMS", "TRANSPORTS", "available_transports", "mpi_device_support", "cross_attention", "cross_attention_forward", "forward_raw", "backward_raw", "context_for",
     "last_stats", "set_cost_params", "total_stats", "reset_stats", "empty_cache", "masks", "cuda_built", "LvxError", "InvalidArgumentError", "RankMismatchError",
     "UnsupportedError", "build_info", "devices", "reference", "sharding",
 ]

@@ -41,10 +41,14 @@ def _planner_for(comm) -> _core.Planner:
     return planner
 
 
+TRANSPORTS = ("auto", "mpi", "nccl", "mpi-staged", "mpi-direct")
+
+
 def context_for(comm=None, device: torch.device | str = "cpu", transport: str = "auto") -> _core.Context:
-    """The cached context of a communicator, device and transport (auto, mpi or nccl).
+    """The cached context of a communicator, device and transport (one of ``TRANSPORTS``).
     Making one is local; calls on it are collective over ``comm`` (the first one on a
-    communicator makes its planner, collectively)."""
+    communicator makes its planner, collectively). Raises InvalidArgumentError for another
+    transport name."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -60,18 +64,46 @@ def context_for(comm=None, device: torch.device | str = "cpu", transport: str = 
 
 
 def set_cost_params(flops_per_s: float, bytes_per_s: float, latency_s: float, comm=None,
-                    device: torch.device | str = "cpu", transport: str = "auto", kernel=None) -> None:
-    """The rates ``algorithm="auto"`` predicts with, for the calls on ``context_for(comm,
-    device, transport)`` (rank 0's values decide for all ranks). ``kernel``: the calibrated
-    step costs (8 numbers, see ``lvxattn.calibrate``); without them a step costs its flops
-    at ``flops_per_s``. Raises InvalidArgumentError for rates <= 0 or a kernel of another length."""
-    cost = _core.CostParams(float(flops_per_s), float(bytes_per_s), float(latency_s), [float(x) for x in (kernel or [])])
+                    device: torch.device | str = "cpu", transport: str = "auto", kernel=None,
+                    links=None) -> None:
+    """The rates ``algorithm="auto"`` (and ``transport="auto"``) predict with, for the calls on
+    ``context_for(comm, device, transport)`` (rank 0's values decide for all ranks). Rates
+    in bytes/s, flops/s and seconds. ``kernel``: the calibrated step costs (8 numbers, see
+    ``lvxattn.calibrate``); without them a step costs its flops at ``flops_per_s``.
+    ``links``: ``{"nccl" | "mpi-direct" | "mpi-staged": (bytes_per_s, latency_s)}``, each
+    device transport's own link; where every transport a call may use has one, the
+    fastest predicted runs (else NCCL, then mpi-direct, then mpi-staged). Raises
+    InvalidArgumentError for rates <= 0, a kernel of another length or another link name."""
+    cost = _core.CostParams(float(flops_per_s), float(bytes_per_s), float(latency_s), [float(x) for x in (kernel or [])],
+                            {str(k): (float(v[0]), float(v[1])) for k, v in (links or {}).items()})
     context_for(comm, device, transport).set_cost_params(cost)
 
 
 def available_transports() -> tuple:
-    """Transports this build can use: "mpi" always, "nccl" when built with NCCL."""
-    return ("mpi", "nccl") if _core.nccl_built() else ("mpi",)
+    """Transports this build can use: "mpi" always; with the CUDA backend "mpi-staged" and
+    "mpi-direct" (which also needs an MPI that takes CUDA buffers on every rank at run
+    time: ``mpi_device_support``); "nccl" when built with NCCL."""
+    names = ("mpi",)
+    if _core.cuda_built():
+        names += ("mpi-staged", "mpi-direct")
+    if _core.nccl_built():
+        names += ("nccl",)
+    return names
+
+
+def mpi_device_support(comm=None) -> dict:
+    """Whether this rank's MPI takes CUDA buffers (MPI must be initialized): ``access``
+    ``"none"``, ``"evidence"`` (the MPI says so: MPIX_Query_cuda_support, Open MPI's pml
+    ucx over a UCX with CUDA memory, Cray's MPICH_GPU_SUPPORT_ENABLED=1, MVAPICH2's
+    MV2_USE_CUDA=1; a collective probe confirms it before first use) or ``"yes"``
+    (``LVX_MPI_CUDA_AWARE=1``, trusted); ``how``: what was found, in words; and ``probe``:
+    the probe's outcome on ``comm`` (``""`` not run yet, ``"passed"``, ``"failed: ..."``).
+    Local. Raises InvalidArgumentError for a bad ``LVX_MPI_CUDA_AWARE``."""
+    out = dict(_core.mpi_device_support())
+    key = None if comm is None else (int(comm.py2f()), comm.Get_size())
+    planner = _planners.get(key)
+    out["probe"] = planner.mpi_probe if planner is not None else ""
+    return out
 
 
 def empty_cache() -> None:
@@ -102,7 +134,7 @@ def total_stats() -> dict:
 
 def last_stats() -> dict:
     """What the last call on this process did: algorithm, transport (as it names itself),
-    path (the planner's transport: none, mpi, mpi-staged, mpi-direct or nccl), lvx_form, and per phase
+    path (the planner's transport that ran: none, mpi, mpi-staged, mpi-direct or nccl), lvx_form, and per phase
     (``forward``, ``backward``) bytes sent/received, compute, blocked and total seconds.
     Waits for that call's device work."""
     if _last_context is None:
@@ -288,7 +320,12 @@ def cross_attention(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=No
             sees nothing and gets O = 0 and zero gradients. ``lvxattn.masks`` builds the
             masks multimodal LLMs use. None: every row sees every key.
         scale: softmax scale, default ``1/sqrt(D)``.
-        transport: ``"auto"``, ``"mpi"`` or ``"nccl"`` (CUDA tensors; ``available_transports()``).
+        transport (CUDA tensors): ``"auto"`` (NCCL, mpi-direct or mpi-staged: the fastest by
+            calibrated link costs where set, else the first every rank can run), ``"mpi"``
+            (the best MPI path: mpi-direct where every rank's MPI takes CUDA buffers, else
+            mpi-staged), ``"nccl"``, ``"mpi-staged"`` (through pinned host memory) or
+            ``"mpi-direct"`` (CUDA buffers handed to a CUDA-aware MPI). Host tensors always
+            go over MPI. ``available_transports()`` lists what this build has.
 
     Returns:
         This rank's O shard ``[B, Lq_local, Hq, D]`` (dtype of q); ``.backward()`` gives
@@ -297,7 +334,9 @@ def cross_attention(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=No
     Raises:
         TypeError, ValueError: bad input on this rank, naming the argument.
         InvalidArgumentError, RankMismatchError: bad input on another rank, or ranks that
-            disagree on batch, heads, head dim, dtype, scale, algorithm, mask presence or device.
+            disagree on batch, heads, head dim, dtype, scale, algorithm, mask presence, device,
+            or whether their MPI takes CUDA buffers.
+        UnsupportedError: a transport that cannot run (on every rank alike).
     """
     o, _ = cross_attention_forward(q, k, v, comm, algorithm, q_ranges, scale, transport)
     return o

@@ -22,7 +22,11 @@ What is measured (the model: ``src/cost_model.cpp``):
 - link. CPU: an mpi4py ping-pong of numpy buffers between rank 0 and the last rank
   (under block mapping the hop that crosses nodes, which paces a ring). CUDA: the
   library's own transport on the whole communicator, timing ``ring`` forwards with
-  one query row per rank at two K/V block sizes (``measure_link_library``).
+  one query row per rank at two K/V block sizes (``measure_link_library``), for each
+  device transport the call may use and every rank can run (``DEVICE_TRANSPORTS``:
+  "auto" measures nccl, mpi-direct and mpi-staged; "mpi" the two MPI paths). Their
+  ``links`` let ``transport="auto"`` (and "mpi") take the fastest predicted path;
+  ``bytes_per_s`` and ``latency_s`` are those of the first (the choice without links).
 
 The cache is one JSON file per host and device, ``calibration-<host>-<device>.json``
 under ``$LVX_CACHE_DIR`` (default ``~/.cache/lvxattn``), one entry per (dtype,
@@ -53,7 +57,10 @@ KERNEL_SHAPES = {
     "cuda": [(1024, 16384, 16, 128), (256, 32768, 16, 128), (4096, 4096, 16, 128), (256, 4096, 16, 128),
              (2048, 65536, 16, 128), (8192, 16384, 16, 128)],
 }
-MODEL_VERSION = 5  # part of the cache key: entries of an older model (or kernels) are measured again
+MODEL_VERSION = 6  # part of the cache key: entries of an older model (or kernels) are measured again
+# The device transports a transport asked for may run, in the planner's order of preference.
+DEVICE_TRANSPORTS = {"auto": ("nccl", "mpi-direct", "mpi-staged"), "mpi": ("mpi-direct", "mpi-staged"),
+                     "nccl": ("nccl",), "mpi-direct": ("mpi-direct",), "mpi-staged": ("mpi-staged",)}
 PING_BYTES = (8, 4 << 20)  # latency, bandwidth
 LINK_ROWS = {"cuda": (64, 65536)}  # K/V rows per rank for the two library exchanges (Hkv=8, D=128)
 
@@ -241,6 +248,20 @@ def measure_link_library(comm, device: torch.device, transport: str = "auto", dt
     return comm.bcast(out, root=0)
 
 
+def measure_links(comm, device: torch.device, transport: str = "auto", dtype: str = "bf16") -> dict:
+    """``{name: {"bytes_per_s", "latency_s"}}`` for each device transport that ``transport``
+    may run (``DEVICE_TRANSPORTS``) and every rank can: one the planner refuses (not built,
+    ranks sharing a GPU for NCCL, an MPI that does not take CUDA buffers) raises the same
+    error on every rank and is left out. Collective."""
+    links = {}
+    for name in DEVICE_TRANSPORTS[transport]:
+        try:
+            links[name] = measure_link_library(comm, device, name, dtype)
+        except (_core.UnsupportedError, _core.RankMismatchError, _core.InvalidArgumentError):
+            continue
+    return links
+
+
 def _entry_key(comm, device: torch.device, dtype: str, transport: str) -> str:
     from mpi4py import MPI
     per_node, nodes = 1, 1
@@ -291,7 +312,10 @@ def calibrate(comm=None, device: torch.device | str = "cpu", dtype: Optional[str
     elif device.type == "cpu":
         link = measure_link_mpi(comm)
     else:
-        link = measure_link_library(comm, device, transport)
+        links = measure_links(comm, device, transport)
+        if not links:
+            raise _core.UnsupportedError(f"no device transport for '{transport}' runs on this communicator")
+        link = {**next(iter(links.values())), "links": links}
     entry = {**kernel, **link, "key": key, "host": socket.gethostname(), "device": device_label(device),
              "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if rank == 0:
@@ -315,17 +339,21 @@ def core_dtype(label: str) -> _core.DType:
     return api._DTYPES[DTYPES[label]]
 
 
+def _links(params: dict) -> dict:
+    return {name: (v["bytes_per_s"], v["latency_s"]) for name, v in (params.get("links") or {}).items()}
+
+
 def cost_params(params: dict) -> _core.CostParams:
     """A calibration (what ``calibrate`` returns) as the cost model's parameters, for
     ``_core.Plan.predict``. Raises InvalidArgumentError for values the model rejects."""
     return _core.CostParams(params["flops_per_s"], params["bytes_per_s"], params["latency_s"],
-                            params.get("kernel") or [])
+                            params.get("kernel") or [], _links(params))
 
 
 def set_cost_params(comm, device: torch.device | str, transport: str, params: dict) -> None:
     """Gives ``params`` to the context that plans calls on (comm, device, transport)."""
     api.set_cost_params(params["flops_per_s"], params["bytes_per_s"], params["latency_s"], comm=comm,
-                        device=device, transport=transport, kernel=params.get("kernel"))
+                        device=device, transport=transport, kernel=params.get("kernel"), links=_links(params))
 
 
 def apply(comm=None, device: torch.device | str = "cpu", transport: str = "auto", dtype: Optional[str] = None,

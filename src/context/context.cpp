@@ -31,10 +31,10 @@ bool same_shape(const Plan& p, const Problem& s) {
 Context::Context(std::shared_ptr<Planner> planner, const ContextOptions& options)
     : planner_(std::move(planner)), options_(options) {
   if (!is_valid(options.device)) LVX_FAIL(Status::invalid_argument, "unknown device " + std::to_string(int(options.device)));
-  if (options.transport != TransportKind::automatic && options.transport != TransportKind::mpi &&
-      options.transport != TransportKind::nccl)
-    LVX_FAIL(Status::invalid_argument, std::string("a context asks for transport auto, mpi or nccl, got '") +
-                                           name(options.transport) + "'");
+  if (!is_valid(options.transport) || options.transport == TransportKind::none)
+    LVX_FAIL(Status::invalid_argument,
+             std::string("a context asks for transport auto, mpi, nccl, mpi-staged or mpi-direct, got '") +
+                 name(options.transport) + "'");
   if (options.device == DeviceKind::cuda) {
     device_ = options.device_index >= 0 ? options.device_index : planner_->local_rank();
     backend_ = gpu::make_backend(device_);
@@ -79,7 +79,7 @@ Plan Context::plan(const Problem& call, const std::string& local_error) {
   std::string error = local_error.empty() ? validate(call, *backend_, &local) : local_error;
   local.device = options_.device;
   local.transport = options_.transport;
-  if (options_.device == DeviceKind::cuda) local.caps = TransportCaps{gpu::nccl_built(), gpu::mpi_cuda_aware()};
+  local.cuda_device = device_;
   local.cost = cost_params;
   return planner_->plan(local, error);
 }

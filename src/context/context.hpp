@@ -26,7 +26,7 @@ struct ContextOptions {
   DeviceKind device = DeviceKind::cpu;
   int device_index = -1;                       // CUDA device; -1: local rank modulo the device count
   int threads = 0;                             // CPU threads; 0: cores / ranks on this node
-  TransportKind transport = TransportKind::automatic;  // as asked: automatic, mpi or nccl
+  TransportKind transport = TransportKind::automatic;  // as asked: automatic, mpi, nccl, mpi_staged, mpi_direct
 };
 
 class Context {

@@ -28,7 +28,7 @@ constexpr Names<DeviceKind> kDevices[] = {{DeviceKind::cpu, "cpu"}, {DeviceKind:
 constexpr Names<TransportKind> kTransports[] = {{TransportKind::automatic, "auto"},       {TransportKind::mpi, "mpi"},
                                             {TransportKind::nccl, "nccl"},            {TransportKind::mpi_staged, "mpi-staged"},
                                             {TransportKind::mpi_direct, "mpi-direct"}, {TransportKind::none, "none"}};
-constexpr size_t kTransportsAsked = 3;  // the first three: what a caller may ask for
+constexpr size_t kTransportsAsked = 5;  // the first five: what a caller may ask for (not none)
 
 template <typename E, size_t N>
 const char* name_in(const Names<E> (&table)[N], E v) {

@@ -11,9 +11,10 @@ namespace lvx {
 enum class DType : int32_t { f32 = 0, f16 = 1, bf16 = 2 };
 enum class Algorithm : int32_t { lvx = 0, ring = 1, ulysses = 2, automatic = 3 };
 enum class DeviceKind : int32_t { cpu = 0, cuda = 1 };
-// What moves the data between ranks. A caller asks for automatic, mpi or nccl; a plan
-// holds the path that runs: none (one rank), mpi (host buffers), mpi_staged (device
-// buffers through pinned host memory), mpi_direct (device buffers, CUDA-aware MPI) or nccl.
+// What moves the data between ranks. A caller asks for automatic, mpi (the best MPI path),
+// nccl, mpi_staged or mpi_direct; a plan holds the path that runs: none (one rank), mpi
+// (host buffers), mpi_staged (device buffers through pinned host memory), mpi_direct
+// (device buffers handed to a CUDA-aware MPI) or nccl.
 enum class TransportKind : int32_t { automatic = 0, mpi = 1, nccl = 2, mpi_staged = 3, mpi_direct = 4, none = 5 };
 
 inline size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
@@ -32,7 +33,7 @@ bool is_valid(TransportKind v);
 
 // By name, or an "invalid argument" error naming the choices ("algorithm must be one of
 // 'lvx', 'ring', 'ulysses', 'auto', got 'flash'"). parse_transport accepts what a caller
-// may ask for: auto, mpi, nccl.
+// may ask for: auto, mpi, nccl, mpi-staged, mpi-direct.
 DType parse_dtype(const std::string& s);
 Algorithm parse_algorithm(const std::string& s);
 DeviceKind parse_device(const std::string& s);

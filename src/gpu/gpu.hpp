@@ -4,6 +4,7 @@
 // stand-ins in a build without CUDA. (No MPI here: the kernel playground includes it.)
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "core/backend.hpp"
@@ -15,5 +16,9 @@ bool built();
 
 // Throws "unsupported" in a build without CUDA.
 std::unique_ptr<Backend> make_backend(int device);
+
+// A 64-bit digest of the GPU's UUID (0 when unknown or without CUDA): ranks with equal
+// digests share one GPU, which NCCL refuses.
+uint64_t device_uuid_digest(int device);
 
 }  // namespace lvx::gpu

@@ -14,7 +14,8 @@ namespace {
 bool built() { return false; }
 bool nccl_built() { return false; }
 std::unique_ptr<Backend> make_backend(int) { no_cuda(); }
-bool mpi_cuda_aware() { return false; }
+uint64_t device_uuid_digest(int) { return 0; }
+std::unique_ptr<ProbeBuffers> make_probe_buffers(int, const std::vector<size_t>&, int) { no_cuda(); }
 std::unique_ptr<Transport> make_mpi_transport(MPI_Comm, Backend&, int, bool) { no_cuda(); }
 std::unique_ptr<Transport> make_nccl_transport(MPI_Comm, Backend&, int) { no_cuda(); }
 

@@ -39,12 +39,45 @@ CostParams make_cost_params(double flops_per_s, double bytes_per_s, double laten
               "cost parameters: kernel takes 8 numbers (forward, then backward: s_per_flop, s_per_kv_elem, "
               "s_per_q_elem, s_per_call), got " + std::to_string(kernel.size()));
   for (double v : kernel) LVX_REQUIRE(v >= 0, "cost parameters: kernel terms must be >= 0");
-  CostParams c{flops_per_s, bytes_per_s, latency_s, {}, {}};
+  CostParams c;
+  c.flops_per_s = flops_per_s;
+  c.bytes_per_s = bytes_per_s;
+  c.latency_s = latency_s;
   if (!kernel.empty()) {
     c.fwd = {kernel[0], kernel[1], kernel[2], kernel[3]};
     c.bwd = {kernel[4], kernel[5], kernel[6], kernel[7]};
   }
   return c;
+}
+
+const LinkCost* link_of(const CostParams& c, TransportKind t) {
+  switch (t) {
+    case TransportKind::nccl: return &c.nccl;
+    case TransportKind::mpi_direct: return &c.mpi_direct;
+    case TransportKind::mpi_staged: return &c.mpi_staged;
+    default: return nullptr;
+  }
+}
+
+void set_link(CostParams& c, TransportKind t, double bytes_per_s, double latency_s) {
+  LinkCost* link = t == TransportKind::nccl         ? &c.nccl
+                   : t == TransportKind::mpi_direct ? &c.mpi_direct
+                   : t == TransportKind::mpi_staged ? &c.mpi_staged
+                                                    : nullptr;
+  LVX_REQUIRE(link, std::string("cost parameters: links are for nccl, mpi-direct and mpi-staged, got '") + name(t) + "'");
+  LVX_REQUIRE(bytes_per_s > 0 && latency_s >= 0,
+              std::string("cost parameters: the link of '") + name(t) + "' needs bytes_per_s > 0 and latency_s >= 0");
+  *link = LinkCost{bytes_per_s, latency_s};
+}
+
+CostParams with_link(const CostParams& c, TransportKind t) {
+  CostParams out = c;
+  const LinkCost* link = link_of(c, t);
+  if (link && link->bytes_per_s > 0) {
+    out.bytes_per_s = link->bytes_per_s;
+    out.latency_s = link->latency_s;
+  }
+  return out;
 }
 
 double step_seconds(const KernelCost& k, double flops_per_s, double flops, double q_elems, double kv_elems) {

@@ -21,12 +21,30 @@ struct KernelCost {
   double s_per_flop = 0, s_per_kv_elem = 0, s_per_q_elem = 0, s_per_call = 0;
 };
 
+// One transport's point-to-point rate on the communicator (lvxattn.calibrate measures it
+// with the transport itself).
+struct LinkCost {
+  double bytes_per_s = 0;  // per direction; 0: not calibrated
+  double latency_s = 0;    // per message
+};
+
 struct CostParams {
   double flops_per_s = 50e9;      // sustained attention kernel rate on one rank
   double bytes_per_s = 5e9;       // point-to-point bandwidth per direction
   double latency_s = 5e-6;        // per message
   KernelCost fwd, bwd;            // calibrated step costs (zeros: flops_per_s alone)
+  // The device transports' own links. Where every transport a call may use has one,
+  // transport "auto" (and "mpi") takes the one with the smallest predicted time; a plan
+  // is priced with its transport's link (bytes_per_s and latency_s above otherwise).
+  LinkCost nccl, mpi_direct, mpi_staged;
 };
+
+// The link of a device transport (nccl, mpi_direct, mpi_staged), or null.
+const LinkCost* link_of(const CostParams& c, TransportKind t);
+// Sets it; invalid argument for another transport, bytes_per_s <= 0 or latency_s < 0.
+void set_link(CostParams& c, TransportKind t, double bytes_per_s, double latency_s);
+// c priced for transport t: its link's rates where calibrated.
+CostParams with_link(const CostParams& c, TransportKind t);
 
 // Checked parameters: flops_per_s and bytes_per_s > 0, latency_s >= 0; kernel empty or 8
 // numbers >= 0 (forward, then backward: s_per_flop, s_per_kv_elem, s_per_q_elem, s_per_call).

@@ -1,12 +1,16 @@
 #include "plan/planner.hpp"
 
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 #include <vector>
 
 #include "core/error.hpp"
 #include "core/mpi_check.hpp"
+#include "gpu/gpu.hpp"
+#include "gpu/transports.hpp"
 #include "plan/settings.hpp"
+#include "transport/mpi_device_support.hpp"
 
 namespace lvx {
 
@@ -16,16 +20,19 @@ namespace {
 struct Descriptor {
   int64_t B, Lq, Lkv, Hq, Hkv, D, max_range_end;
   int32_t dtype, algorithm, has_ranges, has_error, device, transport;
-  int32_t nccl, mpi_cuda_aware;  // TransportCaps
-  int32_t gather_mode;           // Settings (rank 0's decide)
+  int32_t nccl, mpi_device;  // TransportCaps
+  uint64_t gpu;
+  int32_t gather_mode;       // Settings (rank 0's decide)
   int64_t gather_max_bytes;
   float scale;
   double flops_per_s, bytes_per_s, latency_s;  // CostParams (rank 0's decide)
   KernelCost kernel_fwd, kernel_bwd;
+  LinkCost link_nccl, link_mpi_direct, link_mpi_staged;
   char error[240];
+  char mpi_device_how[160];
 };
 
-Descriptor describe(const LocalProblem& l, const Settings& s, const std::string& error) {
+Descriptor describe(const LocalProblem& l, const TransportCaps& caps, const Settings& s, const std::string& error) {
   Descriptor d{};
   d.B = l.B;
   d.Lq = l.Lq;
@@ -39,8 +46,9 @@ Descriptor describe(const LocalProblem& l, const Settings& s, const std::string&
   d.has_ranges = l.has_ranges;
   d.device = static_cast<int32_t>(l.device);
   d.transport = static_cast<int32_t>(l.transport);
-  d.nccl = l.caps.nccl;
-  d.mpi_cuda_aware = l.caps.mpi_cuda_aware;
+  d.nccl = caps.nccl;
+  d.mpi_device = static_cast<int32_t>(caps.mpi_device);
+  d.gpu = caps.gpu;
   d.gather_mode = static_cast<int32_t>(s.gather_mode);
   d.gather_max_bytes = s.gather_max_bytes;
   d.scale = l.scale;
@@ -49,9 +57,21 @@ Descriptor describe(const LocalProblem& l, const Settings& s, const std::string&
   d.latency_s = l.cost.latency_s;
   d.kernel_fwd = l.cost.fwd;
   d.kernel_bwd = l.cost.bwd;
+  d.link_nccl = l.cost.nccl;
+  d.link_mpi_direct = l.cost.mpi_direct;
+  d.link_mpi_staged = l.cost.mpi_staged;
   d.has_error = !error.empty();
   std::snprintf(d.error, sizeof d.error, "%s", error.c_str());
+  std::snprintf(d.mpi_device_how, sizeof d.mpi_device_how, "%s", caps.how.c_str());
   return d;
+}
+
+CostParams cost_of(const Descriptor& d) {
+  CostParams c{d.flops_per_s, d.bytes_per_s, d.latency_s, d.kernel_fwd, d.kernel_bwd, {}, {}, {}};
+  c.nccl = d.link_nccl;
+  c.mpi_direct = d.link_mpi_direct;
+  c.mpi_staged = d.link_mpi_staged;
+  return c;
 }
 
 template <typename T>
@@ -135,25 +155,143 @@ int node_rank(MPI_Comm comm, int* ranks_on_node) {
 
 }  // namespace
 
-TransportKind choose_transport(TransportKind asked, DeviceKind device, int P, const std::vector<TransportCaps>& caps) {
-  if (P == 1) return TransportKind::none;
-  if (device == DeviceKind::cpu) {
-    if (asked == TransportKind::nccl) LVX_FAIL(Status::invalid_argument, "transport 'nccl' needs CUDA tensors");
-    return TransportKind::mpi;
+namespace {
+
+bool is_device_transport(TransportKind t) {
+  return t == TransportKind::nccl || t == TransportKind::mpi_direct || t == TransportKind::mpi_staged;
+}
+
+// "rank 0 (why), rank 2 (why)" for the ranks where pick holds, the first few of them.
+template <typename Pick>
+std::string ranks_where(const std::vector<TransportCaps>& caps, Pick pick, bool with_how = true) {
+  std::string out;
+  int shown = 0, more = 0;
+  for (size_t r = 0; r < caps.size(); ++r) {
+    if (!pick(caps[r])) continue;
+    if (shown == 4) {
+      ++more;
+      continue;
+    }
+    out += (shown++ ? ", rank " : "rank ") + std::to_string(r);
+    if (with_how && !caps[r].how.empty()) out += " (" + caps[r].how + ")";
   }
-  bool nccl = true, aware = true;
+  if (more) out += " and " + std::to_string(more) + " more";
+  return out;
+}
+
+std::string shared_gpus(const std::vector<TransportCaps>& caps) {
+  for (size_t a = 0; a < caps.size(); ++a)
+    for (size_t b = a + 1; b < caps.size(); ++b)
+      if (caps[a].gpu && caps[a].gpu == caps[b].gpu)
+        return "ranks " + std::to_string(a) + " and " + std::to_string(b) + " share one GPU";
+  return "";
+}
+
+const char* kClusterDoc = "see docs/clusters.md";
+
+}  // namespace
+
+std::vector<TransportKind> transport_candidates(TransportKind asked, DeviceKind device, int P,
+                                                const std::vector<TransportCaps>& caps) {
+  if (P == 1) return {TransportKind::none};
+  if (device == DeviceKind::cpu) {
+    if (is_device_transport(asked))
+      LVX_FAIL(Status::invalid_argument, std::string("transport '") + name(asked) +
+                                             "' moves CUDA tensors; host tensors go over 'mpi' (or 'auto')");
+    return {TransportKind::mpi};
+  }
+  bool nccl = true, direct = true, some_aware = false, some_not = false;
   for (const TransportCaps& c : caps) {
     nccl = nccl && c.nccl;
-    aware = aware && c.mpi_cuda_aware;
+    direct = direct && c.mpi_device == MpiDeviceAccess::yes;
+    some_aware = some_aware || c.mpi_device != MpiDeviceAccess::none;
+    some_not = some_not || c.mpi_device == MpiDeviceAccess::none;
   }
-  if (asked == TransportKind::nccl && !nccl)
-    LVX_FAIL(Status::unsupported,
-             "this build of lvxattn has no NCCL (nccl.h was not found at build time); use transport='mpi'");
-  if (asked == TransportKind::nccl || (asked == TransportKind::automatic && nccl)) return TransportKind::nccl;
-  return aware ? TransportKind::mpi_direct : TransportKind::mpi_staged;
+  const std::string shared = shared_gpus(caps);
+  const bool mixed = some_aware && some_not;
+  auto not_aware = [](const TransportCaps& c) { return c.mpi_device != MpiDeviceAccess::yes; };
+  auto mixed_error = [&] {
+    LVX_FAIL(Status::mismatch,
+             "ranks disagree on whether their MPI takes CUDA buffers: yes on " +
+                 ranks_where(caps, [](const TransportCaps& c) { return c.mpi_device != MpiDeviceAccess::none; }) +
+                 "; no on " + ranks_where(caps, [](const TransportCaps& c) { return c.mpi_device == MpiDeviceAccess::none; }) +
+                 ". Run every rank with the same CUDA-aware MPI and settings (" + kClusterDoc +
+                 "), or ask for transport='mpi-staged'");
+  };
+  switch (asked) {
+    case TransportKind::nccl:
+      if (!nccl)
+        LVX_FAIL(Status::unsupported, "this build of lvxattn has no NCCL (nccl.h was not found at build time) on " +
+                                          ranks_where(caps, [](const TransportCaps& c) { return !c.nccl; }, false) +
+                                          "; use transport='mpi'");
+      if (!shared.empty())
+        LVX_FAIL(Status::unsupported, "transport 'nccl' needs one GPU per rank, but " + shared + "; use transport='mpi'");
+      return {TransportKind::nccl};
+    case TransportKind::mpi_staged: return {TransportKind::mpi_staged};
+    case TransportKind::mpi_direct:
+      if (!direct) {
+        if (mixed) mixed_error();
+        LVX_FAIL(Status::unsupported, "transport 'mpi-direct' needs an MPI that takes CUDA buffers on every rank; not on " +
+                                          ranks_where(caps, not_aware) + " (" + kClusterDoc +
+                                          "; LVX_MPI_CUDA_AWARE=1 asserts it)");
+      }
+      return {TransportKind::mpi_direct};
+    case TransportKind::mpi:
+      if (mixed) mixed_error();
+      if (direct) return {TransportKind::mpi_direct, TransportKind::mpi_staged};
+      return {TransportKind::mpi_staged};
+    case TransportKind::automatic: {
+      std::vector<TransportKind> out;
+      if (nccl && shared.empty()) out.push_back(TransportKind::nccl);
+      if (!mixed) {
+        if (direct) out.push_back(TransportKind::mpi_direct);
+        out.push_back(TransportKind::mpi_staged);
+      }
+      if (out.empty()) mixed_error();
+      return out;
+    }
+    default: break;
+  }
+  LVX_FAIL(Status::invalid_argument, std::string("transport '") + name(asked) + "' cannot be asked for");
+}
+
+TransportKind choose_transport(TransportKind asked, DeviceKind device, int P, const std::vector<TransportCaps>& caps) {
+  return transport_candidates(asked, device, P, caps).front();
 }
 
 bool moves_device_memory(TransportKind t) { return t == TransportKind::nccl || t == TransportKind::mpi_direct; }
+
+PathChoice choose_path(const Plan& shape, TransportKind asked, DeviceKind device, const std::vector<TransportCaps>& caps,
+                       const Settings& settings, Algorithm algorithm, const CostParams& cost) {
+  Plan p = shape;
+  p.rank = 0;  // every rank prices the same view
+  const std::vector<TransportKind> candidates = transport_candidates(asked, device, p.P, caps);
+  bool priced = candidates.size() > 1;
+  for (TransportKind t : candidates) {
+    const LinkCost* link = link_of(cost, t);
+    priced = priced && link && link->bytes_per_s > 0;
+  }
+  PathChoice best;
+  double best_s = -1;
+  for (TransportKind t : candidates) {
+    PathChoice c;
+    c.transport = t;
+    p.transport = t;
+    p.lvx_form = choose_lvx_form(p, settings, moves_device_memory(t));
+    const CostParams ct = with_link(cost, t);
+    c.algorithm = algorithm == Algorithm::automatic ? choose_algorithm(p, ct) : algorithm;
+    c.lvx_form = c.algorithm == Algorithm::lvx ? p.lvx_form : LvxForm::ring;
+    if (!priced) return c;
+    p.lvx_form = c.lvx_form;
+    const Prediction pr = predict(c.algorithm, p, ct);
+    const double s = pr.feasible ? pr.forward_s + pr.backward_s : 1e300;
+    if (best_s < 0 || s < best_s) {
+      best = c;
+      best_s = s;
+    }
+  }
+  return best;
+}
 
 Planner::Planner(MPI_Comm comm) {
   if (comm == MPI_COMM_NULL) return;
@@ -190,10 +328,45 @@ void Planner::agree(const std::string& local_error) {
   fail_on_errors(allgather(comm_, size_, mine));
 }
 
+// The one-time probe, where every rank's MPI says it takes device buffers on evidence
+// alone (none was forced, none said no) and the answer can change the transport: run
+// collectively at the same plan on every rank (all inputs below are agreed), then its
+// answer replaces the evidence on this and every later plan.
+void Planner::probe_if_needed(const LocalProblem& l, std::vector<TransportCaps>& caps, const CostParams& cost) {
+  if (l.device != DeviceKind::cuda || size_ < 2) return;
+  if (probe_.empty()) {
+    bool evidence = false, none = false, nccl = true;
+    for (const TransportCaps& c : caps) {
+      evidence = evidence || c.mpi_device == MpiDeviceAccess::evidence;
+      none = none || c.mpi_device == MpiDeviceAccess::none;
+      nccl = nccl && c.nccl;
+    }
+    if (!evidence || none) return;
+    if (l.transport == TransportKind::nccl || l.transport == TransportKind::mpi_staged) return;
+    const bool priced = cost.nccl.bytes_per_s > 0 && cost.mpi_direct.bytes_per_s > 0;
+    if (l.transport == TransportKind::automatic && nccl && shared_gpus(caps).empty() && !priced) return;  // NCCL first
+    std::string why;
+    probe_ = probe_mpi_device(comm_, l.cuda_device, &why) ? "passed" : "failed: " + why;
+  }
+  for (TransportCaps& c : caps) {
+    if (c.mpi_device != MpiDeviceAccess::evidence) continue;
+    c.mpi_device = probe_ == "passed" ? MpiDeviceAccess::yes : MpiDeviceAccess::none;
+    c.how += "; probe " + probe_;
+  }
+}
+
 Plan Planner::plan(const LocalProblem& l, const std::string& local_error) {
   std::string error = local_error;
   const Settings settings = read_settings(&error);
-  const std::vector<Descriptor> all = allgather(comm_, size_, describe(l, settings, error));
+  TransportCaps mine;
+  if (l.device == DeviceKind::cuda && size_ > 1 && error.empty()) {
+    mine.nccl = gpu::nccl_built();
+    mine.gpu = gpu::device_uuid_digest(l.cuda_device);
+    const MpiDeviceSupport m = mpi_device_support(settings.mpi_cuda_aware);
+    mine.mpi_device = m.access;
+    mine.how = m.how;
+  }
+  const std::vector<Descriptor> all = allgather(comm_, size_, describe(l, mine, settings, error));
   fail_on_errors(all);
   check_agreement(all);
 
@@ -211,7 +384,8 @@ Plan Planner::plan(const LocalProblem& l, const std::string& local_error) {
     p.has_ranges = p.has_ranges || (d.Lq > 0 && d.has_ranges);
     lq.push_back(d.Lq);
     lkv.push_back(d.Lkv);
-    caps.push_back(TransportCaps{d.nccl != 0, d.mpi_cuda_aware != 0});
+    caps.push_back(TransportCaps{d.nccl != 0, static_cast<MpiDeviceAccess>(d.mpi_device), d.gpu,
+                                 std::string(d.mpi_device_how, strnlen(d.mpi_device_how, sizeof d.mpi_device_how))});
   }
   p.set_rows(std::move(lq), std::move(lkv));
 
@@ -221,24 +395,21 @@ Plan Planner::plan(const LocalProblem& l, const std::string& local_error) {
       LVX_FAIL(Status::invalid_argument, rank_prefix(p.P, r) + "q_ranges end " + std::to_string(all[r].max_range_end) +
                                              " exceeds the global KV length " + std::to_string(p.lkv_total));
 
-  // The choices, in order: the transport, lvx's form for it, the algorithm priced with both.
+  // The choices, in order: the transport, lvx's form for it, the algorithm priced with both
+  // (settings and costs: rank 0's).
   const Descriptor& first = all[0];
-  p.transport = choose_transport(l.transport, l.device, p.P, caps);
-  const Settings decides{static_cast<GatherMode>(first.gather_mode), first.gather_max_bytes};
-  const LvxForm lvx_form = choose_lvx_form(p, decides, moves_device_memory(p.transport));
-  p.lvx_form = lvx_form;
-  Algorithm a = l.algorithm;
-  if (a == Algorithm::automatic) {
-    const CostParams cost{first.flops_per_s, first.bytes_per_s, first.latency_s, first.kernel_fwd, first.kernel_bwd};
-    a = choose_algorithm(p, cost);
-  }
-  if (a == Algorithm::ulysses && (p.Hq % p.P || p.Hkv % p.P))
+  const CostParams cost = cost_of(first);
+  probe_if_needed(l, caps, cost);
+  const Settings decides{static_cast<GatherMode>(first.gather_mode), first.gather_max_bytes, settings.mpi_cuda_aware};
+  const PathChoice choice = choose_path(p, l.transport, l.device, caps, decides, l.algorithm, cost);
+  if (choice.algorithm == Algorithm::ulysses && (p.Hq % p.P || p.Hkv % p.P))
     LVX_FAIL(Status::invalid_argument,
              "algorithm 'ulysses' needs query heads (" + std::to_string(p.Hq) + ") and KV heads (" +
                  std::to_string(p.Hkv) + ") divisible by the number of ranks (" + std::to_string(p.P) +
                  "); use 'lvx' or 'ring'");
-  p.algorithm = a;
-  p.lvx_form = a == Algorithm::lvx ? lvx_form : LvxForm::ring;
+  p.transport = choice.transport;
+  p.algorithm = choice.algorithm;
+  p.lvx_form = choice.lvx_form;
   return p;
 }
 

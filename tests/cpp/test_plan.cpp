@@ -1,8 +1,10 @@
 // The planner's decisions and the front door's checks, without MPI: the transport for
-// every rank's capabilities, lvx's form for that transport, a one-rank plan, and the
-// validation of a call (q_ranges summarized through the backend).
+// every rank's capabilities (mixed CUDA-awareness, shared GPUs), the cost-based choice
+// among calibrated links, lvx's form for that transport, LVX_MPI_CUDA_AWARE, a one-rank
+// plan, and the validation of a call (q_ranges summarized through the backend).
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -12,6 +14,8 @@
 #include "core/error.hpp"
 #include "plan/cost_model.hpp"
 #include "plan/planner.hpp"
+#include "plan/settings.hpp"
+#include "transport/mpi_device_support.hpp"
 #include "plan/validate.hpp"
 
 namespace {
@@ -36,24 +40,68 @@ std::string error_of(const std::function<void()>& fn, Status* status = nullptr) 
   return "";
 }
 
+TransportCaps caps(bool nccl, MpiDeviceAccess mpi, uint64_t gpu, const char* how = "") {
+  return TransportCaps{nccl, mpi, gpu, how};
+}
+
 void transports() {
-  const TransportCaps all{true, true}, plain{false, false}, aware{false, true}, nccl_only{true, false};
+  using A = MpiDeviceAccess;
+  const TransportCaps all = caps(true, A::yes, 1), plain = caps(false, A::none, 2), aware = caps(false, A::yes, 3),
+                      nccl_only = caps(true, A::none, 4), all2 = caps(true, A::yes, 5);
   check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 1, {all}) == TransportKind::none,
         "one rank moves nothing");
-  check(choose_transport(TransportKind::automatic, DeviceKind::cpu, 3, {all, all, all}) == TransportKind::mpi,
+  check(choose_transport(TransportKind::automatic, DeviceKind::cpu, 3, {all, all2, all}) == TransportKind::mpi,
         "host buffers: MPI");
   Status st{};
-  check(error_of([&] { choose_transport(TransportKind::nccl, DeviceKind::cpu, 2, {all, all}); }, &st).find("needs CUDA") !=
-                std::string::npos && st == Status::invalid_argument,
+  check(error_of([&] { choose_transport(TransportKind::nccl, DeviceKind::cpu, 2, {all, all2}); }, &st)
+                    .find("moves CUDA tensors") != std::string::npos &&
+            st == Status::invalid_argument,
         "NCCL for host buffers is an invalid argument");
-  check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {all, all}) == TransportKind::nccl,
+  check(error_of([&] { choose_transport(TransportKind::mpi_direct, DeviceKind::cpu, 2, {all, all2}); }, &st)
+                    .find("host tensors go over 'mpi'") != std::string::npos,
+        "mpi-direct for host buffers is an invalid argument");
+  check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {all, all2}) == TransportKind::nccl,
         "auto on GPUs: NCCL where every rank has it");
+  check(transport_candidates(TransportKind::automatic, DeviceKind::cuda, 2, {all, all2}) ==
+            std::vector<TransportKind>{TransportKind::nccl, TransportKind::mpi_direct, TransportKind::mpi_staged},
+        "auto on GPUs: candidates NCCL, then mpi-direct, then mpi-staged");
+  check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {all, all}) == TransportKind::mpi_direct,
+        "auto, ranks sharing one GPU: no NCCL (it refuses that); MPI direct");
+  check(error_of([&] { choose_transport(TransportKind::nccl, DeviceKind::cuda, 2, {all, all}); }, &st)
+                    .find("ranks 0 and 1 share one GPU") != std::string::npos &&
+            st == Status::unsupported,
+        "NCCL asked for ranks sharing one GPU: unsupported, naming them");
   check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {nccl_only, plain}) == TransportKind::mpi_staged,
-        "auto on GPUs, one rank without NCCL: MPI, staged");
+        "auto on GPUs, one rank without NCCL, no MPI takes CUDA buffers: MPI, staged");
   check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {aware, aware}) == TransportKind::mpi_direct,
         "auto on GPUs without NCCL, every MPI CUDA-aware: MPI direct");
-  check(choose_transport(TransportKind::mpi, DeviceKind::cuda, 2, {all, nccl_only}) == TransportKind::mpi_staged,
-        "MPI asked, one rank's MPI not CUDA-aware: staged on every rank");
+  check(choose_transport(TransportKind::mpi, DeviceKind::cuda, 2, {all, all2}) == TransportKind::mpi_direct,
+        "MPI asked, every MPI CUDA-aware: direct");
+  check(choose_transport(TransportKind::mpi, DeviceKind::cuda, 2, {plain, nccl_only}) == TransportKind::mpi_staged,
+        "MPI asked, no MPI CUDA-aware: staged");
+  check(choose_transport(TransportKind::mpi_staged, DeviceKind::cuda, 2, {all, nccl_only}) == TransportKind::mpi_staged,
+        "mpi-staged asked runs whatever the MPIs can");
+  // Mixed awareness: an error wherever MPI would move CUDA buffers, on every rank alike.
+  const TransportCaps yes_forced = caps(false, A::yes, 6, "LVX_MPI_CUDA_AWARE=1"),
+                      no_forced = caps(false, A::none, 7, "LVX_MPI_CUDA_AWARE=0");
+  for (TransportKind asked : {TransportKind::mpi, TransportKind::automatic, TransportKind::mpi_direct}) {
+    const std::string e = error_of([&] { choose_transport(asked, DeviceKind::cuda, 3, {yes_forced, no_forced, yes_forced}); }, &st);
+    check(e.find("ranks disagree on whether their MPI takes CUDA buffers") != std::string::npos &&
+              e.find("rank 1 (LVX_MPI_CUDA_AWARE=0)") != std::string::npos &&
+              e.find("rank 0 (LVX_MPI_CUDA_AWARE=1), rank 2") != std::string::npos && st == Status::mismatch,
+          std::string("mixed awareness, '") + name(asked) + "' asked: the same error naming the ranks");
+  }
+  check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {caps(true, A::yes, 1), caps(true, A::none, 2)}) ==
+            TransportKind::nccl,
+        "mixed awareness under auto where NCCL runs: NCCL (MPI never moves CUDA buffers)");
+  check(error_of([&] { choose_transport(TransportKind::mpi, DeviceKind::cuda, 2, {caps(false, A::evidence, 1), plain}); },
+                 &st)
+                .find("ranks disagree") != std::string::npos,
+        "evidence on one rank, none on another: mixed too");
+  check(error_of([&] { choose_transport(TransportKind::mpi_direct, DeviceKind::cuda, 2, {plain, nccl_only}); }, &st)
+                    .find("needs an MPI that takes CUDA buffers on every rank") != std::string::npos &&
+            st == Status::unsupported,
+        "mpi-direct asked where no MPI takes CUDA buffers: unsupported");
   check(error_of([&] { choose_transport(TransportKind::nccl, DeviceKind::cuda, 2, {all, aware}); }, &st)
                     .find("no NCCL") != std::string::npos &&
             st == Status::unsupported,
@@ -89,6 +137,72 @@ void lvx_forms() {
             choose_lvx_form(few_queries, Settings{GatherMode::any, 0}, false) == LvxForm::single &&
             choose_lvx_form(few_queries, Settings{GatherMode::ring, 0}, true) == LvxForm::ring,
         "forced forms hold on any transport");
+}
+
+// The transport by calibrated link costs, lvx's form for the transport that runs.
+void path_choice() {
+  using A = MpiDeviceAccess;
+  const std::vector<TransportCaps> gpus = {caps(true, A::yes, 1), caps(true, A::yes, 2), caps(true, A::yes, 3),
+                                           caps(true, A::yes, 4)};
+  const Plan p = four_ranks(1024, 16384);
+  const Settings automatic{};
+  CostParams c = make_cost_params(400e12, 100e9, 5e-6, {});
+  PathChoice r = choose_path(p, TransportKind::automatic, DeviceKind::cuda, gpus, automatic, Algorithm::lvx, c);
+  check(r.transport == TransportKind::nccl && r.lvx_form != LvxForm::ring,
+        "no links calibrated: NCCL first, lvx gathered over it");
+  set_link(c, TransportKind::nccl, 150e9, 20e-6);
+  set_link(c, TransportKind::mpi_direct, 180e9, 10e-6);
+  set_link(c, TransportKind::mpi_staged, 10e9, 30e-6);
+  r = choose_path(p, TransportKind::automatic, DeviceKind::cuda, gpus, automatic, Algorithm::lvx, c);
+  check(r.transport == TransportKind::mpi_direct && r.lvx_form != LvxForm::ring,
+        "every link calibrated: the fastest predicted (mpi-direct), lvx gathered");
+  set_link(c, TransportKind::mpi_direct, 1e9, 1e-3);
+  r = choose_path(p, TransportKind::automatic, DeviceKind::cuda, gpus, automatic, Algorithm::lvx, c);
+  check(r.transport == TransportKind::nccl, "a slow direct link: NCCL");
+  set_link(c, TransportKind::mpi_staged, 500e9, 1e-6);
+  r = choose_path(p, TransportKind::mpi, DeviceKind::cuda, gpus, automatic, Algorithm::lvx, c);
+  check(r.transport == TransportKind::mpi_staged && r.lvx_form == LvxForm::ring,
+        "'mpi' asked, staging priced faster: staged, and lvx's ring form for it");
+  r = choose_path(p, TransportKind::mpi_staged, DeviceKind::cuda, gpus, automatic, Algorithm::lvx, make_cost_params(400e12, 100e9, 5e-6, {}));
+  check(r.transport == TransportKind::mpi_staged && r.lvx_form == LvxForm::ring, "staged: lvx's ring form");
+  r = choose_path(p, TransportKind::mpi_direct, DeviceKind::cuda, gpus, automatic, Algorithm::automatic, make_cost_params(400e12, 100e9, 5e-6, {}));
+  check(r.transport == TransportKind::mpi_direct && r.algorithm != Algorithm::automatic &&
+            (r.algorithm != Algorithm::lvx || r.lvx_form != LvxForm::ring),
+        "direct, algorithm auto: resolved, lvx gathered if chosen");
+  Plan uneven = p;
+  uneven.set_rows({5000, 10, 0, 7}, {100, 90000, 5, 0});
+  bool same = true;
+  PathChoice first;
+  for (int rank = 0; rank < 4; ++rank) {
+    uneven.rank = rank;
+    const PathChoice x = choose_path(uneven, TransportKind::automatic, DeviceKind::cuda, gpus, automatic, Algorithm::automatic, c);
+    if (rank == 0) first = x;
+    same = same && x.transport == first.transport && x.algorithm == first.algorithm && x.lvx_form == first.lvx_form;
+  }
+  check(same, "uneven shards: every rank makes the same choice");
+  Status st{};
+  check(error_of([&] { CostParams d; set_link(d, TransportKind::mpi, 1e9, 0); }, &st).find("links are for") !=
+                std::string::npos &&
+            error_of([&] { CostParams d; set_link(d, TransportKind::nccl, 0, 0); }).find("bytes_per_s > 0") !=
+                std::string::npos,
+        "links: for device transports, with positive rates");
+}
+
+// LVX_MPI_CUDA_AWARE: 0 or 1, anything else is an error of the rank's plan.
+void mpi_cuda_aware_setting() {
+  std::string error;
+  unsetenv("LVX_MPI_CUDA_AWARE");
+  check(read_settings(&error).mpi_cuda_aware == -1 && error.empty(), "LVX_MPI_CUDA_AWARE unset: -1");
+  setenv("LVX_MPI_CUDA_AWARE", "1", 1);
+  check(read_settings(&error).mpi_cuda_aware == 1 && error.empty(), "LVX_MPI_CUDA_AWARE=1");
+  setenv("LVX_MPI_CUDA_AWARE", "0", 1);
+  check(read_settings(&error).mpi_cuda_aware == 0 && error.empty(), "LVX_MPI_CUDA_AWARE=0");
+  setenv("LVX_MPI_CUDA_AWARE", "yes", 1);
+  check(read_settings(&error).mpi_cuda_aware == -1 && error == "LVX_MPI_CUDA_AWARE must be 0 or 1, got 'yes'",
+        "LVX_MPI_CUDA_AWARE=yes: an error");
+  unsetenv("LVX_MPI_CUDA_AWARE");
+  check(mpi_device_support(1).access == MpiDeviceAccess::yes && mpi_device_support(0).access == MpiDeviceAccess::none,
+        "the setting decides over the evidence");
 }
 
 void one_rank_plan() {
@@ -160,6 +274,8 @@ void front_door() {
 int main() {
   transports();
   lvx_forms();
+  path_choice();
+  mpi_cuda_aware_setting();
   one_rank_plan();
   front_door();
   std::printf("%d failed\n", failures);

@@ -15,7 +15,6 @@ LVX_CUDA_SM90=0 for the mma.sync ones:
 
 import itertools
 import math
-import os
 
 import pytest
 import torch
@@ -43,8 +42,7 @@ GPU_TOL = {torch.bfloat16: 2e-2, torch.float16: 8e-3, torch.float32: 1e-4}
 
 
 def device():
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-    return torch.device("cuda", local % torch.cuda.device_count())
+    return lvxattn.devices.pick_device("cuda")
 
 
 def check(got, ref, dtype, ranges, label, hidden=None):

@@ -38,7 +38,8 @@ BASE = {"base": ["numpy", "torch>=2.1"]}
 
 
 def test_no_mpi_brings_the_wheel(rules, monkeypatch, tmp_path):
-    monkeypatch.delenv("MPI_HOME", raising=False)
+    for name in ("MPI_HOME", "CMAKE_ARGS", "MPICC"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert rules.system_mpi() is None
     assert rules.get_requires_for_dynamic_metadata({}) == [rules.WHEEL]
@@ -47,7 +48,8 @@ def test_no_mpi_brings_the_wheel(rules, monkeypatch, tmp_path):
 
 def test_a_wheel_on_path_is_not_a_system_mpi(rules, monkeypatch, tmp_path):
     wheel = fake_mpicc(tmp_path / "venv", wheel=True)
-    monkeypatch.delenv("MPI_HOME", raising=False)
+    for name in ("MPI_HOME", "CMAKE_ARGS", "MPICC"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", str(wheel.parent))
     assert rules.system_mpi() is None
     assert rules.dynamic_metadata("dependencies", BASE)[-1] == rules.WHEEL
@@ -56,10 +58,22 @@ def test_a_wheel_on_path_is_not_a_system_mpi(rules, monkeypatch, tmp_path):
 def test_mpicc_on_path_wins_over_a_wheel_before_it(rules, monkeypatch, tmp_path):
     wheel = fake_mpicc(tmp_path / "venv", wheel=True)
     system = fake_mpicc(tmp_path / "opt" / "openmpi", wheel=False)
-    monkeypatch.delenv("MPI_HOME", raising=False)
+    for name in ("MPI_HOME", "CMAKE_ARGS", "MPICC"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(wheel.parent), str(system.parent)]))
     assert rules.system_mpi() == str(system)
     assert rules.get_requires_for_dynamic_metadata({}) == []
+    assert rules.dynamic_metadata("dependencies", BASE) == BASE["base"]
+
+
+@pytest.mark.parametrize("variable, value", [("CMAKE_ARGS", "-DLVX_CUDA=OFF -DMPI_C_COMPILER=cc"),
+                                             ("CMAKE_ARGS", "-DMPI_HOME=/opt/mpi"), ("MPICC", "cc")])
+def test_an_mpi_named_for_cmake_or_mpi4py_counts(rules, monkeypatch, tmp_path, variable, value):
+    for name in ("MPI_HOME", "CMAKE_ARGS", "MPICC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    assert rules.system_mpi() is not None
     assert rules.dynamic_metadata("dependencies", BASE) == BASE["base"]
 
 

@@ -130,7 +130,7 @@ def test_ranks_that_disagree_all_raise_the_same_error(field, make):
 @pytest.mark.timeout(30)
 def test_a_transport_that_cannot_run_fails_every_rank_before_it_is_made():
     """NCCL asked for host tensors: the plan, not the transport's set-up, fails every rank."""
-    with pytest.raises(lvxattn.InvalidArgumentError, match="transport 'nccl' needs CUDA tensors"):
+    with pytest.raises(lvxattn.InvalidArgumentError, match="transport 'nccl' moves CUDA tensors; host tensors go over 'mpi'"):
         lvxattn.cross_attention(**good(), comm=WORLD, transport="nccl")
     assert torch.isfinite(lvxattn.cross_attention(**good(), comm=WORLD)).all()
 

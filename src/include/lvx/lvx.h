@@ -56,8 +56,10 @@ typedef enum {
 typedef enum { LVX_FLOAT32 = 0, LVX_FLOAT16 = 1, LVX_BFLOAT16 = 2 } lvx_dtype_t;
 typedef enum { LVX_ALGO_LVX = 0, LVX_ALGO_RING = 1, LVX_ALGO_ULYSSES = 2, LVX_ALGO_AUTO = 3 } lvx_algorithm_t;
 typedef enum { LVX_DEVICE_CPU = 0, LVX_DEVICE_CUDA = 1 } lvx_device_t;
-/* A context asks for AUTO (NCCL for device buffers where built, else MPI), MPI or NCCL;
- * lvx_stats_t names the path that ran: NONE (one rank), MPI (host buffers), MPI_STAGED
+/* A context asks for AUTO (for device buffers: NCCL, MPI_DIRECT or MPI_STAGED, by calibrated
+ * link costs where set, else in that order of preference among those every rank can run),
+ * MPI (MPI_DIRECT where every rank's MPI takes device buffers, else MPI_STAGED), NCCL,
+ * MPI_STAGED or MPI_DIRECT; lvx_stats_t names the path that ran: NONE (one rank), MPI (host buffers), MPI_STAGED
  * (device buffers through pinned host memory), MPI_DIRECT (device buffers, CUDA-aware
  * MPI) or NCCL. */
 typedef enum {
@@ -76,7 +78,7 @@ typedef struct {
   lvx_device_t device;       /* where the buffers live; default CPU */
   int device_index;          /* CUDA device, -1 (default): local rank modulo the device count */
   int threads;               /* CPU threads, 0 (default): cores divided by ranks on the node */
-  lvx_transport_t transport; /* AUTO (default), MPI or NCCL */
+  lvx_transport_t transport; /* AUTO (default), MPI (the best MPI path), NCCL, MPI_STAGED or MPI_DIRECT */
 } lvx_options_t;
 
 typedef struct {
