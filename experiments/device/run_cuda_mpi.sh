@@ -9,11 +9,19 @@
 #   staged    the host-staged (mpi-staged) cases and the other GPU tests at P = 2;
 #   choice    the CPU tests of the transport choice (test_transport_choice.py) at P = 3;
 #   bench     lvx and ring forward+backward on the five shapes of the 4-GPU table over
-#             mpi-direct and mpi-staged at P = 2 (NCCL where ranks have their own GPUs).
+#             mpi-direct and mpi-staged at P = 2 (NCCL where ranks have their own GPUs);
+#   devtype   ranks on different device types (one on the CPU, the others on the GPU) in a
+#             fresh process, then the mixed-awareness and probe tests, at P = 2 and 3, with
+#             UCX's native backtrace on a fatal signal.
+# STEPS=quick (about 3 minutes with the set-up): "devtype staged choice", a re-check of the
+# device-type, mixed-awareness, staged and transport-choice tests. The set-up always runs
+# (a fresh machine has no build). Where the sanity ring found that MPI cannot move CUDA
+# buffers, the direct step and the mpi-direct benchmark rows are left out (they cannot pass).
 # Every step has a time limit and the whole a deadline (BUDGET_S, default 540 s); a failing
 # step does not stop the next. Logs and CSVs go to $OUT (logs as one archive: at most 8
 # files come back). Usage (from the repository root; .whl/ holds the wheels):
 #   experiments/device/run_cuda_mpi.sh                 # STEPS="sanity direct staged choice bench"
+#   STEPS=quick experiments/device/run_cuda_mpi.sh     # the re-check (BUDGET_S=240 is enough)
 # Settings: OUT, STEPS, BUDGET_S, SHAPES, REPEATS, WHEELS (.whl), PY (python3), GIT_SHA,
 # CUDAMPI_PREFIX, BUILD_DIR, CMAKE_ARGS (passed to the build), MPIRUN_EXTRA (more mpirun flags).
 set -uo pipefail
@@ -22,6 +30,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-/tmp/lvx_cudampi_out}
 steps=${STEPS:-sanity direct staged choice bench}
+[ "$steps" = quick ] && steps="devtype staged choice"
 prefix=${CUDAMPI_PREFIX:-/tmp/cudampi}
 build=${BUILD_DIR:-/tmp/lvx_cudampi_build}
 pkg=/tmp/lvx_cudampi_pkg
@@ -90,6 +99,23 @@ else
       export LVX_MPI_CUDA_AWARE=1
       MPIRUN="$MPIRUN -x LVX_MPI_CUDA_AWARE"
     fi
+    if ! grep -aq "SANITY .*data_ok=1" "$out/sanity_n2.log" 2>/dev/null; then
+      say "NO CUDA-AWARE MPI: the ring of CUDA buffers failed; the direct step and mpi-direct rows are left out"
+      steps=${steps// direct/}
+      steps=${steps//direct /}
+      direct_ok=0
+    fi
+  fi
+
+  if [[ " $steps " == *" devtype "* ]]; then
+    # First in a fresh process (nothing ran before it), then after the probe and the mixed cases.
+    for n in 2 3; do
+      step devtype_n$n 90 $MPIRUN -n $n -x UCX_HANDLE_ERRORS=bt $PYTEST -m "mpi and gpu" $GPU_TESTS -k "different_device_types"
+      counts devtype_n$n
+      step mixed_n$n 90 $MPIRUN -n $n -x UCX_HANDLE_ERRORS=bt $PYTEST -m "mpi and gpu" $GPU_TESTS -k "probe or mixed or different_device_types"
+      counts mixed_n$n
+      grep -aE "^(FAILED|ERROR)|Caught signal|Segmentation" "$out/devtype_n$n.log" "$out/mixed_n$n.log" | sort -u | head -8 | tee -a "$summary"
+    done
   fi
 
   if [[ " $steps " == *" direct "* ]]; then
@@ -101,20 +127,22 @@ else
   fi
 
   if [[ " $steps " == *" staged "* ]]; then
-    step staged_n2 100 $MPIRUN -n 2 $PYTEST -m "mpi and gpu" $GPU_TESTS -k "not mpi-direct and not mixed and not probe"
+    step staged_n2 100 $MPIRUN -n 2 -x UCX_HANDLE_ERRORS=bt $PYTEST -m "mpi and gpu" $GPU_TESTS -k "not mpi-direct and not mixed and not probe"
     counts staged_n2
-    grep -aE "^(FAILED|ERROR)" "$out/staged_n2.log" | sort -u | head -8 | tee -a "$summary"
+    grep -aE "^(FAILED|ERROR)|Caught signal|Segmentation" "$out/staged_n2.log" | sort -u | head -8 | tee -a "$summary"
   fi
 
   if [[ " $steps " == *" choice "* ]]; then
     step choice_n3 60 $MPIRUN -n 3 $PYTEST -m mpi tests/python/test_transport_choice.py
     counts choice_n3
+    grep -aE "^(FAILED|ERROR)" "$out/choice_n3.log" | sort -u | head -8 | tee -a "$summary"
   fi
 
   if [[ " $steps " == *" bench "* ]]; then
     # The 4-GPU table's five shapes (global sizes), the target's first; P = 2 on one GPU holds them.
     SHAPES=${SHAPES:-4096x65536x16x16x128:fp16,1024x131072x16x16x128:fp16,8192x32768x16x16x128:fp16,2048x262144x16x16x128:fp16,2048x131072x32x8x128:bf16}
     transports=mpi-direct,mpi-staged
+    [ "${direct_ok:-1}" = 0 ] && transports=mpi-staged
     [ "$NGPU" -ge 2 ] && transports=$transports,nccl
     step bench_n2 200 $MPIRUN -n 2 $py experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
       --algorithms lvx,ring --transport $transports --repeats ${REPEATS:-5} --warmup 2 \
@@ -122,7 +150,7 @@ else
     sed -n '/^NVIDIA\|^P /,$p' "$out/bench_n2.log" | tail -32 | tee -a "$summary"
     if [ "$NGPU" -ge 2 ] && [ $(( deadline - $(date +%s) )) -gt 120 ]; then
       step bench_n$NGPU 150 $MPIRUN -n $NGPU $py experiments/bench_dist.py --device cuda \
-        --shapes "${SHAPES%%,*}" --algorithms lvx,ring --transport mpi-direct,mpi-staged,nccl --repeats 5 \
+        --shapes "${SHAPES%%,*}" --algorithms lvx,ring --transport $transports --repeats 5 \
         --csv "$out/dist_gpu_cudampi.csv" --tag "P=$NGPU cudampi"
       tail -12 "$out/bench_n$NGPU.log" | tee -a "$summary"
     fi

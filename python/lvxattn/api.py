@@ -335,7 +335,8 @@ def cross_attention(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=No
         TypeError, ValueError: bad input on this rank, naming the argument.
         InvalidArgumentError, RankMismatchError: bad input on another rank, or ranks that
             disagree on batch, heads, head dim, dtype, scale, algorithm, mask presence, device,
-            or whether their MPI takes CUDA buffers.
+            or (for ``"auto"``, ``"mpi"`` and ``"mpi-direct"``, NCCL or not) whether their MPI
+            takes CUDA buffers.
         UnsupportedError: a transport that cannot run (on every rank alike).
     """
     o, _ = cross_attention_forward(q, k, v, comm, algorithm, q_ranges, scale, transport)

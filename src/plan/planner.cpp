@@ -20,8 +20,6 @@ namespace {
 struct Descriptor {
   int64_t B, Lq, Lkv, Hq, Hkv, D, max_range_end;
   int32_t dtype, algorithm, has_ranges, has_error, device, transport;
-  int32_t nccl, mpi_device;  // TransportCaps
-  uint64_t gpu;
   int32_t gather_mode;       // Settings (rank 0's decide)
   int64_t gather_max_bytes;
   float scale;
@@ -29,10 +27,18 @@ struct Descriptor {
   KernelCost kernel_fwd, kernel_bwd;
   LinkCost link_nccl, link_mpi_direct, link_mpi_staged;
   char error[240];
-  char mpi_device_how[160];
 };
 
-Descriptor describe(const LocalProblem& l, const TransportCaps& caps, const Settings& s, const std::string& error) {
+// What each rank contributes to the second allgather of a plan on CUDA buffers: its
+// TransportCaps. Gathered only once every rank is known to pass CUDA buffers (and no rank
+// has an error), so that a rank on host memory never meets device-capability code.
+struct CapsWire {
+  int32_t nccl, mpi_device;
+  uint64_t gpu;
+  char how[160];
+};
+
+Descriptor describe(const LocalProblem& l, const Settings& s, const std::string& error) {
   Descriptor d{};
   d.B = l.B;
   d.Lq = l.Lq;
@@ -46,9 +52,6 @@ Descriptor describe(const LocalProblem& l, const TransportCaps& caps, const Sett
   d.has_ranges = l.has_ranges;
   d.device = static_cast<int32_t>(l.device);
   d.transport = static_cast<int32_t>(l.transport);
-  d.nccl = caps.nccl;
-  d.mpi_device = static_cast<int32_t>(caps.mpi_device);
-  d.gpu = caps.gpu;
   d.gather_mode = static_cast<int32_t>(s.gather_mode);
   d.gather_max_bytes = s.gather_max_bytes;
   d.scale = l.scale;
@@ -62,7 +65,6 @@ Descriptor describe(const LocalProblem& l, const TransportCaps& caps, const Sett
   d.link_mpi_staged = l.cost.mpi_staged;
   d.has_error = !error.empty();
   std::snprintf(d.error, sizeof d.error, "%s", error.c_str());
-  std::snprintf(d.mpi_device_how, sizeof d.mpi_device_how, "%s", caps.how.c_str());
   return d;
 }
 
@@ -216,7 +218,7 @@ std::vector<TransportKind> transport_candidates(TransportKind asked, DeviceKind 
                  ranks_where(caps, [](const TransportCaps& c) { return c.mpi_device != MpiDeviceAccess::none; }) +
                  "; no on " + ranks_where(caps, [](const TransportCaps& c) { return c.mpi_device == MpiDeviceAccess::none; }) +
                  ". Run every rank with the same CUDA-aware MPI and settings (" + kClusterDoc +
-                 "), or ask for transport='mpi-staged'");
+                 "), or ask for transport='mpi-staged'" + (nccl && shared.empty() ? " or 'nccl'" : ""));
   };
   switch (asked) {
     case TransportKind::nccl:
@@ -241,13 +243,14 @@ std::vector<TransportKind> transport_candidates(TransportKind asked, DeviceKind 
       if (direct) return {TransportKind::mpi_direct, TransportKind::mpi_staged};
       return {TransportKind::mpi_staged};
     case TransportKind::automatic: {
+      // Ranks that disagree fail 'auto' as they fail 'mpi', whether NCCL could run or not:
+      // the choice among the candidates must not hide a misconfigured MPI on some ranks,
+      // nor depend on the build; asking for 'nccl' or 'mpi-staged' runs regardless.
+      if (mixed) mixed_error();
       std::vector<TransportKind> out;
       if (nccl && shared.empty()) out.push_back(TransportKind::nccl);
-      if (!mixed) {
-        if (direct) out.push_back(TransportKind::mpi_direct);
-        out.push_back(TransportKind::mpi_staged);
-      }
-      if (out.empty()) mixed_error();
+      if (direct) out.push_back(TransportKind::mpi_direct);
+      out.push_back(TransportKind::mpi_staged);
       return out;
     }
     default: break;
@@ -358,17 +361,25 @@ void Planner::probe_if_needed(const LocalProblem& l, std::vector<TransportCaps>&
 Plan Planner::plan(const LocalProblem& l, const std::string& local_error) {
   std::string error = local_error;
   const Settings settings = read_settings(&error);
-  TransportCaps mine;
-  if (l.device == DeviceKind::cuda && size_ > 1 && error.empty()) {
+  // First every rank's call: errors and disagreements (device type, transport, ...) fail
+  // every rank here, before any rank asks its GPU or its MPI about device buffers.
+  const std::vector<Descriptor> all = allgather(comm_, size_, describe(l, settings, error));
+  fail_on_errors(all);
+  check_agreement(all);
+  // Then, where every rank passes CUDA buffers (agreed above), every rank's capabilities.
+  std::vector<TransportCaps> caps(all.size());
+  if (l.device == DeviceKind::cuda && size_ > 1) {
+    CapsWire mine{};
     mine.nccl = gpu::nccl_built();
     mine.gpu = gpu::device_uuid_digest(l.cuda_device);
     const MpiDeviceSupport m = mpi_device_support(settings.mpi_cuda_aware);
-    mine.mpi_device = m.access;
-    mine.how = m.how;
+    mine.mpi_device = static_cast<int32_t>(m.access);
+    std::snprintf(mine.how, sizeof mine.how, "%s", m.how.c_str());
+    const std::vector<CapsWire> wire = allgather(comm_, size_, mine);
+    for (size_t r = 0; r < wire.size(); ++r)
+      caps[r] = TransportCaps{wire[r].nccl != 0, static_cast<MpiDeviceAccess>(wire[r].mpi_device), wire[r].gpu,
+                              std::string(wire[r].how, strnlen(wire[r].how, sizeof wire[r].how))};
   }
-  const std::vector<Descriptor> all = allgather(comm_, size_, describe(l, mine, settings, error));
-  fail_on_errors(all);
-  check_agreement(all);
 
   Plan p;
   p.rank = rank_;
@@ -379,13 +390,10 @@ Plan Planner::plan(const LocalProblem& l, const std::string& local_error) {
   p.dtype = l.dtype;
   p.scale = l.scale;
   std::vector<int64_t> lq, lkv;
-  std::vector<TransportCaps> caps;
   for (const auto& d : all) {
     p.has_ranges = p.has_ranges || (d.Lq > 0 && d.has_ranges);
     lq.push_back(d.Lq);
     lkv.push_back(d.Lkv);
-    caps.push_back(TransportCaps{d.nccl != 0, static_cast<MpiDeviceAccess>(d.mpi_device), d.gpu,
-                                 std::string(d.mpi_device_how, strnlen(d.mpi_device_how, sizeof d.mpi_device_how))});
   }
   p.set_rows(std::move(lq), std::move(lkv));
 

@@ -91,9 +91,14 @@ void transports() {
               e.find("rank 0 (LVX_MPI_CUDA_AWARE=1), rank 2") != std::string::npos && st == Status::mismatch,
           std::string("mixed awareness, '") + name(asked) + "' asked: the same error naming the ranks");
   }
-  check(choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, {caps(true, A::yes, 1), caps(true, A::none, 2)}) ==
-            TransportKind::nccl,
-        "mixed awareness under auto where NCCL runs: NCCL (MPI never moves CUDA buffers)");
+  {
+    const std::vector<TransportCaps> mixed_nccl = {caps(true, A::yes, 1), caps(true, A::none, 2)};
+    const std::string e = error_of([&] { choose_transport(TransportKind::automatic, DeviceKind::cuda, 2, mixed_nccl); }, &st);
+    check(st == Status::mismatch && e.find("or 'nccl'") != std::string::npos,
+          "mixed awareness under auto where NCCL could run: the same error (naming 'nccl' as a way out)");
+    check(choose_transport(TransportKind::nccl, DeviceKind::cuda, 2, mixed_nccl) == TransportKind::nccl,
+          "mixed awareness, 'nccl' asked: NCCL runs (MPI never moves CUDA buffers)");
+  }
   check(error_of([&] { choose_transport(TransportKind::mpi, DeviceKind::cuda, 2, {caps(false, A::evidence, 1), plain}); },
                  &st)
                 .find("ranks disagree") != std::string::npos,
