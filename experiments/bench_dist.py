@@ -3,7 +3,8 @@
     mpirun -n 4 python experiments/bench_dist.py --device cuda --shapes 4096x65536x16x16x128:fp16 \\
         --algorithms lvx,ring --transport nccl,mpi-direct,mpi-staged --csv experiments/results/dist_gpu.csv
 
-Every rank holds an even contiguous shard of both sequences. Each (shape,
+Every rank holds an even contiguous shard of both sequences (``lvxattn.sharding``:
+the first ranks one row more). Each (shape,
 algorithm, transport) is warmed up, then forward and backward are timed separately
 over --repeats iterations (a barrier and a device sync before each; the time of an
 iteration is the slowest rank's). Rank 0 prints medians with bytes sent, compute
@@ -28,7 +29,9 @@ from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(__file__))
 import lvxattn  # noqa: E402
-from common import metadata, print_table, write_csv  # noqa: E402
+from lvxattn.devices import pick_device  # noqa: E402
+from lvxattn.sharding import even_rows  # noqa: E402
+from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,10 +43,6 @@ def parse_shape(text):
     return lq, lkv, hq, hkv, d, dtype or "fp32"
 
 
-def even(n, P, r):
-    return n * r // P, n * (r + 1) // P
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -53,8 +52,8 @@ def make_inputs(device, shape, P, r):
     """This rank's even shard of random q, k, v (leaves needing grad) and dO."""
     lq, lkv, hq, hkv, d, dtype_name = shape
     dtype = DTYPES[dtype_name]
-    q0, q1 = even(lq, P, r)
-    k0, k1 = even(lkv, P, r)
+    q0, q1 = even_rows(lq, P, r)
+    k0, k1 = even_rows(lkv, P, r)
     gen = torch.Generator(device=device).manual_seed(1 + r)
     q = torch.randn(1, q1 - q0, hq, d, device=device, dtype=dtype, generator=gen).requires_grad_()
     k = torch.randn(1, k1 - k0, hkv, d, device=device, dtype=dtype, generator=gen).requires_grad_()
@@ -120,7 +119,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0: torch's default)")
-    ap.add_argument("--csv", default="")
+    ap.add_argument("--csv", help="output CSV, appended to (default: a new file under experiments/results/new/)")
     ap.add_argument("--tag", default="", help="free text stored in the CSV (e.g. the machine kind)")
     args = ap.parse_args()
 
@@ -128,12 +127,8 @@ def main():
     P, rank = comm.size, comm.rank
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", rank)))
-        device = torch.device("cuda", local % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = pick_device(args.device, comm)
+    refuse_committed(args.csv)   # on every rank, before any collective
     meta = metadata(args.device)
     rows = []
     for shape_text in args.shapes.split(","):
@@ -165,8 +160,9 @@ def main():
         if ratios:
             print("forward+backward relative to mpi-direct (> 1: mpi-direct is faster)")
             print_table(ratios, list(dict.fromkeys(k for r in ratios for k in r)))
-        if args.csv:
-            write_csv(args.csv, rows)
+        path = args.csv or new_results_path(f"dist_{args.device}")
+        write_csv(path, rows)
+        print(f"wrote {path}")
 
 
 def measure_row(comm, meta, args, P, shape, stats, fwd, bwd):

@@ -20,16 +20,18 @@ usage: python experiments/bench_gpu_kernels.py --out gpu_kernels.csv [--shapes .
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import datetime
 import math
 import os
-import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import git_sha, new_results_path, write_csv  # noqa: E402
 
 # (B, Hq, Hkv, Lq, Lkv, D, dtype): issue 19's table, then D = 96 and B > 1 GQA shapes.
 SHAPES = [
@@ -211,17 +213,10 @@ def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours"):
     return rows, 4.0 * B * Hq * Lq * Lkv * D, err
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="gpu_kernels.csv", help="CSV file to write")
+    ap.add_argument("--out", default=None,
+                    help="CSV file to write (default: a new file under experiments/results/new/; never a committed one)")
     ap.add_argument("--shapes", default=None, help="'B,Hq,Hkv,Lq,Lkv,D,dtype;...' instead of the default list")
     ap.add_argument("--reps-ms", type=float, default=200.0, help="time budget per measurement (do_bench rep, ms)")
     ap.add_argument("--lib", default=None, help="time the step kernels through this dev shim instead")
@@ -258,11 +253,9 @@ def main():
                             ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else ""))
         print(f"{'':>40} fwd rel err vs SDPA {err:.1e}")
     if out:
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(out[0].keys()))
-            w.writeheader()
-            w.writerows(out)
-        print(f"wrote {args.out}")
+        path = args.out or new_results_path("gpu_kernels")
+        write_csv(path, out)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -53,17 +53,17 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import metadata, print_table, write_csv  # noqa: E402
+from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
 import lvxattn  # noqa: E402
 from lvxattn.integrations import mllama as lvx_mllama  # noqa: E402
-from lvxattn.data import even_counts  # noqa: E402
+from lvxattn.devices import pick_device  # noqa: E402
+from lvxattn.sharding import even_counts  # noqa: E402
 from lvxattn.layers import measure_saved  # noqa: E402
 from transformers import MllamaForCausalLM, MllamaTextConfig  # noqa: E402
 from transformers.models.mllama import modeling_mllama as hf_mllama  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OOM_MARKERS = ("out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemory")
 MODEL_METHODS = ("sdpa", "eager")
@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trial-limit", type=float, default=60.0, help="stop growing after a trial this slow (s)")
     p.add_argument("--time-budget", type=float, default=240.0, help="no new trial after this many s")
     p.add_argument("--cpu-budget-mb", type=float, default=64.0)
-    p.add_argument("--csv", default=str(RESULTS / "bench_mllama.csv"))
+    p.add_argument("--csv", help="output CSV, appended to (default: a new file under experiments/results/new/)")
     args = p.parse_args(argv)
     column = 1 if args.tiny else 0
     for key, values in DEFAULTS.items():
@@ -285,17 +285,6 @@ class Bench:
         return best, why
 
 
-def pick_device(kind: str, comm) -> torch.device:
-    if kind == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but torch sees no CUDA device")
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-    device = torch.device("cuda", local % torch.cuda.device_count())
-    torch.cuda.set_device(device)
-    return device
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Out of memory inside the library is an expected outcome here: raise it (on every
@@ -305,6 +294,8 @@ def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     device = pick_device(args.device, comm)
+    args.csv = args.csv or comm.bcast(new_results_path("bench_mllama") if comm.rank == 0 else None, root=0)
+    refuse_committed(args.csv)   # on every rank, before any collective
     methods = (args.methods or ("sdpa,lvx,lvx-recompute" if size == 1 else
                                 "lvx,ring,lvx-recompute,ring-recompute")).split(",")
     for m in methods:

@@ -20,7 +20,6 @@ saved activations plus weights and gradients stay under ``--cpu-budget-mb``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import gc
 import os
@@ -28,16 +27,17 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from mpi4py import MPI
 
 import lvxattn
-from lvxattn import cli, data, masks
+from lvxattn import data, devices, masks
+from lvxattn.cli import ALGORITHMS
 from lvxattn.layers import CrossAttentionStack, measure_saved
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import git_sha, new_results_path, refuse_committed, write_csv  # noqa: E402
 OOM_MARKERS = ("out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemory")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-len", type=int, default=2048, help="global text length")
     p.add_argument("--mask", choices=("none",) + masks.STYLES, default="all_previous")
     p.add_argument("--images", type=int, default=8, help="images the visual tokens form (for the mask)")
-    p.add_argument("--algorithm", choices=cli.ALGORITHMS, default="lvx")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="lvx")
     p.add_argument("--modes", default="recompute,no-recompute")
     p.add_argument("--visual-grad", action=argparse.BooleanOptionalAction, default=True,
                    help="also compute the gradient of the visual features (encoder is trained)")
@@ -76,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--cpu-budget-mb", type=float, default=256.0)
     p.add_argument("--trial-timeout", type=float, default=900.0, help="seconds before the watchdog aborts")
-    p.add_argument("--csv", default=str(RESULTS / "bench_recompute.csv"))
-    p.add_argument("--trials-csv", default=str(RESULTS / "bench_recompute_trials.csv"))
+    p.add_argument("--csv", help="summary rows (default: a new file under experiments/results/new/)")
+    p.add_argument("--trials-csv", help="one row per trial (default: <--csv without .csv>_trials.csv)")
     return p.parse_args(argv)
 
 
@@ -211,16 +211,6 @@ class Bench:
         return best
 
 
-def append_csv(path: str, row: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -235,11 +225,15 @@ def main(argv=None) -> int:
     os.environ.setdefault("LVX_ON_ERROR", "raise")
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    device = cli.pick_device(args.device, comm)
+    device = devices.pick_device(args.device, comm)
+    args.csv = args.csv or new_results_path("bench_recompute")
+    args.trials_csv = args.trials_csv or os.path.splitext(args.csv)[0] + "_trials.csv"
+    refuse_committed(args.csv)   # on every rank, before any collective
+    refuse_committed(args.trials_csv)
     bench = Bench(args, comm, device)
     common = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": cli.git_sha(), "device": device_name(device), "gpus": size if device.type == "cuda" else 0,
+        "git_sha": git_sha(), "device": device_name(device), "gpus": size if device.type == "cuda" else 0,
         "ranks": size, "layers": args.layers, "text_dim": args.text_dim, "visual_dim": args.visual_dim,
         "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": args.dtype,
         "batch": args.batch, "text_len": args.text_len, "mask": args.mask, "algorithm": args.algorithm,
@@ -252,7 +246,7 @@ def main(argv=None) -> int:
         if rank == 0:
             state = "fits" if t.fits else f"does not fit ({t.note})"
             print(f"  {t.mode:>13}: {t.visual_len_per_rank:>9} tokens/rank {state}", flush=True)
-            append_csv(args.trials_csv, {**common, **asdict(t)})
+            write_csv(args.trials_csv, [{**common, **asdict(t)}])
 
     results = {}
     for mode in args.modes.split(","):
@@ -273,7 +267,7 @@ def main(argv=None) -> int:
                    "saved_activation_mb": round(best.saved_activation_bytes / 2**20, 1) if best else None,
                    "step_s": round(best.step_s, 4) if best else None, "ratio_vs_no_recompute": ratio,
                    "granularity": args.granularity}
-            append_csv(args.csv, row)
+            write_csv(args.csv, [row])
             rows.append((mode, str(size), str(length), str(length * size), str(row["peak_mb"]),
                          str(row["saved_activation_mb"]), str(row["step_s"]), ratio))
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

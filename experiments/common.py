@@ -1,4 +1,9 @@
-"""Shared bits of the benchmark scripts: run metadata and CSV/table output."""
+"""Shared bits of the benchmark scripts: run metadata, where results go, CSV/table output.
+
+New results go to a fresh file under ``experiments/results/new/`` (ignored by git)
+unless a path is given; no script writes into a file that git tracks, so a committed
+measurement is only ever replaced on purpose (copy the new file over it and commit).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,17 @@ import datetime
 import os
 import platform
 import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NEW_RESULTS = RESULTS / "new"
 
 
 def git_sha() -> str:
-    """The checkout's short sha (-dirty with local changes), or $LVX_GIT_SHA where the
-    tree is a copy without git."""
+    """$LVX_GIT_SHA when set (a copy of the tree whose git metadata may be stale or absent,
+    as on a lent GPU machine), else the checkout's short sha (-dirty with local changes)."""
+    if os.environ.get("LVX_GIT_SHA"):
+        return os.environ["LVX_GIT_SHA"]
     try:
         root = os.path.dirname(os.path.abspath(__file__))
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
@@ -41,9 +52,35 @@ def metadata(kind: str = "cpu") -> dict:
     return {"date": datetime.date.today().isoformat(), "git_sha": git_sha(), "device": device_name(kind)}
 
 
+def new_results_path(stem: str, ext: str = "csv") -> str:
+    """A fresh path for this run: ``experiments/results/new/<stem>_<git sha>_<date>-<time>.<ext>``
+    (no extension with ``ext=""``: a folder)."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    return str(NEW_RESULTS / (f"{stem}_{git_sha()}_{stamp}" + (f".{ext}" if ext else "")))
+
+
+def is_committed(path: str) -> bool:
+    """True when git tracks ``path`` (a committed result)."""
+    path = os.path.abspath(path)
+    try:
+        return subprocess.run(["git", "ls-files", "--error-unmatch", "--", path], cwd=os.path.dirname(path) or ".",
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def refuse_committed(path: str) -> None:
+    """SystemExit when ``path`` is a committed result: measurements are added, never overwritten."""
+    if path and os.path.exists(path) and is_committed(path):
+        raise SystemExit(f"{path} is a committed result; write to a new file (the default, under "
+                         f"{os.path.relpath(NEW_RESULTS)}) and copy it over deliberately")
+
+
 def write_csv(path: str, rows: list[dict]) -> None:
+    """Appends ``rows`` to ``path`` (header first when the file is new); never to a committed file."""
     if not rows:
         return
+    refuse_committed(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fields = list(rows[0].keys())
     for r in rows[1:]:

@@ -1,13 +1,15 @@
 """PNG plots of a sweep CSV (experiments/sweep.py), and the model's error.
 
-    python experiments/plot.py experiments/results/sweep_cpu.csv --out experiments/results --prefix sweep_cpu
+    python experiments/plot.py experiments/results/sweep_cpu.csv [--out FOLDER] [--prefix sweep_cpu]
 
 Writes ``<prefix>_time_vs_lkv.png`` (forward+backward ms vs Lkv per algorithm at the
 largest P), ``<prefix>_speedup.png`` (ring / lvx time vs Lkv·Hkv / (Lq·Hq)),
 ``<prefix>_scaling.png`` (strong and weak scaling vs P) and
 ``<prefix>_predicted.png`` (measured vs predicted, ±20 % band), and prints the
 distribution of |predicted − measured| / measured. Plots without data are skipped.
-A point measured twice (the CSV is appended to) counts with its last row.
+A point measured twice (the CSV is appended to) counts with its last row. The PNGs
+go to a new folder under experiments/results/new/ unless ``--out`` names one; a
+committed PNG is never overwritten.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ import os
 import statistics
 from collections import defaultdict
 
+import sys
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import new_results_path, refuse_committed  # noqa: E402
 
 MARKERS = {"lvx": "o", "ring": "s", "ulysses": "^"}
 POINT_KEY = ("P", "scaling", "requested", "transport", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D", "device")
@@ -198,17 +205,18 @@ def plot_predicted(rows, path) -> bool:
 def main(argv=None) -> list[str]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv")
-    ap.add_argument("--out", default="", help="folder of the PNGs (default: the CSV's)")
+    ap.add_argument("--out", default="", help="folder of the PNGs (default: a new one under experiments/results/new/)")
     ap.add_argument("--prefix", default="", help="file name prefix (default: the CSV's name)")
     args = ap.parse_args(argv)
     rows = read_rows(args.csv)
-    out = args.out or os.path.dirname(os.path.abspath(args.csv))
     prefix = args.prefix or os.path.splitext(os.path.basename(args.csv))[0]
+    out = args.out or new_results_path(f"plots_{prefix}", ext="")
     os.makedirs(out, exist_ok=True)
     written = []
     for name, fn in (("time_vs_lkv", plot_time_vs_lkv), ("speedup", plot_speedup), ("scaling", plot_scaling),
                      ("predicted", plot_predicted)):
         path = os.path.join(out, f"{prefix}_{name}.png")
+        refuse_committed(path)
         if fn(rows, path):
             written.append(path)
     errs = errors(rows)

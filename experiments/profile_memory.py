@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     args, rest = p.parse_known_args(argv)
     bargs = bench_recompute.parse_args(rest)
     comm = MPI.COMM_WORLD
-    device = bench_recompute.cli.pick_device("cuda", comm)
+    device = bench_recompute.devices.pick_device("cuda", comm)
     bench = bench_recompute.Bench(bargs, comm, device)
     model = bench.build(recompute=(args.mode == "recompute"))
     bench.step(model, min(args.length, 4096))  # warm-up: cuBLAS handles, library contexts

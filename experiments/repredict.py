@@ -3,9 +3,11 @@
 A prediction is a pure function of the calibration (kernel step costs, bandwidth,
 latency) and the model in ``src/cost_model.cpp``. Given the calibration cache a
 sweep ran with (``$LVX_CACHE_DIR/calibration-<host>-<device>.json``), this writes the
-CSV again with ``pred_fwd_ms``/``pred_bwd_ms`` from the model as it is now; the
-values the run printed are kept as ``pred_fwd_ms_run``/``pred_bwd_ms_run``. It prints
-the error distribution (|predicted − measured| / measured of forward+backward).
+CSV again (to a new file unless ``--out`` says where) with ``pred_fwd_ms``/``pred_bwd_ms``
+from the model as it is now; the values the run printed are kept as
+``pred_fwd_ms_run``/``pred_bwd_ms_run``. It prints the error distribution
+(|predicted − measured| / measured of forward+backward). Shards as the sweep made
+them (``lvxattn.sharding.even_counts``).
 
     python experiments/repredict.py experiments/results/sweep_gpu.csv \\
         --calibration experiments/results/calibration_gpu_h200x4_2026-11-28.json
@@ -21,13 +23,10 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import git_sha  # noqa: E402
+from common import git_sha, new_results_path, refuse_committed  # noqa: E402
 from lvxattn import _core, calibrate  # noqa: E402
+from lvxattn.sharding import even_counts  # noqa: E402
 
-
-
-def even_counts(n: int, P: int) -> list[int]:
-    return [n * (r + 1) // P - n * r // P for r in range(P)]
 
 
 def entry_for(cache: dict, row: dict) -> dict:
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("csv")
     ap.add_argument("--calibration", required=True, help="the calibration cache the sweep ran with")
-    ap.add_argument("--out", help="output CSV (default: rewrite the input)")
+    ap.add_argument("--out", help="output CSV (default: a new file under experiments/results/new/)")
     args = ap.parse_args(argv)
     with open(args.calibration) as f:
         cache = json.load(f)
@@ -77,7 +76,10 @@ def main(argv=None) -> int:
         measured = float(row["fwd_ms"]) + float(row["bwd_ms"])
         errors.append(((fwd + bwd) * 1e3 - measured) / measured)
     fields = list(rows[0].keys())
-    with open(args.out or args.csv, "w", newline="") as f:
+    out = args.out or new_results_path(os.path.splitext(os.path.basename(args.csv))[0] + "_repredicted")
+    refuse_committed(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -86,6 +88,7 @@ def main(argv=None) -> int:
           f"90th percentile {100 * size[int(0.9 * (len(size) - 1))]:.1f}%, max {100 * size[-1]:.0f}%; "
           f"within 10%: {sum(e <= 0.1 for e in size)}, within 20%: {sum(e <= 0.2 for e in size)}; "
           f"signed median {100 * statistics.median(errors):+.1f}%")
+    print(f"wrote {out}")
     return 0
 
 

@@ -19,8 +19,12 @@ Config (TOML): top-level keys are defaults for every ``[[grid]]`` table; each gr
 is the product of its lists. Keys: ``P``, ``Lq``, ``Lkv`` (global lengths, or per
 rank with ``weak = true``), ``heads`` (list of [Hq, Hkv]), ``D``, ``algorithms``,
 ``transports``, ``dtypes``; scalars ``repeats``, ``warmup``, ``threads``,
-``device``, ``csv``, ``name``. Points ulysses cannot run (heads not divisible by P)
-and transports this build lacks are skipped.
+``device``, ``csv`` (default: a new file under experiments/results/new/ named after
+``name``), ``name``. Points that cannot run here are dropped, each with its reason
+(``--list`` prints them): ulysses where the heads are not divisible by P, a
+transport this build lacks, NCCL on the CPU. Shards are even, the first ranks
+one row more (``lvxattn.sharding``). Python 3.11+ reads TOML with ``tomllib``;
+older Pythons need ``pip install tomli``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ import socket
 import statistics
 import sys
 import time
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
 
 import torch
 from mpi4py import MPI
@@ -40,8 +48,10 @@ from mpi4py import MPI
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lvxattn  # noqa: E402
 from lvxattn import _core, calibrate  # noqa: E402
+from lvxattn.devices import pick_device  # noqa: E402
+from lvxattn.sharding import even_counts  # noqa: E402
 from bench_dist import bench_one  # noqa: E402
-from common import metadata, print_table, write_csv  # noqa: E402
+from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
 GRID_KEYS = ("P", "Lq", "Lkv", "heads", "D", "algorithms", "transports", "dtypes")
 SCALARS = {"repeats": 3, "warmup": 1, "threads": 0, "device": "cpu", "csv": "", "name": "sweep", "weak": False}
@@ -83,16 +93,15 @@ def expand(cfg: dict) -> list[dict]:
     return points
 
 
-def runnable(point: dict, device: str) -> bool:
+def why_not(point: dict, device: str) -> str:
+    """Why this point cannot run here ("" when it can)."""
     if point["algorithm"] == "ulysses" and (point["Hq"] % point["P"] or point["Hkv"] % point["P"]):
-        return False
+        return f"ulysses needs Hq ({point['Hq']}) and Hkv ({point['Hkv']}) divisible by P ({point['P']})"
+    if device == "cpu" and point["transport"] == "nccl":
+        return "NCCL needs --device cuda"
     if point["transport"] != "auto" and point["transport"] not in lvxattn.available_transports():
-        return False
-    return not (device == "cpu" and point["transport"] not in ("auto", "mpi"))
-
-
-def even_counts(n: int, P: int) -> list[int]:
-    return [n * (r + 1) // P - n * r // P for r in range(P)]
+        return f"this build has no {point['transport']} transport (python -m lvxattn info)"
+    return ""
 
 
 def predict(comm, point: dict, algorithm: str, params: dict, lvx_form: str = "") -> dict:
@@ -134,41 +143,46 @@ def run_point(comm, device, point: dict, params: dict, repeats: int, warmup: int
     }
 
 
-def pick_device(kind: str, rank: int) -> torch.device:
-    if kind != "cuda":
-        return torch.device("cpu")
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", rank)))
-    device = torch.device("cuda", local % torch.cuda.device_count())
-    torch.cuda.set_device(device)
-    return device
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="overrides the config's device")
-    ap.add_argument("--csv", help="overrides the config's csv path")
+    ap.add_argument("--csv", help="output CSV, appended to as points finish (default: the config's csv, else "
+                                  "a new file under experiments/results/new/)")
     ap.add_argument("--threads", type=int, help="CPU threads per rank (overrides the config; 0: torch's default)")
     ap.add_argument("--recalibrate", action="store_true", help="measure the cost parameters again")
     ap.add_argument("--time-limit", type=float, default=0, help="start no point after this many seconds")
-    ap.add_argument("--list", action="store_true", help="print the points and exit")
+    ap.add_argument("--list", action="store_true", help="print the points (and those dropped, with why) and exit")
     args = ap.parse_args(argv)
 
     cfg = load_config(args.config)
     sc = cfg["scalars"]
     kind = args.device or sc["device"]
-    csv_path = args.csv if args.csv is not None else sc["csv"]
+    csv_path = args.csv or sc["csv"] or new_results_path(sc["name"])
+    refuse_committed(csv_path)   # on every rank, before any collective
     threads = args.threads if args.threads is not None else sc["threads"]
     world = MPI.COMM_WORLD
     rank = world.rank
-    points = [p for p in expand(cfg) if runnable(p, kind)]
+    points, dropped = [], []
+    for p in expand(cfg):
+        reason = why_not(p, kind)
+        (dropped if reason else points).append({**p, "dropped because": reason} if reason else p)
+    columns = ["P", "scaling", "algorithm", "transport", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D"]
+    if rank == 0 and dropped:
+        print(f"{len(dropped)} of {len(points) + len(dropped)} points dropped (they cannot run here):")
+        if args.list:
+            print_table(dropped, columns + ["dropped because"])
+        else:
+            for reason in sorted({p["dropped because"] for p in dropped}):
+                print(f"  {sum(p['dropped because'] == reason for p in dropped)} x {reason}")
     if args.list:
         if rank == 0:
-            print_table(points, ["P", "scaling", "algorithm", "transport", "dtype", "Lq", "Lkv", "Hq", "Hkv", "D"])
+            print(f"{len(points)} points to run:")
+            print_table(points, columns)
         return []
     if threads:
         torch.set_num_threads(threads)
-    device = pick_device(kind, rank)
+    device = pick_device(kind, world)
     meta = {**metadata(kind), "host": socket.gethostname(), "mpi_library": MPI.Get_library_version().split(",")[0].strip(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "config": sc["name"]}
     start = time.perf_counter()
@@ -195,8 +209,7 @@ def main(argv=None):
                 row = {**meta, **run_point(sub, device, point, params[key], sc["repeats"], sc["warmup"])}
                 if rank == 0:
                     rows.append(row)
-                    if csv_path:
-                        write_csv(csv_path, [row])
+                    write_csv(csv_path, [row])
         calibrate.polite_barrier(world)
     if rank == 0:
         print(f"{meta['device']}, {meta['mpi_library']}, git {meta['git_sha']}, {world.size} ranks, "
@@ -205,8 +218,8 @@ def main(argv=None):
             print_table(rows, ["P", "scaling", "algorithm", "requested", "transport", "dtype", "Lq", "Lkv", "Hq", "Hkv",
                                "D", "fwd_ms", "pred_fwd_ms", "bwd_ms", "pred_bwd_ms", "fwd_blocked_ms",
                                "bwd_blocked_ms", "bytes_exact"])
-        if csv_path:
-            print(f"appended to {csv_path}")
+        if rows:
+            print(f"wrote {csv_path}")
     return rows
 
 

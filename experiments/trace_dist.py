@@ -22,6 +22,8 @@ from mpi4py import MPI
 
 import lvxattn
 from bench_dist import make_inputs, parse_shape, sync
+from common import new_results_path
+from lvxattn.devices import pick_device
 
 
 def busy_union(intervals):
@@ -58,13 +60,13 @@ def main():
     ap.add_argument("--transport", default="auto")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--calls", type=int, default=2)
-    ap.add_argument("--out", default="trace_out")
+    ap.add_argument("--out", help="folder of the traces (default: a new one under experiments/results/new/)")
     args = ap.parse_args()
 
     comm = MPI.COMM_WORLD
     P, r = comm.size, comm.rank
-    torch.cuda.set_device(r % torch.cuda.device_count())
-    device = torch.device("cuda", torch.cuda.current_device())
+    device = pick_device("cuda", comm)
+    args.out = args.out or comm.bcast(new_results_path("trace", ext="") if r == 0 else None, root=0)
     q, k, v, do = make_inputs(device, args.shape, P, r)
 
     def call():

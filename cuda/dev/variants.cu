@@ -1,6 +1,6 @@
-// Times tile-shape variants of the attention kernels (bf16, D=128) on the ANCHORS.md
-// table-1 shapes with CUDA events, on random inputs; the winner goes into
-// the table in attend_config.hpp. Correctness of the library configuration
+// Times tile-shape variants of the attention kernels (bf16, D=128) on the five
+// single-GPU shapes of experiments/bench_gpu_kernels.py with CUDA events, on random inputs;
+// the winner goes into the table in attend_config.hpp. Correctness of the library configuration
 // is checked by playground.cu; a variant here is also compared against the library's
 // output on each shape (relative difference).
 #include <cuda_bf16.h>

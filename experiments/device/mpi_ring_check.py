@@ -37,9 +37,7 @@ def main():
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
     r, p = comm.rank, comm.size
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", r))
-    dev = torch.device("cuda", local % torch.cuda.device_count())
-    torch.cuda.set_device(dev)
+    dev = lvxattn.devices.pick_device("cuda", comm)
     support = lvxattn.mpi_device_support()
     lib = MPI.Get_library_version().splitlines()[0]
     print(f"rank {r}/{p} {dev}: {lib}\n  mpi4py {os.path.dirname(MPI.__file__)}\n  loaded {loaded_libraries()}\n"

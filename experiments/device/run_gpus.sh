@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# One call on a lent multi-GPU machine: build the package with the CUDA backend
-# (and NCCL when present), run the GPU tests on 1, 2 and all GPUs, then the
-# distributed benchmarks (P = 1, 2, N; every transport), the recompute scale run,
-# the peak-memory breakdown, the GPU sweep and the GPU soak test. Logs and CSVs go
-# to $OUT. Steps are independent: one failing does not stop the rest. A step list
-# without "build" reuses /tmp/lvx_build when an earlier call on the same machine
-# left it there. Usage:
+# The project's own harness (not a user tool): one call on a lent multi-GPU machine
+# with no internet. It installs the package the way the README tells a user on such
+# a machine (a venv that sees the preinstalled torch, mpi4py and h5py, then
+# `pip install --no-build-isolation .` with no other flags: MPI, CUDA and NCCL are
+# found by the build), checks the install (`python -m lvxattn info`, 2 ranks against
+# the float64 reference with the NCCL transport present), runs the GPU tests on 1, 2
+# and all GPUs, then the distributed benchmarks (P = 1, 2, N; every transport), the
+# recompute scale run, the peak-memory breakdown, the GPU sweep and the GPU soak
+# test. Logs and CSVs go to $OUT. Steps are independent: one failing does not stop
+# the rest. A step list without "build" reuses /tmp/lvx_venv when an earlier call on
+# the same machine left it there. Usage:
 #   STEPS="build test bench kernels recompute mllama memprofile sweep soak" experiments/device/run_gpus.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -21,32 +25,34 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 MPIRUN="mpirun --oversubscribe --bind-to none -x PYTHONPATH -x NCCL_NVLS_ENABLE -x PYTHONUNBUFFERED"
+VENV=/tmp/lvx_venv
+PY=$VENV/bin/python
 
-if [[ " $steps " == *" build "* ]] || ! ls /tmp/lvx_build/_core*.so >/dev/null 2>&1; then
-  # The NCCL torch loads (its pip package) first: one libnccl.so.2 per process.
-  nccl_lib=$(python3 -c "import glob,site; print((sorted(glob.glob(site.getsitepackages()[0]+'/nvidia/nccl/lib/libnccl.so*')) or [''])[0])")
-  [ -n "$nccl_lib" ] || nccl_lib=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so* 2>/dev/null | head -1)
-  echo "NCCL library: ${nccl_lib:-none}"
+if [[ " $steps " == *" build "* ]] || [ ! -x "$PY" ]; then
+  # README, Installing, "A machine without internet": exactly the user's commands.
   start=$(date +%s)
-  cmake -S . -B /tmp/lvx_build -DLVX_PYTHON=ON -DLVX_TESTS=OFF -DLVX_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
-    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" ${nccl_lib:+-DNCCL_LIBRARY=$nccl_lib} >"$out/cmake.log" 2>&1 &&
-    cmake --build /tmp/lvx_build -j16 >>"$out/cmake.log" 2>&1
-  echo "build rc=$? in $(( $(date +%s) - start )) s"; grep -E "lvxattn:|error" "$out/cmake.log" | head
+  rm -rf "$VENV"
+  python3 -m venv --system-site-packages "$VENV" 2>/dev/null || python3 -m venv --system-site-packages --without-pip "$VENV"
+  "$PY" -m pip install -v --no-build-isolation . >"$out/build.log" 2>&1
+  echo "pip install rc=$? in $(( $(date +%s) - start )) s"
+  grep -E -- "-- +(lvxattn|CPU|CUDA|MPI|NCCL) |rror|Successfully installed" "$out/build.log" | head -20
 fi
-rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r python/lvxattn /tmp/pkg/ && cp /tmp/lvx_build/_core*.so /tmp/pkg/lvxattn/
-export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import lvxattn, torch, mpi4py; print('lvxattn', lvxattn.available_transports(), 'cuda', lvxattn.cuda_built(), 'torch', torch.__version__, 'mpi4py', mpi4py.__version__)"
+"$PY" -m lvxattn info; echo "lvxattn info rc=$?"
+# The user's check from that install: 2 ranks (1 on a one-GPU machine: NCCL needs a GPU per rank),
+# bf16 on GPUs, against the float64 reference; the NCCL transport must be there.
+timeout 200 $MPIRUN -n $(( NGPU < 2 ? 1 : 2 )) "$PY" tests/install/check_install.py --device cuda --expect-transport nccl \
+  --expect-prefix "$VENV"; echo "install check rc=$?"
 
 if [[ " $steps " == *" test "* ]]; then
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
+  timeout ${TEST_TIMEOUT:-200} "$PY" -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
     >"$out/test_gpu_kernels.log" 2>&1
   echo "gpu kernel tests rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_kernels.log" | sort | uniq -c | head -5
   # The sm_80 (mma.sync) kernels on the same card.
-  LVX_CUDA_SM90=0 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
+  LVX_CUDA_SM90=0 timeout ${TEST_TIMEOUT:-200} "$PY" -m pytest -q -x -p no:cacheprovider -m gpu tests/python/test_gpu_kernels.py \
     >"$out/test_gpu_kernels_sm80.log" 2>&1
   echo "gpu kernel tests (LVX_CUDA_SM90=0) rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_kernels_sm80.log" | sort | uniq -c | head -5
   for n in ${TEST_RANKS:-$NGPU 2 1}; do
-    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -x -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
+    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n "$PY" -m pytest -q -x -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
       tests/python/test_gpu_distributed.py >"$out/test_gpu_dist_n$n.log" 2>&1
     echo "gpu distributed tests n=$n rc=$?"; grep -E "passed|failed|Error" "$out/test_gpu_dist_n$n.log" | sort | uniq -c | head -5
   done
@@ -68,16 +74,16 @@ if [[ " $steps " == *" bench "* ]]; then
   SHAPES=${SHAPES:-4096x65536x16x16x128:fp16,1024x131072x16x16x128:fp16,8192x32768x16x16x128:fp16,2048x262144x16x16x128:fp16,2048x131072x32x8x128:bf16}
   csv="$out/dist_gpu.csv"
   for n in ${BENCH_RANKS:-1 2 $NGPU}; do
-    timeout 240 $MPIRUN -n $n python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
+    timeout 240 $MPIRUN -n $n "$PY" experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
       --algorithms ${BENCH_ALGS:-lvx,ring} --transport nccl --repeats ${REPEATS:-7} --csv "$csv" --tag "P=$n" 2>&1 | tail -20
   done
   # A/B in the same call: the communication stream at normal priority (the default is high).
-  [ "${PRIORITY_AB:-0}" = 1 ] && timeout 240 $MPIRUN -n $NGPU -x LVX_COMM_PRIORITY=normal python3 experiments/bench_dist.py \
+  [ "${PRIORITY_AB:-0}" = 1 ] && timeout 240 $MPIRUN -n $NGPU -x LVX_COMM_PRIORITY=normal "$PY" experiments/bench_dist.py \
     --device cuda --shapes "$SHAPES" --algorithms lvx,ring --transport nccl --repeats ${REPEATS:-7} --csv "$csv" \
     --tag "P=$NGPU comm-priority=normal" 2>&1 | tail -12
-  [ "${EXTRA:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
+  [ "${EXTRA:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU "$PY" experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
     --algorithms ulysses --transport nccl --repeats 5 --csv "$csv" 2>&1 | tail -7
-  [ "${MPI_BENCH:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU python3 experiments/bench_dist.py --device cuda \
+  [ "${MPI_BENCH:-1}" = 1 ] && timeout 200 $MPIRUN -n $NGPU "$PY" experiments/bench_dist.py --device cuda \
     --shapes ${MPI_SHAPES:-4096x65536x16x16x128:fp16,2048x131072x32x8x128:bf16} --algorithms ${MPI_ALGS:-lvx,ring} --transport mpi \
     --repeats 5 --csv "$csv" 2>&1 | tail -8
 fi
@@ -87,7 +93,7 @@ if [[ " $steps " == *" trace "* ]]; then
   # Per-rank GPU timelines of one shape (torch.profiler): kernel time by kind, idle gaps.
   for n in ${TRACE_RANKS:-1 $NGPU}; do
     for alg in ${TRACE_ALGS:-lvx}; do
-      timeout 180 $MPIRUN -n $n python3 experiments/trace_dist.py --shape ${TRACE_SHAPE:-4096x65536x16x16x128:fp16} \
+      timeout 180 $MPIRUN -n $n "$PY" experiments/trace_dist.py --shape ${TRACE_SHAPE:-4096x65536x16x16x128:fp16} \
         --algorithm $alg --out "$out/trace" 2>&1 | grep -v "^\[W" | tail -40
     done
   done
@@ -95,25 +101,25 @@ fi
 
 if [[ " $steps " == *" memprofile "* ]]; then
   for mode in no-recompute recompute; do
-    timeout 120 python3 experiments/profile_memory.py --mode $mode --length ${PROFILE_LEN:-262144} \
+    timeout 120 "$PY" experiments/profile_memory.py --mode $mode --length ${PROFILE_LEN:-262144} \
       $RECOMPUTE_ARGS 2>&1 | tail -20 | tee "$out/profile_memory_$mode.txt"
   done
 fi
 
 if [[ " $steps " == *" recompute "* ]]; then
   for n in ${RECOMPUTE_RANKS:-1 $NGPU}; do
-    timeout ${RECOMPUTE_TIMEOUT:-200} $MPIRUN -n $n python3 experiments/bench_recompute.py $RECOMPUTE_ARGS \
+    timeout ${RECOMPUTE_TIMEOUT:-200} $MPIRUN -n $n "$PY" experiments/bench_recompute.py $RECOMPUTE_ARGS \
       --csv "$out/bench_recompute.csv" --trials-csv "$out/bench_recompute_trials.csv" 2>&1 | tail -8
   done
 fi
 
 if [[ " $steps " == *" mllama "* ]]; then
   # transformers' Mllama through lvxattn: GPU tests (one process), then the training-step benchmark.
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu tests/python/test_mllama.py \
+  timeout ${TEST_TIMEOUT:-200} "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/python/test_mllama.py \
     >"$out/test_mllama_gpu.log" 2>&1
   echo "mllama gpu tests rc=$?"; grep -E "passed|failed|Error" "$out/test_mllama_gpu.log" | sort | uniq -c | head -5
   for n in ${MLLAMA_RANKS:-1}; do
-    timeout ${MLLAMA_TIMEOUT:-420} $MPIRUN -n $n python3 experiments/bench_mllama.py --csv "$out/bench_mllama.csv" \
+    timeout ${MLLAMA_TIMEOUT:-420} $MPIRUN -n $n "$PY" experiments/bench_mllama.py --csv "$out/bench_mllama.csv" \
       $MLLAMA_ARGS >"$out/bench_mllama_n$n.log" 2>&1
     echo "bench_mllama n=$n rc=$?"; tail -12 "$out/bench_mllama_n$n.log"
   done
@@ -121,7 +127,7 @@ fi
 
 if [[ " $steps " == *" sweep "* ]]; then
   LVX_CACHE_DIR="$out/cache" timeout $(( ${SWEEP_LIMIT:-200} + 120 )) $MPIRUN -n $NGPU -x LVX_CACHE_DIR="$out/cache" \
-    python3 experiments/sweep.py experiments/configs/gpu.toml --device cuda --time-limit ${SWEEP_LIMIT:-200} \
+    "$PY" experiments/sweep.py experiments/configs/gpu.toml --device cuda --time-limit ${SWEEP_LIMIT:-200} \
     --csv "$out/sweep_gpu.csv" >"$out/sweep_gpu.log" 2>&1
   echo "sweep rc=$?"; tail -30 "$out/sweep_gpu.log"
 fi
@@ -134,14 +140,14 @@ if [[ " $steps " == *" kernels "* ]]; then
     LVX_CUDA_SM90=$sm90 timeout 120 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1
     echo "playground LVX_CUDA_SM90=$sm90 rc=$?: $(tail -1 "$out/playground_sm90_$sm90.log")"
   done
-  timeout 300 python3 experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 \
+  timeout 300 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 \
     --sha "${SHA:-unknown}" 2>&1 | tail -70
-  LVX_CUDA_SM90=0 timeout 200 python3 experiments/bench_gpu_kernels.py --out "$out/gpu_kernels_mma.csv" --reps-ms 100 \
+  LVX_CUDA_SM90=0 timeout 200 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels_mma.csv" --reps-ms 100 \
     --sha "${SHA:-unknown}" --label ours-mma --no-sdpa 2>&1 | grep ours-mma
 fi
 
 if [[ " $steps " == *" soak "* ]]; then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/python/test_reliability.py -k soak_gpu 2>&1 | tail -3
+  timeout 300 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/python/test_reliability.py -k soak_gpu 2>&1 | tail -3
 fi
 
 # At most 8 files come back from a lent machine: the logs travel as one archive.

@@ -13,12 +13,15 @@ from ._core import InvalidArgumentError, LvxError, RankMismatchError, Unsupporte
 from .api import (ALGORITHMS, TRANSPORTS, available_transports, backward_raw, context_for, cross_attention,
                   cross_attention_forward, empty_cache, forward_raw, last_stats, mpi_device_support, reset_stats,
                   set_cost_params, total_stats)
-from . import masks
+from . import devices, masks, reference, sharding
+from .info import build_info, warn_if_mismatched
+
+warn_if_mismatched()   # CUDA backend without NCCL: slow, not wrong; say so once
 
 __version__ = "0.2.0"
 
 __all__ = [
     "ALGORITHMS", "TRANSPORTS", "available_transports", "mpi_device_support", "cross_attention", "cross_attention_forward", "forward_raw", "backward_raw", "context_for",
     "last_stats", "set_cost_params", "total_stats", "reset_stats", "empty_cache", "masks", "cuda_built", "LvxError", "InvalidArgumentError", "RankMismatchError",
-    "UnsupportedError",
+    "UnsupportedError", "build_info", "devices", "reference", "sharding",
 ]

@@ -301,17 +301,43 @@ def cross_attention_forward(q, k, v, comm=None, algorithm="lvx", q_ranges=None, 
 def cross_attention(q, k, v, comm=None, algorithm="lvx", q_ranges=None, scale=None, transport="auto"):
     """Exact cross-attention ``softmax(scale·Q Kᵀ) V`` over sequences sharded across ``comm``.
 
-    Returns this rank's O shard ``[B, Lq_local, Hq, D]``; ``.backward()`` gives this
-    rank's dq/dk/dv shards. ``algorithm``: ``"lvx"`` (K/V stay, queries travel),
-    ``"ring"`` (K/V travel), ``"ulysses"`` (all-to-all over heads) or ``"auto"``.
-    ``transport`` (CUDA tensors): ``"auto"`` (NCCL, mpi-direct or mpi-staged: the fastest
-    by calibrated link costs where set, else the first every rank can run), ``"mpi"`` (the
-    best MPI path: mpi-direct where every rank's MPI takes CUDA buffers, else mpi-staged),
-    ``"nccl"``, ``"mpi-staged"`` (through pinned host memory) or ``"mpi-direct"`` (CUDA
-    buffers handed to a CUDA-aware MPI). Host tensors always go over MPI. A transport that
-    cannot run, or ranks that disagree on whether their MPI takes CUDA buffers (for
-    ``"auto"``, ``"mpi"`` and ``"mpi-direct"``, NCCL or not), raise the same error on every
-    rank (UnsupportedError, RankMismatchError).
+    Sharding: each global sequence (text queries of global length Lq, visual keys and
+    values of global length Lkv) is split into contiguous pieces in rank order; this
+    rank passes its piece of each, of any length (zero included, pieces may differ).
+    "Local" lengths below are this rank's rows; "global" lengths the whole sequence's.
+
+    Args:
+        q: ``[B, Lq_local, Hq, D]``, float32, float16 or bfloat16, on the CPU or a CUDA device.
+        k, v: ``[B, Lkv_local, Hkv, D]``, same dtype and device; ``Hq % Hkv == 0`` (GQA).
+        comm: an mpi4py communicator (the call is collective over it), or None for one process.
+        algorithm: ``"lvx"`` (K/V stay, the query side travels; LV-XAttn, Chang &
+            Venkataraman, ICML 2025), ``"ring"`` (K/V travel; Ring Attention),
+            ``"ulysses"`` (all-to-all over heads; needs Hq and Hkv divisible by the
+            ranks) or ``"auto"`` (the cost model picks). All give the same result up to rounding.
+        q_ranges: optional mask, int32 (or int64) ``[B, Lq_local, 2]``: row i of this
+            rank's queries sees the keys ``[q_ranges[b, i, 0], q_ranges[b, i, 1])`` in
+            **global** KV rows (0 <= begin <= end <= Lkv global). A row with begin == end
+            sees nothing and gets O = 0 and zero gradients. ``lvxattn.masks`` builds the
+            masks multimodal LLMs use. None: every row sees every key.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        transport (CUDA tensors): ``"auto"`` (NCCL, mpi-direct or mpi-staged: the fastest by
+            calibrated link costs where set, else the first every rank can run), ``"mpi"``
+            (the best MPI path: mpi-direct where every rank's MPI takes CUDA buffers, else
+            mpi-staged), ``"nccl"``, ``"mpi-staged"`` (through pinned host memory) or
+            ``"mpi-direct"`` (CUDA buffers handed to a CUDA-aware MPI). Host tensors always
+            go over MPI. ``available_transports()`` lists what this build has.
+
+    Returns:
+        This rank's O shard ``[B, Lq_local, Hq, D]`` (dtype of q); ``.backward()`` gives
+        this rank's dq, dk, dv shards.
+
+    Raises:
+        TypeError, ValueError: bad input on this rank, naming the argument.
+        InvalidArgumentError, RankMismatchError: bad input on another rank, or ranks that
+            disagree on batch, heads, head dim, dtype, scale, algorithm, mask presence, device,
+            or (for ``"auto"``, ``"mpi"`` and ``"mpi-direct"``, NCCL or not) whether their MPI
+            takes CUDA buffers.
+        UnsupportedError: a transport that cannot run (on every rank alike).
     """
     o, _ = cross_attention_forward(q, k, v, comm, algorithm, q_ranges, scale, transport)
     return o

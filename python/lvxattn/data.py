@@ -37,6 +37,7 @@ import torch
 
 from . import masks
 from .progress import Progress
+from .sharding import even_counts
 
 FORMAT = "lvxattn-features"
 FORMAT_VERSION = 1
@@ -83,14 +84,6 @@ def agree_on_errors(comm, action: Callable[[], T], what: str = "") -> T:
 
 # ---------------------------------------------------------------------------
 # Sharding
-
-
-def even_counts(total: int, parts: int) -> list[int]:
-    """Rows per rank, as even as possible; the first ``total % parts`` ranks get one more."""
-    if parts < 1 or total < 0:
-        raise ValueError(f"cannot split {total} rows over {parts} ranks")
-    base, extra = divmod(total, parts)
-    return [base + (1 if r < extra else 0) for r in range(parts)]
 
 
 def shard_offsets(total: int, parts: int, counts: Sequence[int] | None = None) -> list[tuple[int, int]]:

@@ -1,7 +1,9 @@
 """Per-row KV interval masks (``q_ranges``) for interleaved text and images.
 
 A mask is an int32 tensor ``[B, Lq, 2]``: row i of batch b sees the global KV rows
-``[begin, end)``. Visual tokens are laid out image after image, so the masks that
+``[begin, end)``. The functions here build the mask of the whole (global) text
+sequence from global lengths; under a communicator each rank passes its own rows,
+``ranges[:, q_start:q_stop]`` (the KV coordinates stay global). Visual tokens are laid out image after image, so the masks that
 multimodal LLMs use are single intervals:
 
 * ``"all_previous"`` (Llama 3.2 Vision): a text token sees every image before it.
@@ -46,8 +48,17 @@ def ranges_from_images(images_before: torch.Tensor, bounds: torch.Tensor, style:
 
 def interleaved_ranges(batch: int, q_len: int, kv_len: int, num_images: int, style: str,
                        lead: int = 1) -> torch.Tensor:
-    """A synthetic interleaved document: text rows spread evenly over ``num_images``
-    images; the first ``lead`` rows come before any image (they get empty intervals)."""
+    """The mask of a synthetic interleaved document, ``int32 [batch, q_len, 2]``.
+
+    ``q_len`` and ``kv_len`` are **global** lengths (the whole text and the whole
+    visual sequence, all ranks together); the result is the global mask, of which
+    each rank passes its own rows. The visual tokens form ``num_images`` images of
+    (nearly) equal size laid out one after another; the text rows are spread evenly
+    over them, and the first ``lead`` rows come before any image (empty intervals:
+    O = 0). ``style``: ``"all_previous"`` (a row sees every image before it, Llama 3.2
+    Vision) or ``"latest"`` (only the latest, OpenFlamingo). Raises ValueError for an
+    unknown style or ``num_images`` outside ``[1, kv_len]``.
+    """
     bounds = image_bounds(kv_len, num_images)
     rows = torch.arange(q_len)
     images_before = torch.where(

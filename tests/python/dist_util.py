@@ -53,7 +53,7 @@ def errors_against_reference(comm, global_inputs, ranges, o, lse, local_inputs):
 
     global_inputs: (q, k, v, do) of the whole problem; local_inputs: this rank's
     (q, k, v) shards after backward, holding their gradients."""
-    from reference import attention, rel_err
+    from lvxattn.reference import attention, rel_err
     q, k, v, do = global_inputs
     ql, kl, vl = local_inputs
     qr, kr, vr = (t.double().requires_grad_() for t in (q, k, v))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import lvxattn
-from reference import TOL, attention, random_ranges, rel_err
+from cases import TOL, random_ranges
+from lvxattn.reference import attention, rel_err
 
 HEADS = [(1, 1), (8, 8), (8, 2), (32, 8)]
 DIMS = [32, 64, 80, 128]

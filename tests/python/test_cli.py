@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import lvxattn
-from lvxattn import cli, data
+from lvxattn import cli, data, devices, sharding, train
 from lvxattn.progress import Progress
 
 TIMEOUT_S = 120
@@ -47,10 +47,10 @@ def mpirun(n: int = RANKS):
     return [launcher, "--oversubscribe", "-n", str(n)]
 
 
-def lvxattn_command(*args: str, ranks: bool = True, n: int = RANKS) -> subprocess.CompletedProcess:
+def lvxattn_command(*args: str, ranks: bool = True, n: int = RANKS, cwd=None) -> subprocess.CompletedProcess:
     cmd = (mpirun(n) if ranks else []) + [sys.executable, "-m", "lvxattn", *args]
     try:
-        return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+        return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=TIMEOUT_S, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT_S} s (hang?)\n{exc.stderr}")
 
@@ -90,6 +90,35 @@ def test_make_features_rejects_missing_length(tmp_path):
                              "--visual-dim", "2", "--text-dim", "2", ranks=False)
     assert result.returncode == cli.EXIT_BAD_INPUT
     assert "give visual_len, or frames and tokens_per_frame" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# the command line itself
+
+
+def test_help_shows_defaults():
+    _, commands = cli.build_parser()
+    text = " ".join(commands["run"].format_help().split())
+    for option, default in (("--steps STEPS", "3"), ("--algorithm", "lvx"), ("--layers LAYERS", "2"),
+                            ("--seed SEED", "0"), ("--device", "cpu")):
+        after = text[text.index(option, text.index("options:")):]
+        assert f"(default: {default})" in after[:200], (option, after[:200])
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_bad_run_flag_prints_the_run_usage_once(tmp_path):
+    result = lvxattn_command("run", "--features", str(tmp_path / "f.h5"), "--stpes", "3")
+    assert result.returncode != 0
+    assert result.stderr.count("usage: python -m lvxattn run") == 1, result.stderr
+    assert result.stderr.count("unrecognized arguments: --stpes 3") == 1, result.stderr
+
+
+def test_info_says_what_was_built():
+    result = lvxattn_command("info", ranks=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("CPU backend    ON", "MPI transport", "NCCL transport", "mpi4py's MPI", "no problems found"):
+        assert line in result.stdout, result.stdout
+    assert lvxattn.build_info()["transports"] == lvxattn.available_transports()
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +209,9 @@ def test_run_without_gpu_says_so_on_every_rank(tmp_path, small_file):
 
 def reference_first_loss(path: Path, args: list[str]) -> float:
     """Step 0's loss computed in this process on the whole file (no ranks, float64 loss)."""
-    parsed = cli.build_parser().parse_args(["run", "--features", str(path), *args])
+    parsed = cli.parse(["run", "--features", str(path), *args])
     shard = data.load_shard(path)
-    model = cli.build_model(parsed, shard.meta, None, torch.device("cpu"), torch.float32)
+    model = train.build_model(parsed, shard.meta, None, torch.device("cpu"), torch.float32)
     with torch.no_grad():
         out = model(shard.text, shard.visual, shard.q_ranges)
     return float(out.double().pow(2).mean())
@@ -203,14 +232,26 @@ def test_run_reports_loss_stats_and_memory(tmp_path, small_file, recompute):
     assert report["loss"][0] == pytest.approx(reference_first_loss(small_file, args), rel=1e-5)
     ranks = report["ranks"]
     assert [r["rank"] for r in ranks] == list(range(RANKS))
-    assert [r["visual_rows"] for r in ranks] == data.even_counts(15, RANKS)
-    assert [r["text_rows"] for r in ranks] == data.even_counts(7, RANKS)
+    assert [r["visual_rows"] for r in ranks] == sharding.even_counts(15, RANKS)
+    assert [r["text_rows"] for r in ranks] == sharding.even_counts(7, RANKS)
     for r in ranks:
         assert r["attention"]["calls_per_step"] == 2
         assert r["step_s"] > 0 and r["peak_memory_bytes"] > 0 and r["saved_activation_bytes"] > 0
-        if r["attention"]["stats_available"]:
-            assert r["attention"]["forward"]["bytes_sent"] > 0
-            assert r["attention"]["backward"]["bytes_sent"] > 0
+        assert r["attention"]["forward"]["bytes_sent"] > 0
+        assert r["attention"]["backward"]["bytes_sent"] > 0
+
+
+def test_run_writes_a_report_by_default_and_says_where(tmp_path, small_file):
+    needs_core()
+    result = lvxattn_command("run", "--features", str(small_file), "--steps", "1", "--layers", "1",
+                             "--heads", "2", "--kv-heads", "1", "--head-dim", "4", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reports = list(tmp_path.glob("lvxattn-report-*.json"))
+    assert len(reports) == 1
+    assert f"report: {reports[0]}" in result.stdout
+    assert json.loads(reports[0].read_text())["world_size"] == RANKS
+    assert "over 1 step; " in result.stdout and f"{RANKS} ranks" in result.stdout
+    assert "blocked ms: " in result.stdout   # the columns are explained under the table
 
 
 def test_run_recompute_saves_activation_memory(tmp_path, small_file):
@@ -223,7 +264,7 @@ def test_run_recompute_saves_activation_memory(tmp_path, small_file):
                                  "--no-progress", "--report", str(report_path))
         assert result.returncode == 0, result.stderr
         saved[flag] = [r["saved_activation_bytes"] for r in json.loads(report_path.read_text())["ranks"]]
-    for rank, rows in enumerate(data.even_counts(15, RANKS)):
+    for rank, rows in enumerate(sharding.even_counts(15, RANKS)):
         want = 3 * 2 * 2 * rows * 2 * 16 * 4   # layers * (K, V) * B * Lkv_local * Hkv * D * fp32
         got = saved["--no-recompute"][rank] - saved["--recompute"][rank]
         assert abs(got - want) <= 0.1 * want, (rank, got, want)
@@ -238,18 +279,19 @@ def test_summary_table_lists_every_rank():
              "backward": {"total_s": 0.004, "blocked_s": 0.0, "bytes_sent": 2**21, "bytes_recv": 2**21}}
     ranks = [{"rank": r, "text_rows": 3, "visual_rows": 7, "step_s": 0.01, "attention": stats,
               "saved_activation_bytes": 2**20, "peak_memory_bytes": 5 * 2**20} for r in range(2)]
-    lines = cli.summary_table(ranks).splitlines()
+    lines = train.summary_table(ranks).splitlines()
     assert len(lines) == 4 and "attn fwd ms" in lines[0]
     assert lines[2].split() == ["0", "3", "7", "10.0", "2.0", "4.0", "1.0", "3.0", "3.0", "1.0", "5.0"]
 
 
 def test_local_rank_from_launcher_environment(monkeypatch):
-    for name in cli.LOCAL_RANK_VARIABLES:
+    for name in devices.LOCAL_RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    assert devices.local_rank(comm=None) == 0
     monkeypatch.setenv("SLURM_LOCALID", "3")
-    assert cli.local_rank(comm=None) == 3
+    assert devices.local_rank(comm=None) == 3
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
-    assert cli.local_rank(comm=None) == 1
+    assert devices.local_rank(comm=None) == 1
 
 
 def test_progress_bar_renders_and_is_silent_when_disabled():
@@ -270,7 +312,7 @@ def test_master_weights_keep_updates_too_small_for_bf16():
     model = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    optimizer = cli.MasterWeights(model, lambda params: torch.optim.SGD(params, lr=1e-3))
+    optimizer = train.MasterWeights(model, lambda params: torch.optim.SGD(params, lr=1e-3))
     for _ in range(10):   # each update (1e-3) is below bf16's spacing at 1.0 (2^-7)
         model.weight.grad = torch.ones_like(model.weight)
         optimizer.step()

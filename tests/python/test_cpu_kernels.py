@@ -9,7 +9,8 @@ import torch
 
 import lvxattn
 from lvxattn import _core
-from reference import TOL, attention, random_ranges, rel_err
+from cases import TOL, random_ranges
+from lvxattn.reference import attention, rel_err
 
 
 def test_dispatch_picks_a_variant_on_this_cpu():

@@ -11,7 +11,7 @@ import torch
 
 import lvxattn
 from dist_util import errors_against_reference, lvx_form, shard, sub_comm, uneven_split
-from reference import TOL
+from cases import TOL
 
 mpi = pytest.importorskip("mpi4py.MPI")
 WORLD = mpi.COMM_WORLD

@@ -13,7 +13,7 @@ import torch
 import lvxattn
 from lvxattn import api, layers
 from lvxattn.layers import AttentionSettings, CrossAttentionStack, KvProjection, RecomputedKvAttention, SharedVisual
-from reference import attention
+from lvxattn.reference import attention
 
 MESSAGE = "double backward .* is not supported"
 

@@ -17,7 +17,8 @@ import torch
 
 import lvxattn
 from dist_util import errors_against_reference, lvx_form, shard, uneven_split
-from reference import rel_err
+from lvxattn import devices
+from lvxattn.reference import rel_err
 
 mpi = pytest.importorskip("mpi4py.MPI")
 WORLD = mpi.COMM_WORLD
@@ -32,8 +33,7 @@ TOL = {torch.bfloat16: 2e-2, torch.float16: 8e-3}
 
 
 def local_device():
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", WORLD.rank)))
-    return torch.device("cuda", local % torch.cuda.device_count())
+    return devices.pick_device("cuda", WORLD)
 
 
 def gpus_shared(comm) -> bool:

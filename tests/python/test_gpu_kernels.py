@@ -1,5 +1,5 @@
 """GPU tests of the CUDA backend through the public API (lvxattn.cross_attention*):
-O, LSE and dQ/dK/dV against a float64 explicit-softmax reference, bf16/fp16, GQA,
+O, LSE and dQ/dK/dV against the float64 reference (lvxattn.reference), bf16/fp16, GQA,
 masks, odd lengths, split-KV, and agreement with the CPU backend. Skipped without a GPU."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 
 lvxattn = pytest.importorskip("lvxattn")
 from lvxattn import masks  # noqa: E402
+from lvxattn.reference import attention as ref_attention, rel_err  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,28 +39,6 @@ SHAPES = [
     (2, 300, 1100, 6, 2, 96),
     (1, 40, 2100, 2, 1, 96),
 ]
-
-
-def ref_attention(q, k, v, q_ranges, scale):
-    """float64 softmax(scale·Q Kᵀ) V with per-row intervals; empty rows: O = 0, lse = -inf."""
-    q, k, v = (x.double() for x in (q, k, v))
-    group = q.shape[2] // k.shape[2]
-    kk, vv = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
-    s = torch.einsum("bqhd,bkhd->bhqk", q, kk) * scale
-    if q_ranges is not None:
-        j = torch.arange(k.shape[1], device=q.device)
-        r = q_ranges.long()
-        vis = (j >= r[..., :1]) & (j < r[..., 1:])  # [B, Lq, Lkv]
-        s = s.masked_fill(~vis[:, None], -math.inf)
-    lse = torch.logsumexp(s, dim=-1)
-    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    p = torch.exp(s - lse_safe[..., None])
-    return torch.einsum("bhqk,bkhd->bqhd", p, vv), lse
-
-
-def rel_err(got, want):
-    got, want = got.detach().double(), want.detach().double()
-    return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
 
 def make_inputs(shape, dtype, mask, seed):

@@ -15,7 +15,6 @@ again with LVX_CUDA_SM90=0 for the mma.sync ones:
 
 import itertools
 import math
-import os
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ import torch
 lvxattn = pytest.importorskip("lvxattn")
 from dist_util import gather_rows, lvx_form, shard, sub_comm, uneven_split  # noqa: E402
 from masked_inputs import hidden_kv_rows, layout, make_problem, mismatch, reference_with_grads  # noqa: E402
-from reference import TOL as CPU_TOL  # noqa: E402
+from cases import TOL as CPU_TOL  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,8 +44,7 @@ GPU_TOL = {torch.bfloat16: 2e-2, torch.float16: 8e-3, torch.float32: 1e-4}
 
 
 def device():
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-    return torch.device("cuda", local % torch.cuda.device_count())
+    return lvxattn.devices.pick_device("cuda")
 
 
 def check(got, ref, dtype, ranges, label, hidden=None):

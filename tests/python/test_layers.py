@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from lvxattn import data, masks
+from lvxattn import masks, reference, sharding
 from lvxattn import layers
 from lvxattn.layers import CrossAttentionStack, KvProjection, measure_saved
 
@@ -29,15 +29,7 @@ def ref_rms(x, w):
 
 
 def ref_attention(q, k, v, q_ranges, scale):
-    group = q.shape[2] // k.shape[2]
-    k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    if q_ranges is not None:
-        col = torch.arange(k.shape[1])
-        visible = (col >= q_ranges[..., :1]) & (col < q_ranges[..., 1:])   # [B, Lq, Lkv]
-        s = s.masked_fill(~visible[:, None], float("-inf"))
-    p = torch.softmax(s, -1).nan_to_num(0.0)   # rows that see nothing give O = 0
-    return torch.einsum("bhqk,bkhd->bqhd", p, v)
+    return reference.attention(q, k, v, q_ranges, scale)[0]
 
 
 def ref_stack(weights, text, visual, q_ranges, heads, kv_heads, head_dim):
@@ -252,7 +244,7 @@ def test_mpi_recompute_matches_plain_and_reference(mask_style):
         if comm is None:
             continue
         model, text, visual, q_ranges, loss_weights = make_problem(2, batch, lq, lkv, mask_style, seed=size)
-        q_counts, kv_counts = data.even_counts(lq, size), data.even_counts(lkv, size)
+        q_counts, kv_counts = sharding.even_counts(lq, size), sharding.even_counts(lkv, size)
         r = comm.rank
         local = (shard(text, q_counts, r), shard(visual, kv_counts, r),
                  None if q_ranges is None else shard(q_ranges, q_counts, r), shard(loss_weights, q_counts, r))
@@ -282,7 +274,7 @@ def test_mpi_uneven_shards_with_an_empty_text_rank():
     lq, lkv = 2 * size - 1, 3 * size + 1
     q_counts = [2] * (size - 1) + [0]
     q_counts[0] += 1
-    kv_counts = data.even_counts(lkv, size)
+    kv_counts = sharding.even_counts(lkv, size)
     model, text, visual, q_ranges, loss_weights = make_problem(2, 1, lq, lkv, "latest", seed=7)
     want_loss, want_grads, want_dx, _ = reference_grads(model, text, visual, q_ranges, loss_weights)
     local = (shard(text, q_counts, r), shard(visual, kv_counts, r), shard(q_ranges, q_counts, r),
@@ -301,7 +293,7 @@ def test_mpi_recompute_memory_saving_per_rank():
     comm = MPI.COMM_WORLD
     layers, batch, lkv = 3, 2, 32 * comm.size + 1
     model, text, visual, q_ranges, _ = make_problem(layers, batch, 4 * comm.size, lkv, "all_previous")
-    q_counts, kv_counts = data.even_counts(text.shape[1], comm.size), data.even_counts(lkv, comm.size)
+    q_counts, kv_counts = sharding.even_counts(text.shape[1], comm.size), sharding.even_counts(lkv, comm.size)
     local = (shard(text, q_counts, comm.rank), shard(visual, kv_counts, comm.rank),
              shard(q_ranges, q_counts, comm.rank))
     with_recompute = saved_bytes(model, *local, True, comm=comm)

@@ -19,7 +19,7 @@ import torch
 import lvxattn
 from dist_util import gather_rows, lvx_form, shard, sub_comm, uneven_split
 from masked_inputs import hidden_kv_rows, layout, make_problem, mismatch, reference_with_grads
-from reference import TOL
+from cases import TOL
 
 WHERE = ["v_hidden", "k_hidden", "v_partial", "k_partial", "q_empty"]
 POISON = ["nan", "inf", "-inf"]

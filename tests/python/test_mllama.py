@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import lvxattn  # noqa: E402
 from lvxattn.integrations import mllama as lvx_mllama  # noqa: E402
 from dist_util import shard, sub_comm, uneven_split  # noqa: E402
-from reference import rel_err  # noqa: E402
+from lvxattn.reference import rel_err  # noqa: E402
 
 mpi = pytest.importorskip("mpi4py.MPI")
 WORLD = mpi.COMM_WORLD

@@ -14,7 +14,7 @@ import torch
 
 import lvxattn
 from dist_util import gather_rows, shard, uneven_split
-from reference import attention, rel_err
+from lvxattn.reference import attention, rel_err
 
 try:
     from mpi4py import MPI

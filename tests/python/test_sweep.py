@@ -73,3 +73,33 @@ def test_ci_config_runs_end_to_end_and_plots(tmp_path):
     assert pngs, res.stdout
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_list_says_which_points_are_dropped_and_why(tmp_path):
+    """gpu.toml on a build whose transports or device cannot run some points."""
+    res = subprocess.run([sys.executable, str(ROOT / "experiments" / "sweep.py"),
+                          str(ROOT / "experiments" / "configs" / "gpu.toml"), "--device", "cpu", "--list"],
+                         env=command_env(tmp_path / "cache"), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "points dropped (they cannot run here)" in res.stdout
+    assert "NCCL needs --device cuda" in res.stdout
+    assert "points to run:" in res.stdout
+
+
+def test_results_are_never_written_into_committed_files(tmp_path):
+    committed = ROOT / "experiments" / "results" / "sweep_cpu.csv"
+    before = committed.read_bytes()
+    # Refused before any point runs, on every rank alike (one process suffices here).
+    res = subprocess.run([sys.executable, str(ROOT / "experiments" / "sweep.py"),
+                          str(CONFIG), "--csv", str(committed)], env=command_env(tmp_path / "cache"),
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode != 0
+    assert "is a committed result" in res.stdout + res.stderr
+    assert committed.read_bytes() == before
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    fresh = Path(common.new_results_path("sweep_cpu"))
+    assert fresh.parent == ROOT / "experiments" / "results" / "new" and not fresh.exists()

@@ -15,7 +15,7 @@ Two ways to hold the text:
 
 * ``text="replicated"``: every rank holds the whole text and runs the whole model.
   In each cross-attention layer every rank makes Q for all rows, keeps its share
-  of the rows (``lvxattn.data.even_counts``), attends, and the rows are gathered
+  of the rows (``lvxattn.sharding.even_counts``), attends, and the rows are gathered
   back to every rank (an autograd Function: backward keeps this rank's rows of the
   gradient, which is the same on every rank). Gradients come out as the
   unpatched model's on every rank: the K/V projection weights, the only ones fed
@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 import lvxattn
-from lvxattn.data import even_counts
+from lvxattn.sharding import even_counts
 from lvxattn.layers import AttentionSettings, KvProjection, RecomputedKvAttention, SharedVisual, VisualGrad
 
 try:

@@ -1,6 +1,12 @@
-"""Float64 reference cross-attention, written out explicitly (scores, masked
-softmax, products), used by every test. Rows that see no key give O = 0,
-LSE = -inf and zero gradients."""
+"""The float64 reference: cross-attention written out explicitly (scores, masked
+softmax, products) in plain torch, independent of the library's kernels.
+
+Every test checks the library against it, and so can a user: gather a distributed
+call's shards and compare them with ``attention`` on the whole problem
+(``examples/compare_algorithms.py`` does). It holds the whole score matrix
+``[B, Hq, Lq, Lkv]`` in float64, so it is for test-sized problems. Rows that see no
+key give O = 0, LSE = -inf and zero gradients (DESIGN.md, Masks).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import torch
 
 
 def visible_mask(q_ranges, B, Lq, Lkv, device="cpu"):
+    """bool ``[B, Lq, Lkv]``: which global KV rows each query row sees (all without ``q_ranges``)."""
     if q_ranges is None:
         return torch.ones(B, Lq, Lkv, dtype=torch.bool, device=device)
     j = torch.arange(Lkv, device=device)
@@ -17,8 +24,10 @@ def visible_mask(q_ranges, B, Lq, Lkv, device="cpu"):
 
 
 def attention(q, k, v, q_ranges=None, scale=None):
-    """q [B, Lq, Hq, D], k/v [B, Lkv, Hkv, D] (any float dtype) -> (o, lse) in float64,
-    differentiable through q, k, v."""
+    """``softmax(scale·Q Kᵀ) V`` in float64: q ``[B, Lq, Hq, D]``, k/v ``[B, Lkv, Hkv, D]``
+    (any float dtype, global lengths), q_ranges int ``[B, Lq, 2]`` or None, scale default
+    ``D**-0.5``. Returns ``(o [B, Lq, Hq, D], lse [B, Hq, Lq])`` in float64, differentiable
+    through q, k, v (call ``.backward`` for the reference gradients)."""
     q, k, v = q.double(), k.double(), v.double()
     B, Lq, Hq, D = q.shape
     Lkv, Hkv = k.shape[1], k.shape[2]
@@ -49,19 +58,3 @@ def rel_err(a, b):
     den = b.norm()
     num = (a - b).norm()
     return float(num / den) if den > 0 else float(num)
-
-
-TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
-
-
-def random_ranges(B, Lq, Lkv, generator=None):
-    """Random intervals with some empty and some full rows."""
-    a = torch.randint(0, Lkv + 1, (B, Lq), generator=generator)
-    b = torch.randint(0, Lkv + 1, (B, Lq), generator=generator)
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    rows = torch.arange(B * Lq).view(B, Lq)
-    lo = torch.where(rows % 5 == 0, torch.full_like(lo, Lkv // 2), lo)
-    hi = torch.where(rows % 5 == 0, torch.full_like(hi, Lkv // 2), hi)  # empty
-    lo = torch.where(rows % 7 == 1, torch.zeros_like(lo), lo)
-    hi = torch.where(rows % 7 == 1, torch.full_like(hi, Lkv), hi)      # full
-    return torch.stack([lo, hi], dim=-1).to(torch.int32)
