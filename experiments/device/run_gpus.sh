@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The project's own harness (not a user tool): one call on a lent multi-GPU machine
 # with no internet. It installs the package the way the README tells a user on such
-# a machine (a venv that sees the preinstalled torch, mpi4py and h5py, then
-# `pip install --no-build-isolation .` with no other flags: MPI, CUDA and NCCL are
-# found by the build), checks the install (`python -m lvxattn info`, 2 ranks against
+# a machine (`pip install --no-build-isolation .` with no other flags, into the Python
+# environment that has the preinstalled torch, mpi4py and h5py: python3's own where
+# python3 is itself a virtual environment, else a venv that sees the system's packages;
+# MPI, CUDA and NCCL are found by the build), checks the install (`python -m lvxattn info`, 2 ranks against
 # the float64 reference with the NCCL transport present), runs the GPU tests on 1, 2
 # and all GPUs, then the distributed benchmarks (P = 1, 2, N; every transport), the
 # recompute scale run, the peak-memory breakdown, the GPU sweep and the GPU soak
 # test. Logs and CSVs go to $OUT. Steps are independent: one failing does not stop
-# the rest. A step list without "build" reuses /tmp/lvx_venv when an earlier call on
-# the same machine left it there. Usage:
+# the rest. A step list without "build" reuses an install an earlier call on the same
+# machine left there. Usage:
 #   STEPS="build test bench kernels recompute mllama memprofile sweep soak" experiments/device/run_gpus.sh
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -25,15 +26,31 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 MPIRUN="mpirun --oversubscribe --bind-to none -x PYTHONPATH -x NCCL_NVLS_ENABLE -x PYTHONUNBUFFERED"
-VENV=/tmp/lvx_venv
-PY=$VENV/bin/python
+# README, Installing, "A machine without internet": where python3 is itself a virtual
+# environment, a venv made from it (even with --system-site-packages) sees its base
+# interpreter's packages, not torch, so the package goes into python3's environment;
+# otherwise into a venv that sees the system's packages.
+if python3 -c "import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)"; then
+  VENV=$(python3 -c "import sys; print(sys.prefix)")
+  PY=$(python3 -c "import sys; print(sys.executable)")
+  own_venv=0
+else
+  VENV=/tmp/lvx_venv
+  PY=$VENV/bin/python
+  own_venv=1
+fi
+echo "installing into $VENV ($PY)"
 
-if [[ " $steps " == *" build "* ]] || [ ! -x "$PY" ]; then
-  # README, Installing, "A machine without internet": exactly the user's commands.
+if [[ " $steps " == *" build "* ]] || ! "$PY" -c "import lvxattn._core" 2>/dev/null; then
+  # Exactly the user's commands. Without build isolation and without ninja the build runs
+  # through Makefiles, one file at a time unless CMAKE_BUILD_PARALLEL_LEVEL says otherwise.
   start=$(date +%s)
-  rm -rf "$VENV"
-  python3 -m venv --system-site-packages "$VENV" 2>/dev/null || python3 -m venv --system-site-packages --without-pip "$VENV"
-  "$PY" -m pip install -v --no-build-isolation . >"$out/build.log" 2>&1
+  if [ "$own_venv" = 1 ]; then
+    rm -rf "$VENV"
+    python3 -m venv --system-site-packages "$VENV" 2>/dev/null || python3 -m venv --system-site-packages --without-pip "$VENV"
+  fi
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    "$PY" -m pip install -v --no-build-isolation . >"$out/build.log" 2>&1
   echo "pip install rc=$? in $(( $(date +%s) - start )) s"
   grep -E -- "-- +(lvxattn|CPU|CUDA|MPI|NCCL) |rror|Successfully installed" "$out/build.log" | head -20
 fi
@@ -59,12 +76,12 @@ if [[ " $steps " == *" test "* ]]; then
   # NaN/Inf outside the rows' intervals: both kernel families in one process, then lvx,
   # ring and ulysses at 1-3 ranks (ranks share the GPUs through host-staged MPI).
   for sm90 in 1 0; do
-    LVX_CUDA_SM90=$sm90 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider -m gpu \
+    LVX_CUDA_SM90=$sm90 timeout ${TEST_TIMEOUT:-200} "$PY" -m pytest -q -p no:cacheprovider -m gpu \
       tests/python/test_gpu_masked_values.py >"$out/test_gpu_masked_sm90_$sm90.log" 2>&1
     echo "gpu masked-value tests (LVX_CUDA_SM90=$sm90) rc=$?"; grep -E "passed|failed" "$out/test_gpu_masked_sm90_$sm90.log" | tail -3
   done
   for n in ${MASKED_RANKS:-1 2 3}; do
-    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n python3 -m pytest -q -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
+    timeout ${TEST_TIMEOUT:-200} $MPIRUN -n $n "$PY" -m pytest -q -p no:cacheprovider -o faulthandler_timeout=45 --with-mpi -m "mpi and gpu" \
       tests/python/test_gpu_masked_values.py >"$out/test_gpu_masked_n$n.log" 2>&1
     echo "gpu masked-value tests n=$n rc=$?"; grep -E "passed|failed" "$out/test_gpu_masked_n$n.log" | sort | uniq -c | head -5
   done
