@@ -16,11 +16,13 @@
 //     adds in whole lines, where per-thread atomics capped the kernel). The consumers
 //     meet once per tile (dSᵀ complete), at a named barrier.
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
-// Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and the
-// producer sets K rows no query row of the step sees to 0 where they hold NaN/±Inf; the
+// Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and a
+// second producer warp sets K rows no query row of the step sees to 0 where they hold
+// NaN/±Inf (the first warp walks the items and issues their loads meanwhile); the
 // other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
 // tile whose rows do not all see every KV row of the block lands on q_land: rows that
-// see none of them become 0, and a NaN/±Inf in a row that sees some marks the tile.
+// see none of them become 0, and a NaN/±Inf in a row that sees only part of them marks
+// the tile (a row that sees all of them reaches every KV row of the block anyway).
 // A marked tile (sFlags bit 1) forms dV, dK and dQ term by term over the (KV row, query)
 // pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
 // dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select). Only a tile some row does
@@ -124,53 +126,59 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
   if (wg == 0) {
     regs_dealloc<24>();
-    if (tid >= 32) return;
-    // Producer warp (lane 0 issues the loads; the warp fixes tiles, design at the top).
+    // Producer: warp 0 (lane 0 issues the loads; the warp walks the items and fixes Q/dO
+    // tiles) and, with q_ranges, warp 1, which scans K while warp 0 finds the first items
+    // and their loads fly (design at the top).
+    if (tid >= (kRanges ? 64 : 32)) return;
     const int kv_hi = min(Lkv, n0 + BN);
+    if constexpr (kRanges) {
+      if (warp == 1) {
+        // K rows with a NaN/±Inf: those no query row of the step sees become 0; the
+        // others (sKpart, bit r of word r / 32) make every tile whose rows do not all
+        // see them exact. sKpart is written before the release of K (kv_full), which
+        // warp 0 waits for before it reads it.
+        uint32_t kpart[BN / 32];
+        mbar_wait(kv_land, 0);
+        bool any_bad = false;
+#pragma unroll
+        for (int i = 0; i < BN / 32; ++i) {
+          const int r = 32 * i + lane;
+          kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T, L, kChunks>(sK, BN, r));
+          any_bad |= kpart[i] != 0;
+        }
+        if (any_bad) {
+          uint32_t seen[BN / 32];
+#pragma unroll
+          for (int i = 0; i < BN / 32; ++i) seen[i] = 0;
+          for (int q = lane; q < Lq; q += 32) {
+            const int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q);
+#pragma unroll
+            for (int i = 0; i < BN / 32; ++i) seen[i] |= interval_bits(iv.x, iv.y, n0 + 32 * i);
+          }
+#pragma unroll
+          for (int i = 0; i < BN / 32; ++i) {
+            seen[i] = __reduce_or_sync(0xffffffffu, seen[i]);
+            if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row<L, kChunks>(sK, BN, 32 * i + lane);
+            kpart[i] &= seen[i];
+          }
+          fence_proxy_async();
+        }
+        __syncwarp();  // every lane's zeros before lane 0's release
+        if (lane == 0) {
+#pragma unroll
+          for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
+          mbar_arrive(kv_full);
+        }
+        return;
+      }
+    }
     if (lane == 0) {
       const uint32_t bar = kRanges ? kv_land : kv_full;
       mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
       load_tile(sK, &tk, BN, hk, n0, b, bar);
       load_tile(sV, &tv, BN, hk, n0, b, bar);
     }
-    // K rows with a NaN/±Inf: those no query row of the step sees become 0; the others
-    // (sKpart, bit r of word r / 32) make every tile whose rows do not all see them exact.
-    uint32_t kpart[BN / 32];
-#pragma unroll
-    for (int i = 0; i < BN / 32; ++i) kpart[i] = 0;
-    if constexpr (kRanges) {
-      mbar_wait(kv_land, 0);
-      bool any_bad = false;
-#pragma unroll
-      for (int i = 0; i < BN / 32; ++i) {
-        const int r = 32 * i + lane;
-        kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T, L, kChunks>(sK, BN, r));
-        any_bad |= kpart[i] != 0;
-      }
-      if (any_bad) {
-        uint32_t seen[BN / 32];
-#pragma unroll
-        for (int i = 0; i < BN / 32; ++i) seen[i] = 0;
-        for (int q = lane; q < Lq; q += 32) {
-          const int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q);
-#pragma unroll
-          for (int i = 0; i < BN / 32; ++i) seen[i] |= interval_bits(iv.x, iv.y, n0 + 32 * i);
-        }
-#pragma unroll
-        for (int i = 0; i < BN / 32; ++i) {
-          seen[i] = __reduce_or_sync(0xffffffffu, seen[i]);
-          if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row<L, kChunks>(sK, BN, 32 * i + lane);
-          kpart[i] &= seen[i];
-        }
-        fence_proxy_async();
-      }
-      __syncwarp();
-      if (lane == 0) mbar_arrive(kv_full);
-    }
-    if (kRanges && lane == 0)
-#pragma unroll
-      for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
-    __syncwarp();
+    [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
     uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
     int it = 0;
     for (int j = 0;; ++j) {
@@ -204,9 +212,14 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
       // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
       bool exact = false;
-      if constexpr (kRanges)
+      if constexpr (kRanges) {
+        if (!k_scanned) {
+          mbar_wait(kv_full, 0);  // warp 1's scan of K (sKpart), once
+          k_scanned = true;
+        }
 #pragma unroll
         for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
+      }
       if (lane == 0) {
         sItem[st] = it;
         sTile[st] = make_int2(h, q0);

@@ -13,14 +13,17 @@
 //     are issued together, and the softmax of S_j runs while P_{j-1}·V_{j-1} is on the
 //     tensor cores (the rescale of O waits for it).
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
-// a V tile not every row of the block sees whole lands on v_land; the producer warp
-// sets its rows no row sees (past hi included) to 0 in shared memory, scans the rows
-// only some rows see for NaN/±Inf, marks the stage (s_slow) if one holds any, and then
-// signals v_full. A marked tile's O += P V is formed term by term over the KV rows each
-// row sees (pv_exact), with no wgmma in flight; K needs nothing (S is masked by a select).
-// Only tiles that straddle an interval edge can need either: the consumers look at a
-// tile's mark only when they mask its scores, and a kernel without q_ranges (kRanges
-// false: every row sees every KV row) is compiled without any of it.
+// a V tile not every row of the block sees whole lands on v_land; the producer
+// warpgroup's four warps set its rows no row sees (past hi included) to 0 in shared
+// memory, scan the rows only some rows see for NaN/±Inf, mark the stage (s_slow) if one
+// holds any, and then signal v_full. A marked tile's O += P V is formed term by term
+// over the KV rows each row sees (pv_exact), with no wgmma in flight; K needs nothing
+// (S is masked by a select). Only tiles whose scores are masked can need either (an
+// interval edge inside the tile, or rows that see all of it beside rows that see none):
+// the consumers look at a tile's mark only then, and a kernel without q_ranges (kRanges
+// false: every row sees every KV row) is compiled without any of it. The fixes run a
+// step behind the loads (see the producer loop), so with no NaN/±Inf present a fixed
+// tile costs the consumers nothing beyond the mask and the producer's scan.
 #pragma once
 
 #include "attend_config.hpp"
@@ -98,14 +101,15 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   const int n_tiles = hi > lo ? (hi - lo + BN - 1) / BN : 0;
 
   if (wg == 0) {
-    // Producer warp: lane 0 issues every tile load, up to kStages tiles ahead; the warp
-    // fixes the V tiles that not every row sees whole (design at the top of the file).
+    // Producer warpgroup: thread 0 issues every tile load, up to kStages tiles ahead; with
+    // q_ranges its four warps fix the V tiles that not every row sees whole (design at
+    // the top of the file).
     regs_dealloc<40>();
-    if (tid >= 32 || n_tiles == 0) return;
+    if (n_tiles == 0) return;
     if constexpr (!kRanges) {
       // Every row sees every KV row: no tile to fix (splits are whole tiles; rows past
-      // the end of K/V land as zeros), lane 0 alone issues the loads.
-      if (lane != 0) return;
+      // the end of K/V land as zeros), thread 0 alone issues the loads.
+      if (tid != 0) return;
       mbar_arrive_expect(q_full, kQTile);
       load_tile(sQ, &tq, BM, h, m0, b, q_full);
       for (int j = 0; j < n_tiles; ++j) {
@@ -118,61 +122,66 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
         load_tile(v_dst, &tv, BN, hk, n0, b, v_full(st));
       }
     } else {
-      for (int r = lane; r < BM; r += 32) {
+      // Named barrier 1 joins the producer's 128 threads (the consumers use none).
+      constexpr int kProducerBar = 1, kProducers = 128;
+      const int pw = tid / 32;  // producer warp: V rows 32·w + lane of a tile, w = pw, pw + 4, ...
+      for (int r = tid; r < BM; r += kProducers) {
         const int row = m0 + r;
         s_rows[r] = row < p.Lq ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + row)
                                : make_int2(0, 0);
       }
-      __syncwarp();
+      named_barrier_or(kProducerBar, kProducers, false);  // s_rows complete
       const int all_lo = kr.full_lo, all_hi = min(kr.full_hi, hi);  // KV rows every row sees
       auto needs_fix = [&](int n0) { return n0 < all_lo || min(n0 + BN, p.Lkv) > all_hi; };
       uint32_t land_phase = 0;  // bit st: parity of stage st's next v_land completion
       // V rows of tile j no row of the block sees (past hi included) become 0; a NaN/±Inf
-      // in a row only some rows see marks the tile for the exact product.
+      // in a row only some rows see marks the tile for the exact product. Each warp takes
+      // its 32-row slices; the barrier puts every warp's stores (and its proxy fence)
+      // before thread 0's release of the stage, and ORs the marks.
       auto fix = [&](int j) {
         const int st = j % kStages, n0 = lo + j * BN;
         if (!needs_fix(n0)) return;
         mbar_wait(v_land(st), (land_phase >> st) & 1u);
         land_phase ^= 1u << st;
-        uint32_t any[BN / 32];
-#pragma unroll
-        for (int w = 0; w < BN / 32; ++w) any[w] = 0;
-        for (int r = lane; r < BM; r += 32) {
-          const int2 iv = s_rows[r];
-#pragma unroll
-          for (int w = 0; w < BN / 32; ++w) any[w] |= interval_bits(iv.x, min(iv.y, hi), n0 + 32 * w);
-        }
-#pragma unroll
-        for (int w = 0; w < BN / 32; ++w) any[w] = __reduce_or_sync(0xffffffffu, any[w]);
         const uint32_t v_tile = sKV + st * 2 * kKvTile + kKvTile;
         bool bad = false;
-#pragma unroll
-        for (int i = 0; i < BN / 32; ++i) {
-          const int r = 32 * i + lane, col = n0 + r;
+        for (int w = pw; w < BN / 32; w += kProducers / 32) {
+          uint32_t any = 0;  // bit c: some row of the block sees KV row n0 + 32·w + c
+          for (int r = lane; r < BM; r += 32) {
+            const int2 iv = s_rows[r];
+            any |= interval_bits(iv.x, min(iv.y, hi), n0 + 32 * w);
+          }
+          any = __reduce_or_sync(0xffffffffu, any);
+          const int r = 32 * w + lane, col = n0 + r;
           if (col >= p.Lkv || (col >= all_lo && col < all_hi)) continue;  // TMA zeros; seen by every row
-          if (!((any[i] >> lane) & 1u)) zero_tile_row<L, kChunks>(v_tile, BN, r);
+          if (!((any >> lane) & 1u)) zero_tile_row<L, kChunks>(v_tile, BN, r);
           else bad |= tile_row_nonfinite<T, L, kChunks>(v_tile, BN, r);
         }
         fence_proxy_async();
-        __syncwarp();
-        bad = __any_sync(0xffffffffu, bad);
-        if (lane == 0) {
+        bad = named_barrier_or(kProducerBar, kProducers, bad);
+        if (tid == 0) {
           s_slow[st] = bad;
           mbar_arrive(v_full(st));
         }
       };
-      if (lane == 0) {
+      if (tid == 0) {
         mbar_arrive_expect(q_full, kQTile);
         load_tile(sQ, &tq, BM, h, m0, b, q_full);
       }
+      // Before tile j's load the producer fixes the tiles up to j − kStages + 1, then waits
+      // for tile j − kStages to free its stage. The consumers free that stage only once
+      // they have tile j − kStages fixed, and they need tile j − kStages + 1 a step later:
+      // its fix overlaps that step, on a tile that landed kStages − 1 loads ago, while the
+      // loads after it are in flight. (Fixing tile j − 1 there, as before, left one load
+      // in flight: each waited for the previous tile to land and be scanned.)
       int fixed = 0;
       for (int j = 0; j < n_tiles; ++j) {
         const int st = j % kStages, n0 = lo + j * BN;
         if (j >= kStages) {
-          while (fixed < j) fix(fixed++);  // the consumers need them before they free this stage
-          mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
+          while (fixed <= j - kStages + 1) fix(fixed++);
+          if (pw == 0) mbar_wait(kv_empty(st), (j / kStages - 1) & 1);
         }
-        if (lane == 0) {
+        if (tid == 0) {
           const uint32_t k_dst = sKV + st * 2 * kKvTile, v_dst = k_dst + kKvTile;
           mbar_arrive_expect(k_full(st), kKvTile);
           load_tile(k_dst, &tk, BN, hk, n0, b, k_full(st));

@@ -117,15 +117,33 @@ __device__ __forceinline__ void zero_tile_row(uint32_t tile, int rows, int row) 
 #pragma unroll
   for (int ch = 0; ch < kChunks; ++ch) sts128_zero(tile + L::offset(rows, row, ch));
 }
+// The scan takes one packed fma per 32-bit word: acc = x·0 + acc is NaN from the first x
+// that holds a NaN or ±Inf (0·±Inf is NaN) and ±0 otherwise, so the four accumulators
+// hold only ±0 or NaN and their OR has an all-ones exponent exactly when one is NaN.
+// (nonfinite_halves per word takes three integer operations.)
+template <typename T> __device__ __forceinline__ uint32_t fma_zero2(uint32_t x, uint32_t acc);
+template <> __device__ __forceinline__ uint32_t fma_zero2<__nv_bfloat16>(uint32_t x, uint32_t acc) {
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(x), "r"(0u), "r"(acc));
+  return d;
+}
+template <> __device__ __forceinline__ uint32_t fma_zero2<__half>(uint32_t x, uint32_t acc) {
+  uint32_t d;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(x), "r"(0u), "r"(acc));
+  return d;
+}
 template <typename T, typename L = Swz128, int kChunks = 16>
 __device__ __forceinline__ bool tile_row_nonfinite(uint32_t tile, int rows, int row) {
-  uint32_t bad = 0;
+  uint32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma unroll
   for (int ch = 0; ch < kChunks; ++ch) {
     const uint4 v = lds128(tile + L::offset(rows, row, ch));
-    bad |= nonfinite_halves<T>(v.x) | nonfinite_halves<T>(v.y) | nonfinite_halves<T>(v.z) | nonfinite_halves<T>(v.w);
+    a0 = fma_zero2<T>(v.x, a0);
+    a1 = fma_zero2<T>(v.y, a1);
+    a2 = fma_zero2<T>(v.z, a2);
+    a3 = fma_zero2<T>(v.w, a3);
   }
-  return bad != 0;
+  return nonfinite_halves<T>(a0 | a1 | a2 | a3) != 0;
 }
 // Two 16-bit values (row, columns 8·chunk + 2q, + 1; q < 4) of such a tile, as floats.
 template <typename T, typename L = Swz128>

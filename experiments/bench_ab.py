@@ -9,10 +9,14 @@ the ratio B/A. In the last round each worker also profiles three forward + backw
 (torch.profiler) and reports the device time of their kernels by name, per call: where a
 difference lies, in the kernels (which) or around them.
 
-Shapes are 'B,Hq,Hkv,Lq,Lkv,D,dtype[,mask]'; mask 'latest5': query rows in five equal
-groups, group g sees the g-th fifth of the KV rows (q_ranges; interval edges inside KV
-tiles), else no q_ranges. Writes a CSV (device, date, each build's label and git sha,
-shape, medians, min and max over rounds, kernel time per call).
+Shapes are 'B,Hq,Hkv,Lq,Lkv,D,dtype[,mask]'; masks (q_ranges, the same in every batch):
+'latest5': query rows in five equal groups, group g sees the g-th fifth of the KV rows
+(the 'latest' image; interval edges inside KV tiles; query tiles of two groups have KV
+tiles that some rows see whole and others not at all); 'prev5': group g sees the first
+g + 1 fifths ('all_previous'); 'random': each row sees [min(u, v), max(u, v)) for u, v
+uniform in [0, Lkv] (seeded), so nearly every tile is masked and many straddle an edge;
+no mask: no q_ranges. Writes a CSV (device, date, each build's label and git sha, shape,
+medians, min and max over rounds, kernel time per call).
 
 usage: python experiments/bench_ab.py --a old=/tmp/ab/old_pkg --b new=/tmp/ab/new_pkg \
            --sha-a e50204f --sha-b <sha> --out ab.csv [--rounds 3] [--reps-ms 100] [--shapes ...]
@@ -43,14 +47,20 @@ SHAPES = [
     (1, 16, 16, 1024, 65536, 64, "bf16", ""),
     (1, 16, 16, 1024, 65536, 96, "bf16", ""),
     (1, 16, 16, 1024, 65536, 128, "bf16", "latest5"),
+    (1, 16, 16, 1024, 65536, 128, "bf16", "prev5"),
+    (1, 16, 16, 1024, 65536, 128, "bf16", "random"),
 ]
+MASKS = ("latest5", "prev5", "random")
 
 
 def parse_shapes(text: str):
     out = []
     for item in filter(None, text.split(";")):
         f = item.split(",")
-        out.append((*(int(x) for x in f[:6]), f[6], f[7] if len(f) > 7 else ""))
+        mask = f[7] if len(f) > 7 else ""
+        if mask and mask not in MASKS:
+            raise SystemExit(f"shape {item!r}: unknown mask {mask!r} (known: {', '.join(MASKS)})")
+        out.append((*(int(x) for x in f[:6]), f[6], mask))
     return out
 
 
@@ -60,10 +70,21 @@ def shape_name(s) -> str:
 
 
 # ---- worker: one build, all shapes -------------------------------------------------
-def latest_ranges(B: int, Lq: int, Lkv: int, groups: int, device):
+def mask_ranges(kind: str, B: int, Lq: int, Lkv: int, device):
+    """q_ranges int32 [B, Lq, 2] of a mask named in MASKS (the module docstring)."""
     import torch
-    g = torch.div(torch.arange(Lq) * groups, Lq, rounding_mode="floor")
-    begin, end = (g * Lkv) // groups, ((g + 1) * Lkv) // groups
+    if kind == "random":
+        gen = torch.Generator().manual_seed(Lq * 7919 + Lkv)
+        uv = torch.randint(0, Lkv + 1, (Lq, 2), generator=gen)
+        begin, end = uv.min(dim=1).values, uv.max(dim=1).values
+    elif kind in ("latest5", "prev5"):
+        groups = 5
+        g = torch.div(torch.arange(Lq) * groups, Lq, rounding_mode="floor")
+        begin, end = (g * Lkv) // groups, ((g + 1) * Lkv) // groups
+        if kind == "prev5":
+            begin = torch.zeros_like(begin)
+    else:
+        raise ValueError(f"unknown mask {kind!r} (known: {', '.join(MASKS)})")
     r = torch.stack([begin, end], dim=-1).to(torch.int32)
     return r.expand(B, Lq, 2).contiguous().to(device)
 
@@ -106,7 +127,7 @@ def worker(args) -> None:
         k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
         v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
         dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=gen)
-        ranges = latest_ranges(B, Lq, Lkv, 5, "cuda") if mask == "latest5" else None
+        ranges = mask_ranges(mask, B, Lq, Lkv, "cuda") if mask else None
         scale = 1.0 / math.sqrt(D)
         qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
 
@@ -167,7 +188,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds, each running both builds once")
     ap.add_argument("--reps-ms", type=float, default=100.0, help="do_bench time budget per measurement (ms)")
     ap.add_argument("--shapes", default=";".join(",".join(str(x) for x in s) for s in SHAPES),
-                    help="'B,Hq,Hkv,Lq,Lkv,D,dtype[,latest5];...'")
+                    help="'B,Hq,Hkv,Lq,Lkv,D,dtype[,mask];...' (masks: " + ", ".join(MASKS) + ")")
     ap.add_argument("--worker-timeout", type=float, default=240.0, help="seconds per worker process")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="no round starts unless the last round's duration still fits (0: no limit)")

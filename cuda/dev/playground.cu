@@ -463,6 +463,14 @@ int main(int argc, char** argv) {
       {"D96 layout K partial", 2, 150, 700, 4, 2, 96, 4, 0, 700, kKPartial},
       {"D96 layout Q/dO empty", 2, 150, 700, 4, 4, 96, 4, 0, 700, kQEmpty},
       {"D96 layout Q/dO partial", 1, 150, 700, 4, 2, 96, 4, 0, 700, kQPartial},
+      // The 'latest' mask over many KV tiles: query tiles of two images, so most KV tiles
+      // are seen whole by some rows and not at all by the others (every one of them fixed
+      // and scanned, in a pipeline of several stages), NaN/±Inf in such tiles.
+      {"D128 latest tiles V partial", 1, 300, 2600, 2, 1, 128, 2, 0, 2600, kVPartial},
+      {"D128 latest tiles K partial", 1, 300, 2600, 2, 1, 128, 2, 0, 2600, kKPartial},
+      {"D128 latest tiles Q/dO empty", 2, 300, 2600, 2, 1, 128, 2, 0, 2600, kQEmpty},
+      {"D64 latest tiles V partial", 1, 300, 2600, 4, 2, 64, 2, 0, 2600, kVPartial},
+      {"D96 latest tiles K partial", 1, 300, 2600, 2, 1, 96, 2, 0, 2600, kKPartial},
   };
   if (small)
     cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 140, 4, 2, 128, 1, 0, 140},
@@ -472,7 +480,8 @@ int main(int argc, char** argv) {
              {"small D64 tiles", 1, 150, 300, 2, 1, 64, 3, 0, 300},
              {"small D96 tiles", 1, 150, 300, 2, 1, 96, 3, 0, 300},
              {"small D64 Q/dO partial", 1, 150, 300, 2, 1, 64, 4, 0, 300, kQPartial},
-             {"small D96 V partial", 1, 150, 300, 2, 1, 96, 4, 0, 300, kVPartial}};
+             {"small D96 V partial", 1, 150, 300, 2, 1, 96, 4, 0, 300, kVPartial},
+             {"small D128 latest V partial", 1, 150, 1100, 2, 1, 128, 2, 0, 1100, kVPartial}};
   // Optional filters: dims=64,96 (head dims), dtypes=bf16,f16,f32.
   std::vector<int> dims;
   std::vector<DType> dtypes = {DType::bf16, DType::f16, DType::f32};

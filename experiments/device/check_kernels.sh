@@ -13,7 +13,8 @@
 #      cuda/dev/racecheck_probe.cu (which protocols the tool models);
 #   3. speed, the GPU alone: experiments/bench_ab.py, the public call of the older build
 #      against this tree's, alternating rounds (D = 128 shapes of issue 19, D = 64 and 96,
-#      a masked shape), with each build's kernel times per call.
+#      three masked D = 128 shapes: 'latest5', 'prev5', 'random'; AB_SHAPES=... replaces
+#      the list), with each build's kernel times per call.
 # Logs go to $OUT as one archive per phase, the A/B table as ab.csv; summary.txt (also
 # printed at the end) says what passed.
 # Usage (the wheels the machine lacks in .whl/: scipy-openblas32, pytest-mpi; .ab/ from
@@ -172,7 +173,8 @@ if [ $old_ok = 1 ]; then
     # PYTHONPATH without this tree's package: each worker puts its own build first.
     PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left + 30)) python3 experiments/bench_ab.py \
       --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds 3 \
-      --budget-s $((left - 5)) --worker-timeout $((left / 2)) --reps-ms 100 --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
+      --budget-s $((left - 5)) --worker-timeout $((left / 2)) --reps-ms 100 ${AB_SHAPES:+--shapes "$AB_SHAPES"} \
+      --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
     stamp "A/B bench rc=$?"
     grep -vE "^round " "$out/bench_ab.log" | head -60
   fi

@@ -157,6 +157,33 @@ def test_split_kv(where, dtype, D):
     check(got, reference(problem), dtype, problem[4], where)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [64, 96, 128])
+@pytest.mark.parametrize("tensor", ["k", "v", "q", "do"])
+def test_latest_image_beside_rows_that_see_none_of_it(tensor, D, dtype):
+    """The 'latest' mask over many KV tiles: query tiles hold the rows of two images, so
+    most KV tiles are seen whole by some rows of a tile and not at all by the others
+    (the forward's V scan and the backward's K scan and Q/dO zeroing, over a pipeline of
+    several stages). NaN/±Inf in two K or V rows inside image 2 (mid-tile, and its last
+    row), or in Q or dO of a row that sees image 2, reach only what image 2 reaches."""
+    B, Lq, Lkv, Hq, Hkv = 1, 300, 2600, 2, 1
+    gen = torch.Generator().manual_seed(D)
+    q, do = ((0.5 * torch.randn(B, Lq, Hq, D, generator=gen)).to(dtype) for _ in range(2))
+    k, v = ((0.5 * torch.randn(B, Lkv, Hkv, D, generator=gen)).to(dtype) for _ in range(2))
+    ranges = lvxattn.masks.interleaved_ranges(B, Lq, Lkv, 5, "latest")
+    bounds = lvxattn.masks.image_bounds(Lkv, 5)
+    x = [math.nan, math.inf, -math.inf][(D // 32 + len(tensor)) % 3]
+    if tensor in ("k", "v"):
+        (k if tensor == "k" else v)[:, [int(bounds[1]) + 300, int(bounds[2]) - 1]] = x
+    else:
+        sees2 = ((ranges[0, :, 0] == bounds[1]) & (ranges[0, :, 1] == bounds[2])).nonzero().flatten()
+        (q if tensor == "q" else do)[:, int(sees2[len(sees2) // 2])] = x
+    got = run_one_process((q, k, v, do, ranges), device())
+    ref = reference((q, k, v, do, ranges))
+    assert not torch.isfinite(ref["o"]).all() or tensor == "do"  # the poison reaches image 2's rows
+    check(got, ref, dtype, ranges, f"latest {tensor}", hidden=[])
+
+
 def test_a_visible_nan_still_reaches_the_rows_that_see_it():
     """The partial case is not vacuous: rows of kinds 1 and 2 see the poisoned row."""
     q, k, v, do, ranges = make_problem(**SHAPE, dtype=torch.bfloat16, where="v_partial", poison="nan")
