@@ -50,7 +50,10 @@ build_pkg() {
     -DCMAKE_BUILD_TYPE=Release -DLVX_CUDA_ARCHS=90a -Dpybind11_DIR="$pybind_dir" ${nccl_lib:+-DNCCL_LIBRARY=$nccl_lib} \
     >"$log" 2>&1 && timeout 330 cmake --build /tmp/ab/build_$name -j"$jobs" >>"$log" 2>&1 || { echo "rc=1" >>"$log"; return 1; }
   rm -rf /tmp/ab/pkg_$name && mkdir -p /tmp/ab/pkg_$name && cp -r "$src/python/lvxattn" /tmp/ab/pkg_$name/ &&
-    cp /tmp/ab/build_$name/_core*.so /tmp/ab/pkg_$name/lvxattn/ && echo "rc=0" >>"$log"
+    cp /tmp/ab/build_$name/_core*.so /tmp/ab/pkg_$name/lvxattn/ &&
+    # the build's generated module (trees before the install work have none)
+    { [ ! -f /tmp/ab/build_$name/_build_info.py ] || cp /tmp/ab/build_$name/_build_info.py /tmp/ab/pkg_$name/lvxattn/; } &&
+    echo "rc=0" >>"$log"
 }
 export pybind_dir nccl_lib
 build_pkg new "$root" 8 "$out/build_new.log" &

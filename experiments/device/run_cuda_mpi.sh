@@ -79,7 +79,7 @@ if [ ! -f "$prefix/env.sh" ] || ! ls "$build"/_core*.so >/dev/null 2>&1; then
 else
   # shellcheck disable=SC1091
   source "$prefix/env.sh"
-  rm -rf "$pkg" && mkdir -p "$pkg" && cp -r python/lvxattn "$pkg/" && cp "$build"/_core*.so "$pkg/lvxattn/"
+  rm -rf "$pkg" && mkdir -p "$pkg" && cp -r python/lvxattn "$pkg/" && cp "$build"/_core*.so "$build"/_build_info.py "$pkg/lvxattn/"
   export PYTHONPATH=$pkg:$PYTHONPATH
   say "lvxattn: $($py -c 'import lvxattn; print(lvxattn.__file__, lvxattn.available_transports())')"
   say "_core links: $(ldd "$build"/_core*.so | grep -E 'libmpi|libucp' | tr -s ' \t' ' ' | tr '\n' ';')"
