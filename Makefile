@@ -73,6 +73,8 @@ test-example: test-cpp
 	cmake --build build/example
 	$(MPIRUN) -n 3 build/example/lvx_example
 	$(MPIRUN) -n 2 build/example/lvx_minimal
+	{ cmake -S tests/install/c_only_project -B build/c-only-project -DCMAKE_PREFIX_PATH=$(CURDIR)/build/install 2>&1 || true; } \
+	  | tr -s ' \n' ' ' | grep -q "also for C programs: project(<name> LANGUAGES C CXX)"
 
 test-python: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/python
