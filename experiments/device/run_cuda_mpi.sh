@@ -148,7 +148,7 @@ else
       --algorithms lvx,ring --transport $transports --repeats ${REPEATS:-5} --warmup 2 \
       --csv "$out/dist_gpu_cudampi.csv" --tag "P=2 cudampi $NGPU GPU"
     sed -n '/^NVIDIA\|^P /,$p' "$out/bench_n2.log" | tail -32 | tee -a "$summary"
-    if [ "$NGPU" -ge 2 ] && [ $(( deadline - $(date +%s) )) -gt 120 ]; then
+    if [ "$NGPU" -ge 3 ] && [ $(( deadline - $(date +%s) )) -gt 120 ]; then
       step bench_n$NGPU 150 $MPIRUN -n $NGPU $py experiments/bench_dist.py --device cuda \
         --shapes "${SHAPES%%,*}" --algorithms lvx,ring --transport $transports --repeats 5 \
         --csv "$out/dist_gpu_cudampi.csv" --tag "P=$NGPU cudampi"
