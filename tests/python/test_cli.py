@@ -160,7 +160,8 @@ def write_raw(path, **datasets):
     ("good", ["--visual-dim", "5"], "visual_dim is 4 in the file but 5 was requested (--visual-dim)"),
     ("good", ["--text-dim", "3"], "text_dim is 8 in the file but 3 was requested (--text-dim)"),
     ("good", ["--heads", "3", "--kv-heads", "2"], "--heads 3 must be a multiple of --kv-heads 2"),
-    ("good", ["--visual-split", "1,2"], "split [1, 2] must be non-negative and sum to the length 6"),
+    ("good", ["--visual-split", "1,2"], "visual_split [1, 2] must be non-negative and sum to the length 6"),
+    ("good", ["--text-split", "3"], "text_split [3] needs one row count per rank: 1 given, 2 ranks"),
 ])
 def test_run_bad_input_fails_cleanly_on_every_rank(tmp_path, case, extra, message):
     path = tmp_path / "f.h5"
