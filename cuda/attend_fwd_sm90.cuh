@@ -252,11 +252,12 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   // waiting and one arriving warpgroup. A warpgroup cannot arrive twice on one barrier
   // before the other has passed it (its next arrive follows its next wait, which needs
   // the other's arrive, issued after the other's own wait returned), so every completion
-  // joins the right 256 threads. n_tiles and every branch taken per step (the
-  // exact-product mark) are the same for the whole block, so both warpgroups run the same
-  // number of steps, also when one has no valid rows (Lq past the end: they compute on
-  // TMA's zero rows). Immediate barrier ids (a branch on cw) keep the loop's registers
-  // free.
+  // joins the right 256 threads. n_tiles is the block's, and a step waits and passes once
+  // on either of its paths (wgmma or exact product), so both warpgroups run the same
+  // number of turns, also when one has no valid rows (Lq past the end: it computes on
+  // TMA's zero rows) and when n_tiles is odd (the steps go in pairs, the count does not).
+  // Immediate barrier ids (a branch on cw) keep the loop's registers free: with the ids in
+  // registers ptxas spilled 16 bytes in the consumers' loop.
   auto bar_sync = [](int id) {
     if (id == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
     else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
