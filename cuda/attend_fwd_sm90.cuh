@@ -11,7 +11,12 @@
 //     O += P·V as m64nDk16 with P from registers and V read MN-major (no transpose pass);
 //   - software pipelining inside each warpgroup: S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1}
 //     are issued together, and the softmax of S_j runs while P_{j-1}·V_{j-1} is on the
-//     tensor cores (the rescale of O waits for it).
+//     tensor cores (the rescale of O waits for it);
+//   - ping-pong of the two consumer warpgroups (the warp-scheduler barriers of
+//     FlashAttention-3, Shah et al. 2024, sec. 3.1): they take turns at issuing a tile's
+//     GEMMs, so that one warpgroup's GEMMs run on the tensor cores while the other
+//     computes its softmax, instead of both warpgroups' GEMMs interleaving and both
+//     softmaxes then falling into the same gap (see the consumers' part).
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
 // a V tile not every row of the block sees whole lands on v_land; the producer
 // warpgroup's four warps set its rows no row sees (past hi included) to 0 in shared
@@ -30,6 +35,11 @@
 #include "attend_fwd_parts.cuh"
 #include "tma.cuh"
 #include "visibility.cuh"
+
+// 0 builds the forward without the consumers' ping-pong (for A/B timing of it alone).
+#ifndef LVX_FWD_PINGPONG
+#define LVX_FWD_PINGPONG 1
+#endif
 
 namespace lvx::cuda {
 
@@ -50,6 +60,12 @@ struct FwdSm90 {
   static_assert(kQBytes % 1024 == 0 && kKvBytes % 1024 == 0, "tiles keep their swizzle patterns aligned");
   static constexpr int kSmemBytes = kQBytes + 2 * kStages * kKvBytes + 1024;  // Q, stages x (K, V), alignment
   static_assert(kSmemBytes + 2048 <= 232448, "shared memory of one block (static part included)");
+  // Named barriers of the kernel: 0 is __syncthreads (fwd_kv_range); kProducerBar joins
+  // the producer warpgroup's 128 threads (q_ranges only); kTurnBar + cw is consumer
+  // warpgroup cw's turn to issue its GEMMs (256 threads: its own 128 wait there, the
+  // other warpgroup's 128 arrive).
+  static constexpr int kProducerBar = 1, kTurnBar = 2;
+  static constexpr bool kPingPong = LVX_FWD_PINGPONG != 0;
 };
 
 template <typename T, int D, bool kRanges>
@@ -122,8 +138,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
         load_tile(v_dst, &tv, BN, hk, n0, b, v_full(st));
       }
     } else {
-      // Named barrier 1 joins the producer's 128 threads (the consumers use none).
-      constexpr int kProducerBar = 1, kProducers = 128;
+      constexpr int kProducerBar = Cfg::kProducerBar, kProducers = 128;
       const int pw = tid / 32;  // producer warp: V rows 32·w + lane of a tile, w = pw, pw + 4, ...
       for (int r = tid; r < BM; r += kProducers) {
         const int row = m0 + r;
@@ -226,6 +241,37 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   };
   auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
   auto parity = [&](int j) { return (uint32_t)((j / kStages) & 1); };
+  // Ping-pong. Each step j = 1 .. n_tiles − 1 below issues S_j and P_{j-1}·V_{j-1} between
+  // turn_wait (bar.sync on this warpgroup's barrier) and turn_pass (bar.arrive on the
+  // other's), so the issues alternate: warpgroup 0 step 1, 1 step 1, 0 step 2, ... (S_0
+  // and the last P·V are issued outside the turns, as in FlashAttention-3). Warpgroup 1
+  // arrives once ahead, before its first step, so that warpgroup 0 goes first; warpgroup
+  // 0 waits once more after its last P·V, for warpgroup 1's last pass: each barrier then
+  // completes exactly as often as it is arrived at (n_tiles − 1 times for warpgroup 1's,
+  // n_tiles for warpgroup 0's; nothing is pending at exit), each completion joining one
+  // waiting and one arriving warpgroup. A warpgroup cannot arrive twice on one barrier
+  // before the other has passed it (its next arrive follows its next wait, which needs
+  // the other's arrive, issued after the other's own wait returned), so every completion
+  // joins the right 256 threads. n_tiles is the block's, and a step waits and passes once
+  // on either of its paths (wgmma or exact product), so both warpgroups run the same
+  // number of turns, also when one has no valid rows (Lq past the end: it computes on
+  // TMA's zero rows) and when n_tiles is odd (the steps go in pairs, the count does not).
+  // Immediate barrier ids (a branch on cw) keep the loop's registers free: with the ids in
+  // registers ptxas spilled 16 bytes in the consumers' loop.
+  auto bar_sync = [](int id) {
+    if (id == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+    else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+  };
+  auto bar_arrive = [](int id) {
+    if (id == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+    else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+  };
+  auto turn_wait = [&] {
+    if constexpr (Cfg::kPingPong) bar_sync(cw);
+  };
+  auto turn_pass = [&] {
+    if constexpr (Cfg::kPingPong) bar_arrive(1 - cw);
+  };
   // Whether tile j (its V ready) is marked for the exact product. Only a tile whose
   // scores are masked can be (the producer fixes a subset of them); lane 0 reads the
   // mark and hands it to the warp, so that no other lane reads the stage's shared memory
@@ -273,6 +319,8 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     // P of even and odd tiles: a tile's P stays in place until its P·V is complete
     // (copying it would make ptxas serialize the wgmma pipeline).
     uint32_t pe[BN / 16][4], po[BN / 16][4];
+    if constexpr (Cfg::kPingPong)
+      if (cw == 1 && n_tiles > 1) bar_arrive(0);  // warpgroup 0 takes the first turn
     mbar_wait(q_full, 0);
     mbar_wait(k_full(0), 0);
     wg_fence();
@@ -292,8 +340,10 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
         pv_exact(p_prev, j - 1);
         __syncwarp();  // every lane's reads of V_{j-1} before lane 0 frees the stage
         if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));
+        turn_wait();
         wg_fence();
         issue_scores(s_flat, j);
+        turn_pass();
         wg_wait<0>();
         wg_fence_regs(s_flat);
         const int n0 = lo + j * BN;
@@ -303,9 +353,11 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
         fwd_rescale<D>(acc, alpha);
         return;
       }
+      turn_wait();
       wg_fence();
       issue_scores(s_flat, j);
       issue_pv(p_prev, j - 1);
+      turn_pass();
       wg_wait<1>();
       wg_fence_regs(s_flat);
       const int n0 = lo + j * BN;
@@ -336,6 +388,8 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     };
     if ((n_tiles - 1) % 2) last_pv(po);
     else last_pv(pe);
+    if constexpr (Cfg::kPingPong)
+      if (cw == 0 && n_tiles > 1) bar_sync(0);  // warpgroup 1's last pass (above)
   }
 
   fwd_epilogue<D>(p, acc, mrow, lrow, row0, b, h, split, t);

@@ -471,6 +471,17 @@ int main(int argc, char** argv) {
       {"D128 latest tiles Q/dO empty", 2, 300, 2600, 2, 1, 128, 2, 0, 2600, kQEmpty},
       {"D64 latest tiles V partial", 1, 300, 2600, 4, 2, 64, 2, 0, 2600, kVPartial},
       {"D96 latest tiles K partial", 1, 300, 2600, 2, 1, 96, 2, 0, 2600, kKPartial},
+      // The sm_90a forward's ping-pong of its consumer warpgroups (turns per KV tile after
+      // the first): one tile (no turn), two tiles (one), odd and even counts, query tiles
+      // whose second warpgroup (rows 64-127) or both have no row (Lq < 64, Lq = 150),
+      // masked and not, split-KV.
+      {"D128 one tile Lq < 64", 1, 50, 100, 2, 1, 128, 0, 0, 100},
+      {"D128 two tiles Lq < 64", 1, 33, 200, 2, 2, 128, 0, 0, 200},
+      {"D128 odd tiles Lq 150", 2, 150, 1100, 4, 2, 128, 0, 0, 1100},
+      {"D128 even tiles Lq 150 random", 1, 150, 1000, 2, 1, 128, 3, 0, 1000},
+      {"D64 one tile random", 1, 40, 120, 2, 1, 64, 3, 0, 120},
+      {"D96 odd tiles Lq 150", 1, 150, 1100, 2, 1, 96, 0, 0, 1100},
+      {"D128 split-KV Lq < 64 odd tiles", 1, 20, 5000, 2, 1, 128, 0, 0, 5000},
   };
   if (small)
     cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 140, 4, 2, 128, 1, 0, 140},
@@ -481,7 +492,9 @@ int main(int argc, char** argv) {
              {"small D96 tiles", 1, 150, 300, 2, 1, 96, 3, 0, 300},
              {"small D64 Q/dO partial", 1, 150, 300, 2, 1, 64, 4, 0, 300, kQPartial},
              {"small D96 V partial", 1, 150, 300, 2, 1, 96, 4, 0, 300, kVPartial},
-             {"small D128 latest V partial", 1, 150, 1100, 2, 1, 128, 2, 0, 1100, kVPartial}};
+             {"small D128 latest V partial", 1, 150, 1100, 2, 1, 128, 2, 0, 1100, kVPartial},
+             {"small D128 one tile", 1, 50, 100, 1, 1, 128, 0, 0, 100},
+             {"small D128 odd tiles", 1, 150, 300, 1, 1, 128, 0, 0, 300}};
   // Optional filters: dims=64,96 (head dims), dtypes=bf16,f16,f32.
   std::vector<int> dims;
   std::vector<DType> dtypes = {DType::bf16, DType::f16, DType::f32};

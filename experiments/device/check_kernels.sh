@@ -10,7 +10,8 @@
 #      test_gpu_kernels.py and test_gpu_masked_values.py in one process (MPI-marked tests
 #      skip), compute-sanitizer memcheck on the playground's small cases (head dims 64,
 #      96, 128; bf16, fp16) and racecheck on the same, one process per head dim, and on
-#      cuda/dev/racecheck_probe.cu (which protocols the tool models);
+#      cuda/dev/racecheck_probe.cu (which protocols the tool models); synccheck on the
+#      small cases in bf16 (the forward's named-barrier turns, the producers' barriers);
 #   3. speed, the GPU alone: experiments/bench_ab.py, the public call of the older build
 #      against this tree's, alternating rounds (D = 128 shapes of issue 19, D = 64 and 96,
 #      three masked D = 128 shapes: 'latest5', 'prev5', 'random'; AB_SHAPES=... replaces
@@ -125,6 +126,9 @@ if [ -n "$san" ]; then
   done
   timeout 120 "$san" --tool racecheck --print-limit 400 /tmp/b/racecheck_probe >"$out/sanitizer_racecheck_probe.log" 2>&1 &
   pids+=($!)
+  LVX_CUDA_SM90=$on timeout 220 "$san" --tool synccheck /tmp/b/playground small dims=64,96,128 dtypes=bf16 \
+    >"$out/sanitizer_synccheck.log" 2>&1 &
+  pids+=($!)
 else
   echo "no compute-sanitizer found" | tee "$out/sanitizer_memcheck.log"
 fi
@@ -154,6 +158,7 @@ summary() {
       sed -E 's/^========= (Error|Warning): Race reported between (Read|Write) access at (void )?/\1 /; s/\+0x[0-9a-f]+$//; s/\((lvx::cuda::[A-Za-z]+Params|const int).*//' |
       sort | uniq -c | head -8
   done
+  echo "synccheck: $(grep -E "ERROR SUMMARY" "$out/sanitizer_synccheck.log" 2>/dev/null | tail -1) / $(tail -1 "$out/sanitizer_synccheck.log" 2>/dev/null)"
   f=$out/sanitizer_racecheck_probe.log
   echo "racecheck probe: $(grep -E "RACECHECK SUMMARY" "$f" 2>/dev/null | tail -1)"
   for k in plain tma expect_tx named_bar lane0_only no_wait; do

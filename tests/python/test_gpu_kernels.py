@@ -25,7 +25,9 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 # and every head dim over many tiles (on Hopper the sm_90a kernels for D = 64, 96, 128:
 # their pipelines, odd and even tile counts, the 128-row backward query tiles of D = 64
 # and the 64 + 32 dQ column parts of D = 96; run_gpus.sh runs this file again with
-# LVX_CUDA_SM90=0).
+# LVX_CUDA_SM90=0); the last two for the sm_90a forward's ping-pong of its two consumer
+# warpgroups: one KV tile (no turn) and nine, with query tiles whose second warpgroup
+# (rows 64-127) has no row.
 SHAPES = [
     (2, 77, 300, 4, 2, 64),
     (1, 130, 257, 8, 2, 128),
@@ -38,6 +40,8 @@ SHAPES = [
     (1, 40, 2100, 2, 1, 64),
     (2, 300, 1100, 6, 2, 96),
     (1, 40, 2100, 2, 1, 96),
+    (1, 50, 100, 2, 1, 128),
+    (2, 150, 1100, 4, 2, 128),
 ]
 
 
