@@ -22,7 +22,9 @@
 // other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
 // tile whose rows do not all see every KV row of the block lands on q_land: rows that
 // see none of them become 0, and a NaN/±Inf in a row that sees only part of them marks
-// the tile (a row that sees all of them reaches every KV row of the block anyway).
+// the tile (a row that sees all of them reaches every KV row of the block anyway); a
+// third producer warp does that as the tile lands, while the first goes on to the next
+// item (the fix is off the first warp's walk, which issues the loads).
 // A marked tile (sFlags bit 1) forms dV, dK and dQ term by term over the (KV row, query)
 // pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
 // dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select). Only a tile some row does
@@ -87,7 +89,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   __shared__ int2 sIv[S][BM];
   __shared__ int sItem[S];    // the stage's item (-1: no more)
   __shared__ int2 sTile[S];   // its query head and first query row
-  __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); bit 1: exact tile
+  __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); 1: exact tile; 2: Q/dO to fix
   __shared__ uint32_t sKpart[BN / 32];  // producer: K rows with a NaN/±Inf some query sees
   __shared__ __align__(8) uint64_t bars[2 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + Cfg::kKvBytes;
@@ -117,7 +119,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     mbar_init(kv_land, 1);
     for (int st = 0; st < S; ++st) {
       mbar_init(q_full(st), 1);
-      mbar_init(q_empty(st), 8);
+      mbar_init(q_empty(st), kRanges ? 9 : 8);  // consumer warps (+ the fixing warp)
       mbar_init(q_land(st), 1);
     }
     mbar_fence_init();
@@ -126,10 +128,11 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
   if (wg == 0) {
     regs_dealloc<24>();
-    // Producer: warp 0 (lane 0 issues the loads; the warp walks the items and fixes Q/dO
-    // tiles) and, with q_ranges, warp 1, which scans K while warp 0 finds the first items
-    // and their loads fly (design at the top).
-    if (tid >= (kRanges ? 64 : 32)) return;
+    // Producer: warp 0 (lane 0 issues the loads; the warp walks the items and stages the
+    // row inputs) and, with q_ranges, warp 1, which scans K while warp 0 finds the first
+    // items and their loads fly, and warp 2, which fixes the Q/dO tiles that need it as
+    // they land (design at the top), so that warp 0 goes on to the next item meanwhile.
+    if (tid >= (kRanges ? 96 : 32)) return;
     const int kv_hi = min(Lkv, n0 + BN);
     if constexpr (kRanges) {
       if (warp == 1) {
@@ -171,6 +174,45 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         }
         return;
       }
+      if (warp == 2) {
+        // Every stage use passes q_land: warp 0 arrives there once the stage's row inputs
+        // and flags are stored; a tile to fix (sFlags bit 2) has its Q/dO loads counted
+        // there too. Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf
+        // in a row that sees some of them makes the tile exact (a row that sees all of
+        // them reaches every KV row of the block anyway). The warp's arrival on q_empty
+        // keeps warp 0 from reusing the stage before this warp has read it.
+        for (int j = 0;; ++j) {
+          const int st = j % S;
+          mbar_wait(q_land(st), (j / S) & 1);
+          const int flags = sFlags[st];
+          if (sItem[st] < 0) return;
+          if (flags & 4) {
+            const int q0 = sTile[st].y;
+            const uint32_t q_tile = sQ + st * kQ, do_tile = sdO + st * kQ;
+            bool bad = false;
+            for (int r = lane; r < BM; r += 32) {
+              const int2 iv = sIv[st][r];
+              if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
+              if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
+                zero_tile_row<L, kChunks>(q_tile, BM, r);
+                zero_tile_row<L, kChunks>(do_tile, BM, r);
+              } else {
+                bad |= tile_row_nonfinite<T, L, kChunks>(q_tile, BM, r) ||
+                       tile_row_nonfinite<T, L, kChunks>(do_tile, BM, r);
+              }
+            }
+            fence_proxy_async();
+            bad = __any_sync(0xffffffffu, bad);  // also every lane's zeros and reads before lane 0's releases
+            if (lane == 0) {
+              if (bad) sFlags[st] = flags | 2;
+              mbar_arrive(q_full(st));
+            }
+          } else {
+            __syncwarp();  // every lane's reads of the stage before lane 0's release
+          }
+          if (lane == 0) mbar_arrive(q_empty(st));
+        }
+      }
     }
     if (lane == 0) {
       const uint32_t bar = kRanges ? kv_land : kv_full;
@@ -179,7 +221,6 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       load_tile(sV, &tv, BN, hk, n0, b, bar);
     }
     [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
-    uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
     int it = 0;
     for (int j = 0;; ++j) {
       bool whole = true;
@@ -193,19 +234,19 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         if (lane == 0) {
           sItem[st] = -1;
           mbar_arrive(q_full(st));
+          if (kRanges) mbar_arrive(q_land(st));  // the fixing warp ends too
         }
         return;
       }
       const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
       // Q and dO rows of rows that do not see every KV row of the block are fixed.
       const bool qfix = kRanges && !(all_lo <= n0 && all_hi >= kv_hi);
-      // The tile loads first, so that they fly while the warp stages the row inputs. On
-      // q_full they are expected bytes and the stage completes with lane 0's arrival
-      // below; a tile to fix lands on q_land.
+      // The tile loads first, so that they fly while the warp stages the row inputs; they
+      // are expected bytes of q_full, or of q_land for a tile to fix, and the stage
+      // completes with lane 0's arrival below (then the fixing warp's, for a tile to fix).
       if (lane == 0) {
         const uint32_t bar = qfix ? q_land(st) : q_full(st);
-        if (qfix) mbar_arrive_expect(bar, 2 * kQ);
-        else mbar_expect_tx(bar, 2 * kQ);
+        mbar_expect_tx(bar, 2 * kQ);
         load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
         load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
       }
@@ -223,34 +264,12 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       if (lane == 0) {
         sItem[st] = it;
         sTile[st] = make_int2(h, q0);
-        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0);
+        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0) | (qfix ? 4 : 0);
       }
       __syncwarp();  // the warp's row inputs before lane 0 arrives
-      if (!qfix && lane == 0) mbar_arrive(q_full(st));
-      if (qfix) {
-        // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
-        // that sees some of them makes the tile exact.
-        mbar_wait(q_land(st), (land_phase >> st) & 1u);
-        land_phase ^= 1u << st;
-        bool bad = false;
-        for (int r = lane; r < BM; r += 32) {
-          const int2 iv = sIv[st][r];
-          if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
-          if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
-            zero_tile_row<L, kChunks>(sQ + st * kQ, BM, r);
-            zero_tile_row<L, kChunks>(sdO + st * kQ, BM, r);
-          } else {
-            bad |= tile_row_nonfinite<T, L, kChunks>(sQ + st * kQ, BM, r) ||
-                   tile_row_nonfinite<T, L, kChunks>(sdO + st * kQ, BM, r);
-          }
-        }
-        fence_proxy_async();
-        __syncwarp();
-        bad = __any_sync(0xffffffffu, bad);
-        if (lane == 0) {
-          if (bad) sFlags[st] |= 2;
-          mbar_arrive(q_full(st));
-        }
+      if (lane == 0) {
+        if (kRanges) mbar_arrive(q_land(st));
+        if (!qfix) mbar_arrive(q_full(st));
       }
       ++it;
     }
