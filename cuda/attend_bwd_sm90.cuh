@@ -281,7 +281,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
               }
             }
             fence_proxy_async();
-            bad = __any_sync(0xffffffffu, bad);  // also every lane's zeros and reads before lane 0's releases
+            __syncwarp();  // every lane's zeros and reads before lane 0's releases
+            bad = __any_sync(0xffffffffu, bad);
             if (lane == 0) {
               if (bad) sFlags[st] = flags | 2;
               mbar_arrive(q_full(st));

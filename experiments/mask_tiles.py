@@ -125,6 +125,20 @@ def bwd_blocks(iv, Lkv: int, BM: int, BN: int):
     return out
 
 
+def bwd_time_ms(blocks, heads: int, t_whole: float, t_masked: float, t_fix: float, sms: int = 132) -> float:
+    """Backward kernel time (ms) of a per-tile cost model: each KV block costs its visible
+    query tiles (us per tile: every row sees the block whole, masked), plus t_fix per tile
+    whose Q/dO rows are fixed; blocks (KV block fastest, then head, as the grid is laid
+    out) go to the first free SM."""
+    cost = [c["whole"] * t_whole + (c["visible"] - c["whole"]) * t_masked + c["qfix"] * t_fix for c in blocks]
+    free = [0.0] * sms
+    for _ in range(heads):
+        for x in cost:
+            i = min(range(sms), key=free.__getitem__)
+            free[i] += x
+    return max(free) / 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="1,16,16,1024,65536,128", help="B,Hq,Hkv,Lq,Lkv,D")
@@ -133,6 +147,16 @@ def main() -> None:
     ap.add_argument("--t-whole", type=float, default=1.94, help="model: us per tile every row sees whole")
     ap.add_argument("--t-masked", type=float, default=2.29, help="model: us per masked tile, no fix")
     ap.add_argument("--t-fixed", type=float, default=4.64, help="model: us per fixed tile at b930ad4")
+    ap.add_argument("--bwd-t-whole", type=float, default=3.17,
+                    help="backward model: us per tile every row sees whole (b3c9021, unmasked 1024 x 16384)")
+    ap.add_argument("--bwd-t-masked", type=float, default=3.43,
+                    help="backward model: us per masked tile (e50204f, 'random': no tile fixed)")
+    ap.add_argument("--bwd-t-fix", type=float, default=1.14,
+                    help="backward model: extra us per tile with Q/dO fixed at b3c9021 (from 'random')")
+    ap.add_argument("--bwd-masked-scale", type=float, default=0.95,
+                    help="backward model, this tree: masked tile time over e50204f's (issued instructions)")
+    ap.add_argument("--bwd-fix-left", type=float, default=0.0,
+                    help="backward model, this tree: extra us per fixed tile (fix off the load walk)")
     ap.add_argument("--fix-overhead", type=float, default=0.04,
                     help="model: a fixed tile's extra cost over a masked one in this tree (fraction)")
     a = ap.parse_args()
@@ -181,6 +205,14 @@ def main() -> None:
     print(f"per KV block (mean): visible {sum(c['visible'] for c in bwd) / n:.2f}, "
           f"whole {sum(c['whole'] for c in bwd) / n:.2f}, qfix {sum(c['qfix'] for c in bwd) / n:.2f}, "
           f"items searched before the first visible {sum(c['before_first'] for c in bwd) / n:.2f}")
+
+    heads = B * Hq
+    t_new = a.bwd_t_masked * a.bwd_masked_scale
+    print(f"model (us per tile: whole {a.bwd_t_whole}, masked {a.bwd_t_masked}; Q/dO fix extra: e50204f 0 "
+          f"(no fix), b3c9021 {a.bwd_t_fix}; this tree masked {t_new:.2f}, fix extra {a.bwd_fix_left}): "
+          f"backward kernel {bwd_time_ms(bwd, heads, a.bwd_t_whole, a.bwd_t_masked, 0.0):.3f} / "
+          f"{bwd_time_ms(bwd, heads, a.bwd_t_whole, a.bwd_t_masked, a.bwd_t_fix):.3f} / "
+          f"{bwd_time_ms(bwd, heads, a.bwd_t_whole, t_new, a.bwd_fix_left):.3f} ms")
 
     if a.csv:
         with open(a.csv, "w", newline="") as f:
