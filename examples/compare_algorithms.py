@@ -100,6 +100,11 @@ def main():
             best, second = ranked[0], ranked[1]
             print(f"fastest here: {best[0]}, {second[1] / best[1]:.2f}x faster than {second[0]}"
                   + (" (ranks share cores: see --oversubscribe in the README)" if P > CORES else ""))
+            by_bytes = sorted(rows, key=lambda r: r[4])
+            least, most = by_bytes[0], by_bytes[-1]
+            if least[4] > 0:
+                print(f"least data sent: {least[0]}, {most[4] / least[4]:.1f}x less than {most[0]} "
+                      "(ranks on one machine copy memory; between machines the bytes cost more time)")
         if any(r[-1] >= 1e-4 for r in rows):
             raise SystemExit("an algorithm disagrees with the reference")
 

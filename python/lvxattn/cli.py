@@ -12,6 +12,7 @@ only (each rank parses its own command line, before MPI starts).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from typing import Sequence
@@ -73,16 +74,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def program_name() -> str:
+    """How the user started us: the ``lvxattn`` script, else ``python -m lvxattn``."""
+    return "lvxattn" if os.path.basename(sys.argv[0] if sys.argv else "") == "lvxattn" else "python -m lvxattn"
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each subcommand's parser by name."""
     from . import data
 
-    parser = _Parser(prog="python -m lvxattn", formatter_class=_Formatter,
+    prog = program_name()
+    parser = _Parser(prog=prog, formatter_class=_Formatter,
                      description="Exact distributed cross-attention over long visual inputs.",
-                     epilog="Run `python -m lvxattn COMMAND --help` for a command's options. "
-                            "Distributed runs: mpirun -n 4 python -m lvxattn run ... "
+                     epilog=f"Run `{prog} COMMAND --help` for a command's options. "
+                            f"Distributed runs: mpirun -n 4 {prog} run ... "
                             "(add --oversubscribe where there are fewer cores than ranks).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{make-features,run,info}",
+                                     parser_class=_Parser)
     subs = {}
 
     make = subs["make-features"] = commands.add_parser(
@@ -165,12 +173,30 @@ def make_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _did_you_mean(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """' (did you mean --steps?)' for the first unknown option close to one of parser's."""
+    known = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    for word in extra:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse like argparse, but a bad option of a command is reported with that command's usage."""
+    """Parse like argparse, but a bad option of a command is reported with that command's usage
+    (and the option it is closest to), and make-features' visual length is checked by flag name."""
     parser, subs = build_parser()
     args, extra = parser.parse_known_args(argv)
+    command = subs[args.command]
     if extra:
-        subs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        command.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(command, extra)}")
+    if args.command == "make-features":
+        if (args.frames is None) != (args.tokens_per_frame is None):
+            command.error("--frames and --tokens-per-frame go together")
+        if args.visual_len is None and args.frames is None:
+            command.error("give the visual length: --visual-len N, or --frames N --tokens-per-frame M")
     return args
 
 

@@ -86,15 +86,17 @@ def agree_on_errors(comm, action: Callable[[], T], what: str = "") -> T:
 # Sharding
 
 
-def shard_offsets(total: int, parts: int, counts: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """``(offset, length)`` of every rank's contiguous piece; ``counts`` overrides the even split."""
+def shard_offsets(total: int, parts: int, counts: Sequence[int] | None = None,
+                  name: str = "split") -> list[tuple[int, int]]:
+    """``(offset, length)`` of every rank's contiguous piece; ``counts`` overrides the even split.
+    ``name`` is how errors call ``counts`` (``visual_split``, ``text_split``)."""
     if counts is None:
         counts = even_counts(total, parts)
     counts = [int(c) for c in counts]
     if len(counts) != parts:
-        raise FeatureFileError(f"split {counts} has {len(counts)} entries for {parts} ranks")
+        raise FeatureFileError(f"{name} {counts} needs one row count per rank: {len(counts)} given, {parts} ranks")
     if any(c < 0 for c in counts) or sum(counts) != total:
-        raise FeatureFileError(f"split {counts} must be non-negative and sum to the length {total}")
+        raise FeatureFileError(f"{name} {counts} must be non-negative and sum to the length {total}")
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
     return [(int(o), c) for o, c in zip(offsets, counts)]
 
@@ -325,8 +327,8 @@ def read_rank_shard(path: str, rank: int, size: int, visual_split: Sequence[int]
     with _open(path) as f:
         meta = _meta_from_file(f, path)
         check_expected(meta, expect or {})
-        visual_pieces = shard_offsets(meta.visual_len, size, visual_split)
-        text_pieces = shard_offsets(meta.text_len, size, text_split)
+        visual_pieces = shard_offsets(meta.visual_len, size, visual_split, "visual_split")
+        text_pieces = shard_offsets(meta.text_len, size, text_split, "text_split")
         v_off, v_len = visual_pieces[rank]
         t_off, t_len = text_pieces[rank]
         visual = torch.empty(meta.batch, v_len, meta.visual_dim, dtype=dtype)

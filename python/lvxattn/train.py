@@ -208,7 +208,8 @@ COLUMNS = (
     ("step ms", "one training step, mean over the steps after the first (a warm-up)"),
     ("attn fwd ms", "the attention forwards of one step, summed over the layers"),
     ("attn bwd ms", "the attention backwards of one step, summed over the layers"),
-    ("blocked ms", "of those, time spent waiting for other ranks' data (not hidden behind compute)"),
+    ("blocked ms", "of those, time spent waiting for other ranks' data: transfers not hidden behind "
+                   "compute, or a rank with more work (a mask can make work uneven)"),
     ("sent MB", "bytes this rank sent in one step's attention (MiB)"),
     ("recv MB", "bytes this rank received (MiB)"),
     ("saved MB", "activations kept from forward for backward (MiB; recompute keeps less)"),

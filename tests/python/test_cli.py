@@ -89,7 +89,15 @@ def test_make_features_rejects_missing_length(tmp_path):
     result = lvxattn_command("make-features", str(tmp_path / "f.h5"), "--text-len", "4",
                              "--visual-dim", "2", "--text-dim", "2", ranks=False)
     assert result.returncode == cli.EXIT_BAD_INPUT
-    assert "give visual_len, or frames and tokens_per_frame" in result.stderr
+    assert "give the visual length: --visual-len N, or --frames N --tokens-per-frame M" in result.stderr
+
+
+def test_make_features_rejects_frames_without_tokens_per_frame(tmp_path):
+    result = lvxattn_command("make-features", str(tmp_path / "f.h5"), "--text-len", "4", "--frames", "3",
+                             "--visual-dim", "2", "--text-dim", "2", ranks=False)
+    assert result.returncode == cli.EXIT_BAD_INPUT
+    assert "--frames and --tokens-per-frame go together" in result.stderr
+    assert not (tmp_path / "f.h5").exists()
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +118,21 @@ def test_bad_run_flag_prints_the_run_usage_once(tmp_path):
     result = lvxattn_command("run", "--features", str(tmp_path / "f.h5"), "--stpes", "3")
     assert result.returncode != 0
     assert result.stderr.count("usage: python -m lvxattn run") == 1, result.stderr
-    assert result.stderr.count("unrecognized arguments: --stpes 3") == 1, result.stderr
+    assert result.stderr.count("unrecognized arguments: --stpes 3 (did you mean --steps?)") == 1, result.stderr
+
+
+def test_unknown_option_far_from_any_gets_no_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse(["run", "--features", "f.h5", "--zzzzzz"])
+    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --zzzzzz" in err and "did you mean" not in err, err
+
+
+def test_missing_command_names_the_commands():
+    result = lvxattn_command(ranks=False)
+    assert result.returncode == cli.EXIT_BAD_INPUT
+    assert "required: {make-features,run,info}" in result.stderr, result.stderr
 
 
 def test_info_says_what_was_built():
@@ -138,7 +160,8 @@ def write_raw(path, **datasets):
     ("good", ["--visual-dim", "5"], "visual_dim is 4 in the file but 5 was requested (--visual-dim)"),
     ("good", ["--text-dim", "3"], "text_dim is 8 in the file but 3 was requested (--text-dim)"),
     ("good", ["--heads", "3", "--kv-heads", "2"], "--heads 3 must be a multiple of --kv-heads 2"),
-    ("good", ["--visual-split", "1,2"], "split [1, 2] must be non-negative and sum to the length 6"),
+    ("good", ["--visual-split", "1,2"], "visual_split [1, 2] must be non-negative and sum to the length 6"),
+    ("good", ["--text-split", "3"], "text_split [3] needs one row count per rank: 1 given, 2 ranks"),
 ])
 def test_run_bad_input_fails_cleanly_on_every_rank(tmp_path, case, extra, message):
     path = tmp_path / "f.h5"

@@ -68,7 +68,7 @@ def test_shard_offsets_explicit_split_and_errors():
     assert data.shard_offsets(10, 3, [0, 7, 3]) == [(0, 0), (0, 7), (7, 3)]
     with pytest.raises(data.FeatureFileError, match="sum to the length 10"):
         data.shard_offsets(10, 3, [1, 2, 3])
-    with pytest.raises(data.FeatureFileError, match="3 ranks"):
+    with pytest.raises(data.FeatureFileError, match="one row count per rank: 2 given, 3 ranks"):
         data.shard_offsets(10, 3, [5, 5])
 
 
