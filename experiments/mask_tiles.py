@@ -125,6 +125,30 @@ def bwd_blocks(iv, Lkv: int, BM: int, BN: int):
     return out
 
 
+def bwd_time_ms(blocks, heads: int, t_block: float, t_whole: float, t_masked: float, sms: int = 132) -> float:
+    """Backward kernel time (ms) of a per-block cost model: each KV block costs t_block
+    (K/V loads, the item walk, dK/dV out) plus its visible query tiles (us per tile: every
+    row sees the block whole, masked); blocks (KV block fastest, then head, as the grid is
+    laid out) go to the first free SM."""
+    cost = [t_block + c["whole"] * t_whole + (c["visible"] - c["whole"]) * t_masked for c in blocks]
+    free = [0.0] * sms
+    for _ in range(heads):
+        for x in cost:
+            i = min(range(sms), key=free.__getitem__)
+            free[i] += x
+    return max(free) / 1e3
+
+
+# Backward per-block models (us: per block, per whole tile, per masked tile), least-squares
+# fits of one H200 A/B run (experiments/results/gpu_kernels_ab_h200_e50204f_vs_b3c9021_
+# 2026-11-29.csv: backward kernel time = fwd+bwd kernels - fwd kernels, public call, 16/16,
+# D = 128, unmasked 1024 x 16384 and 1024 x 65536 'random', 'latest5', 'prev5'; 62.06 KV
+# blocks per SM at 65536, 15.52 at 16384). e50204f fits its four times to 0.1%; at b3c9021
+# a masked tile is also one whose Q/dO rows are fixed (every masked tile of the three masks
+# is), and the fit is within 4%.
+BWD_FIT = {"e50204f": (14.72, 2.722, 2.498), "b3c9021": (18.42, 2.072, 3.399)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="1,16,16,1024,65536,128", help="B,Hq,Hkv,Lq,Lkv,D")
@@ -133,6 +157,8 @@ def main() -> None:
     ap.add_argument("--t-whole", type=float, default=1.94, help="model: us per tile every row sees whole")
     ap.add_argument("--t-masked", type=float, default=2.29, help="model: us per masked tile, no fix")
     ap.add_argument("--t-fixed", type=float, default=4.64, help="model: us per fixed tile at b930ad4")
+    ap.add_argument("--bwd-t-masked", type=float, nargs=3, default=(2.07, 2.50, 2.80), metavar=("LOW", "MID", "HIGH"),
+                    help="backward model, this tree: us per masked tile (t_block and t_whole as at b3c9021)")
     ap.add_argument("--fix-overhead", type=float, default=0.04,
                     help="model: a fixed tile's extra cost over a masked one in this tree (fraction)")
     a = ap.parse_args()
@@ -181,6 +207,13 @@ def main() -> None:
     print(f"per KV block (mean): visible {sum(c['visible'] for c in bwd) / n:.2f}, "
           f"whole {sum(c['whole'] for c in bwd) / n:.2f}, qfix {sum(c['qfix'] for c in bwd) / n:.2f}, "
           f"items searched before the first visible {sum(c['before_first'] for c in bwd) / n:.2f}")
+
+    heads = B * Hq
+    fits = ", ".join(f"{k} {bwd_time_ms(bwd, heads, *v):.3f}" for k, v in BWD_FIT.items())
+    t_block, t_whole, _ = BWD_FIT["b3c9021"]
+    this = " / ".join(f"{bwd_time_ms(bwd, heads, t_block, t_whole, t):.3f}" for t in a.bwd_t_masked)
+    print(f"backward kernel, per-block model (ms): {fits}; this tree (masked tile "
+          f"{' / '.join(str(t) for t in a.bwd_t_masked)} us) {this}")
 
     if a.csv:
         with open(a.csv, "w", newline="") as f:

@@ -126,7 +126,8 @@ struct Case {
   const char* name;
   int B, Lq, Lkv, Hq, Hkv, D;
   int mask;  // 0 none, 1 all_previous, 2 latest (interleaved images), 3 random intervals,
-             // 4 layout (below), 5 every row sees [kv_total / 2, kv_total)
+             // 4 layout (below), 5 every row sees [kv_total / 2, kv_total), 6 random
+             // intervals within the first 90% of the KV rows, every seventh row empty
   long long kv_begin, kv_total;
   Poison poison = kNone;
 };
@@ -151,9 +152,13 @@ std::vector<int32_t> make_ranges(const Case& c) {
   for (int b = 0; b < c.B; ++b)
     for (int i = 0; i < c.Lq; ++i) {
       long long beg = 0, end = 0;
-      if (c.mask == 3) {
+      if (c.mask == 3 || c.mask == 6) {
         beg = u(rng); end = u(rng);
         if (end < beg) std::swap(beg, end);
+        if (c.mask == 6) {
+          beg = beg * 9 / 10;
+          end = i % 7 == 0 ? beg : end * 9 / 10;
+        }
       } else if (c.mask == 4) {
         layout_interval(c.kv_total, (i + b) % 6, beg, end);
       } else if (c.mask == 5) {
@@ -482,6 +487,26 @@ int main(int argc, char** argv) {
       {"D64 one tile random", 1, 40, 120, 2, 1, 64, 3, 0, 120},
       {"D96 odd tiles Lq 150", 1, 150, 1100, 2, 1, 96, 0, 0, 1100},
       {"D128 split-KV Lq < 64 odd tiles", 1, 20, 5000, 2, 1, 128, 0, 0, 5000},
+      // Random intervals over many KV tiles (bench_ab.py's 'random' mask): nearly every
+      // query tile has rows that see a KV tile whole, rows that see none of it and rows
+      // whose interval edge lies inside it, so every tile is masked and its Q/dO fixed;
+      // mask 6 adds rows that see nothing and a tail no row sees. NaN/±Inf in K/V rows
+      // no row sees, in K or V rows some rows see, in Q/dO of rows that see nothing and
+      // of rows that see part of the shard; GQA, B = 2, odd query and KV tile counts.
+      {"D128 random tiles K/V hidden", 2, 300, 2600, 4, 2, 128, 6, 0, 2600, kKvHidden},
+      {"D128 random tiles V partial", 1, 300, 2600, 4, 2, 128, 3, 0, 2600, kVPartial},
+      {"D128 random tiles K partial", 2, 300, 2600, 4, 2, 128, 6, 0, 2600, kKPartial},
+      {"D128 random tiles Q/dO empty", 2, 300, 2600, 4, 2, 128, 6, 0, 2600, kQEmpty},
+      {"D128 random tiles Q/dO part", 1, 300, 2600, 4, 2, 128, 3, 100, 2900, kQPartial},
+      {"D64 random tiles V partial", 2, 300, 2600, 4, 2, 64, 6, 0, 2600, kVPartial},
+      {"D64 random tiles K partial", 1, 300, 2600, 4, 2, 64, 3, 0, 2600, kKPartial},
+      {"D64 random tiles Q/dO empty", 2, 300, 2600, 4, 2, 64, 6, 0, 2600, kQEmpty},
+      {"D64 random tiles Q/dO part", 1, 300, 2600, 4, 2, 64, 3, 100, 2900, kQPartial},
+      {"D96 random tiles K/V hidden", 1, 300, 2600, 4, 2, 96, 6, 0, 2600, kKvHidden},
+      {"D96 random tiles V partial", 1, 300, 2600, 4, 2, 96, 6, 0, 2600, kVPartial},
+      {"D96 random tiles K partial", 2, 300, 2600, 4, 2, 96, 3, 0, 2600, kKPartial},
+      {"D96 random tiles Q/dO empty", 1, 300, 2600, 4, 2, 96, 6, 0, 2600, kQEmpty},
+      {"D96 random tiles Q/dO part", 2, 300, 2600, 4, 2, 96, 3, 100, 2900, kQPartial},
   };
   if (small)
     cases = {{"small", 1, 37, 150, 2, 1, 64, 2, 0, 150}, {"small D128", 1, 20, 140, 4, 2, 128, 1, 0, 140},
@@ -494,7 +519,10 @@ int main(int argc, char** argv) {
              {"small D96 V partial", 1, 150, 300, 2, 1, 96, 4, 0, 300, kVPartial},
              {"small D128 latest V partial", 1, 150, 1100, 2, 1, 128, 2, 0, 1100, kVPartial},
              {"small D128 one tile", 1, 50, 100, 1, 1, 128, 0, 0, 100},
-             {"small D128 odd tiles", 1, 150, 300, 1, 1, 128, 0, 0, 300}};
+             {"small D128 odd tiles", 1, 150, 300, 1, 1, 128, 0, 0, 300},
+             {"small D128 random Q/dO empty", 1, 150, 700, 2, 1, 128, 6, 0, 700, kQEmpty},
+             {"small D64 random K partial", 1, 150, 700, 2, 1, 64, 6, 0, 700, kKPartial},
+             {"small D96 random Q/dO part", 1, 150, 700, 2, 1, 96, 3, 0, 700, kQPartial}};
   // Optional filters: dims=64,96 (head dims), dtypes=bf16,f16,f32.
   std::vector<int> dims;
   std::vector<DType> dtypes = {DType::bf16, DType::f16, DType::f32};

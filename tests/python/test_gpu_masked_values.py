@@ -184,6 +184,39 @@ def test_latest_image_beside_rows_that_see_none_of_it(tensor, D, dtype):
     check(got, ref, dtype, ranges, f"latest {tensor}", hidden=[])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [64, 96, 128])
+@pytest.mark.parametrize("tensor", ["k", "v", "q", "do"])
+def test_random_intervals_over_many_tiles(tensor, D, dtype):
+    """Random intervals (experiments/bench_ab.py's 'random' mask) over many KV tiles:
+    nearly every query tile has rows that see a KV tile whole, rows that see none of it
+    and rows whose interval edge lies inside it, so every backward tile is masked and its
+    Q/dO rows fixed. Every seventh row sees nothing; no row sees the last 100 KV rows.
+    NaN/±Inf in K and V of those last rows, and in the named tensor: two K or V rows that
+    some rows see, or Q/dO of a row that sees part of the KV rows and of a row that sees
+    nothing. GQA, B = 2, odd query and KV tile counts."""
+    B, Lq, Lkv, Hq, Hkv = 2, 300, 2600, 4, 2
+    gen = torch.Generator().manual_seed(D + len(tensor))
+    q, do = ((0.5 * torch.randn(B, Lq, Hq, D, generator=gen)).to(dtype) for _ in range(2))
+    k, v = ((0.5 * torch.randn(B, Lkv, Hkv, D, generator=gen)).to(dtype) for _ in range(2))
+    uv = torch.randint(0, Lkv - 100 + 1, (B, Lq, 2), generator=gen)
+    ranges = torch.stack([uv.min(dim=-1).values, uv.max(dim=-1).values], dim=-1).to(torch.int32)
+    ranges[:, ::7, 1] = ranges[:, ::7, 0]
+    hidden = list(range(Lkv - 100, Lkv))
+    x = [math.nan, math.inf, -math.inf][(D // 32 + len(tensor)) % 3]
+    k[:, hidden] = x
+    v[:, hidden] = x
+    if tensor in ("k", "v"):
+        (k if tensor == "k" else v)[:, [1000, 1777]] = x
+    else:
+        row = 1 if ranges[0, 1, 1] > ranges[0, 1, 0] else 2  # sees part of the KV rows
+        (q if tensor == "q" else do)[:, [0, row]] = x  # row 0 sees nothing
+    got = run_one_process((q, k, v, do, ranges), device())
+    ref = reference((q, k, v, do, ranges))
+    assert not torch.isfinite(ref["dk"]).all() or tensor == "do"  # the poison reaches what sees it
+    check(got, ref, dtype, ranges, f"random {tensor}", hidden=hidden)
+
+
 def test_a_visible_nan_still_reaches_the_rows_that_see_it():
     """The partial case is not vacuous: rows of kinds 1 and 2 see the poisoned row."""
     q, k, v, do, ranges = make_problem(**SHAPE, dtype=torch.bfloat16, where="v_partial", poison="nan")
