@@ -22,9 +22,7 @@
 // other such K rows (sKpart) mark every tile whose rows do not all see them. A Q/dO
 // tile whose rows do not all see every KV row of the block lands on q_land: rows that
 // see none of them become 0, and a NaN/±Inf in a row that sees only part of them marks
-// the tile (a row that sees all of them reaches every KV row of the block anyway); a
-// third producer warp does that as the tile lands, while the first goes on to the next
-// item (the fix is off the first warp's walk, which issues the loads).
+// the tile (a row that sees all of them reaches every KV row of the block anyway).
 // A marked tile (sFlags bit 1) forms dV, dK and dQ term by term over the (KV row, query)
 // pairs that see each other (kv_exact, dq_exact), with no wgmma in flight; Sᵀ and
 // dPᵀ = V dOᵀ stay on wgmma (V needs nothing: dSᵀ is a select). Only a tile some row does
@@ -70,87 +68,9 @@ struct BwdSm90 {
   static constexpr int kDqBytes = 64 * kDqCols0 * 4;   // one warpgroup's fp32 dQ part (the wider)
   static_assert(kKvBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "aligned swizzle patterns");
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
-  static constexpr int kStaticBytes = kStages * kBlockM * 32 + 512;  // row inputs, visibility words, flags, barriers
+  static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
 };
-
-// Masked tiles (not every row sees the block whole) take their selects from visibility
-// words the producer stores with the stage's row inputs: bit c of vis[w][r] is set when
-// query row r of the tile sees KV row 32w + c of the block (it lies in the row's interval,
-// and the row's lse is not -inf: bwd_hidden's test, one load per two queries). A consumer
-// thread's two KV rows (kv_row0, + 8 of its 16-row slab) lie in one word w = cw·2 + warp / 2,
-// at bits sh = 16·(warp % 2) + g and sh + 8.
-template <int BM, int BN>
-__device__ __forceinline__ void bwd_row_inputs_warp(const BwdParams& p, int b, int h, int q0, int n0, float* lse,
-                                                    float* dl, int2* iv, uint32_t (*vis)[BM]) {
-  for (int r = threadIdx.x % 32; r < BM; r += 32) {
-    const bool ok = q0 + r < p.Lq;
-    const size_t li = ((size_t)b * p.Hq + h) * p.Lq + q0 + r;
-    const float l = ok ? p.lse[li] : 0.f;
-    const int2 v = ok ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + q0 + r) : make_int2(0, 0);
-    lse[r] = l;
-    dl[r] = ok ? p.dl[li] : 0.f;
-    iv[r] = v;
-#pragma unroll
-    for (int w = 0; w < BN / 32; ++w) vis[w][r] = l == -INFINITY ? 0u : interval_bits(v.x, v.y, n0 + 32 * w);
-  }
-}
-// The visibility of the scores (queries qc, qc + 1 = 8nb + 2t, + 1) x (this thread's KV
-// rows), shifted so that bit 0 / 8 of x (query qc) and y (query qc + 1) is KV row kv_row0 /
-// kv_row0 + 8: score s[nb][e] is visible where bit 8·(e / 2) of (e odd ? y : x) is set.
-struct VisPair {
-  uint32_t x, y;
-  __device__ __forceinline__ VisPair(const uint32_t* vis_w, int nb, int t, int sh) {
-    const uint2 w = *reinterpret_cast<const uint2*>(vis_w + nb * 8 + 2 * t);
-    x = w.x >> sh;
-    y = w.y >> sh;
-  }
-  __device__ __forceinline__ bool hidden(int e) const { return (((e & 1) ? y : x) & (e & 2 ? 0x100u : 1u)) == 0; }
-};
-// bwd_probs<kMask = true> with the select from the visibility words.
-template <typename T, int BM>
-__device__ __forceinline__ void bwd_probs_vis(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
-                                              const uint32_t* vis_w, float scale_log2, int t, int sh) {
-  constexpr float kLog2e = 1.4426950408889634f;
-#pragma unroll
-  for (int nb = 0; nb < BM / 8; ++nb) {
-    const VisPair vis(vis_w, nb, t, sh);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int qc = nb * 8 + 2 * t + (e & 1);
-      const float pv = exp2f(s[nb][e] * scale_log2 - lse[qc] * kLog2e);
-      s[nb][e] = vis.hidden(e) ? 0.f : pv;
-    }
-  }
-#pragma unroll
-  for (int kk = 0; kk < BM / 16; ++kk) {
-    pa[kk][0] = Pack2<T>::from(s[2 * kk][0], s[2 * kk][1]);
-    pa[kk][1] = Pack2<T>::from(s[2 * kk][2], s[2 * kk][3]);
-    pa[kk][2] = Pack2<T>::from(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    pa[kk][3] = Pack2<T>::from(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-  }
-}
-// bwd_dscores<kSelect = true> with the select from the visibility words.
-template <typename T, int BM>
-__device__ __forceinline__ void bwd_dscores_vis(const uint32_t (&pa)[BM / 16][4], const float (&dp)[BM / 8][4],
-                                                const float* dl, const uint32_t* vis_w, uint32_t (&da)[BM / 16][4],
-                                                int t, int sh) {
-#pragma unroll
-  for (int nb = 0; nb < BM / 8; ++nb) {
-    const VisPair vis(vis_w, nb, t, sh);
-    const int qc = nb * 8 + 2 * t;
-#pragma unroll
-    for (int rh = 0; rh < 2; ++rh) {
-      // register r = 2·(nb % 2) + rh of step nb / 2: rows e = 2rh, 2rh + 1
-      const int kk = nb / 2, r = 2 * (nb % 2) + rh, e0 = 2 * rh;
-      const float2 pv = Pack2<T>::to_float2(pa[kk][r]);
-      float x = pv.x * (dp[nb][e0] - dl[qc]), y = pv.y * (dp[nb][e0 + 1] - dl[qc + 1]);
-      x = vis.hidden(e0) ? 0.f : x;
-      y = vis.hidden(e0 + 1) ? 0.f : y;
-      da[kk][r] = Pack2<T>::from(x, y);
-    }
-  }
-}
 
 template <typename T, int D, bool kRanges>
 __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
@@ -165,10 +85,9 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   extern __shared__ __align__(128) unsigned char smem_sm90[];
   __shared__ float sLse[S][BM], sDl[S][BM];
   __shared__ int2 sIv[S][BM];
-  __shared__ __align__(8) uint32_t sVis[kRanges ? S : 1][BN / 32][BM];  // bwd_row_inputs_warp
   __shared__ int sItem[S];    // the stage's item (-1: no more)
   __shared__ int2 sTile[S];   // its query head and first query row
-  __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); 1: exact tile; 2: Q/dO to fix
+  __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); bit 1: exact tile
   __shared__ uint32_t sKpart[BN / 32];  // producer: K rows with a NaN/±Inf some query sees
   __shared__ __align__(8) uint64_t bars[2 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + Cfg::kKvBytes;
@@ -198,7 +117,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     mbar_init(kv_land, 1);
     for (int st = 0; st < S; ++st) {
       mbar_init(q_full(st), 1);
-      mbar_init(q_empty(st), kRanges ? 9 : 8);  // consumer warps (+ the fixing warp)
+      mbar_init(q_empty(st), 8);
       mbar_init(q_land(st), 1);
     }
     mbar_fence_init();
@@ -207,11 +126,10 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
   if (wg == 0) {
     regs_dealloc<24>();
-    // Producer: warp 0 (lane 0 issues the loads; the warp walks the items and stages the
-    // row inputs) and, with q_ranges, warp 1, which scans K while warp 0 finds the first
-    // items and their loads fly, and warp 2, which fixes the Q/dO tiles that need it as
-    // they land (design at the top), so that warp 0 goes on to the next item meanwhile.
-    if (tid >= (kRanges ? 96 : 32)) return;
+    // Producer: warp 0 (lane 0 issues the loads; the warp walks the items and fixes Q/dO
+    // tiles) and, with q_ranges, warp 1, which scans K while warp 0 finds the first items
+    // and their loads fly (design at the top).
+    if (tid >= (kRanges ? 64 : 32)) return;
     const int kv_hi = min(Lkv, n0 + BN);
     if constexpr (kRanges) {
       if (warp == 1) {
@@ -253,46 +171,6 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         }
         return;
       }
-      if (warp == 2) {
-        // Every stage use passes q_land: warp 0 arrives there once the stage's row inputs
-        // and flags are stored; a tile to fix (sFlags bit 2) has its Q/dO loads counted
-        // there too. Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf
-        // in a row that sees some of them makes the tile exact (a row that sees all of
-        // them reaches every KV row of the block anyway). The warp's arrival on q_empty
-        // keeps warp 0 from reusing the stage before this warp has read it.
-        for (int j = 0;; ++j) {
-          const int st = j % S;
-          mbar_wait(q_land(st), (j / S) & 1);
-          const int flags = sFlags[st];
-          if (sItem[st] < 0) return;
-          if (flags & 4) {
-            const int q0 = sTile[st].y;
-            const uint32_t q_tile = sQ + st * kQ, do_tile = sdO + st * kQ;
-            bool bad = false;
-            for (int r = lane; r < BM; r += 32) {
-              const int2 iv = sIv[st][r];
-              if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
-              if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
-                zero_tile_row<L, kChunks>(q_tile, BM, r);
-                zero_tile_row<L, kChunks>(do_tile, BM, r);
-              } else {
-                bad |= tile_row_nonfinite<T, L, kChunks>(q_tile, BM, r) ||
-                       tile_row_nonfinite<T, L, kChunks>(do_tile, BM, r);
-              }
-            }
-            fence_proxy_async();
-            __syncwarp();  // every lane's zeros and reads before lane 0's releases
-            bad = __any_sync(0xffffffffu, bad);
-            if (lane == 0) {
-              if (bad) sFlags[st] = flags | 2;
-              mbar_arrive(q_full(st));
-            }
-          } else {
-            __syncwarp();  // every lane's reads of the stage before lane 0's release
-          }
-          if (lane == 0) mbar_arrive(q_empty(st));
-        }
-      }
     }
     if (lane == 0) {
       const uint32_t bar = kRanges ? kv_land : kv_full;
@@ -301,6 +179,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       load_tile(sV, &tv, BN, hk, n0, b, bar);
     }
     [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
+    uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
     int it = 0;
     for (int j = 0;; ++j) {
       bool whole = true;
@@ -314,24 +193,23 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         if (lane == 0) {
           sItem[st] = -1;
           mbar_arrive(q_full(st));
-          if (kRanges) mbar_arrive(q_land(st));  // the fixing warp ends too
         }
         return;
       }
       const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
       // Q and dO rows of rows that do not see every KV row of the block are fixed.
       const bool qfix = kRanges && !(all_lo <= n0 && all_hi >= kv_hi);
-      // The tile loads first, so that they fly while the warp stages the row inputs; they
-      // are expected bytes of q_full, or of q_land for a tile to fix, and the stage
-      // completes with lane 0's arrival below (then the fixing warp's, for a tile to fix).
+      // The tile loads first, so that they fly while the warp stages the row inputs. On
+      // q_full they are expected bytes and the stage completes with lane 0's arrival
+      // below; a tile to fix lands on q_land.
       if (lane == 0) {
         const uint32_t bar = qfix ? q_land(st) : q_full(st);
-        mbar_expect_tx(bar, 2 * kQ);
+        if (qfix) mbar_arrive_expect(bar, 2 * kQ);
+        else mbar_expect_tx(bar, 2 * kQ);
         load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
         load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
       }
-      if constexpr (kRanges) bwd_row_inputs_warp<BM, BN>(p, b, h, q0, n0, sLse[st], sDl[st], sIv[st], sVis[st]);
-      else bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
+      bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
       // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
       bool exact = false;
       if constexpr (kRanges) {
@@ -345,12 +223,34 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       if (lane == 0) {
         sItem[st] = it;
         sTile[st] = make_int2(h, q0);
-        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0) | (qfix ? 4 : 0);
+        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0);
       }
       __syncwarp();  // the warp's row inputs before lane 0 arrives
-      if (lane == 0) {
-        if (kRanges) mbar_arrive(q_land(st));
-        if (!qfix) mbar_arrive(q_full(st));
+      if (!qfix && lane == 0) mbar_arrive(q_full(st));
+      if (qfix) {
+        // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
+        // that sees some of them makes the tile exact.
+        mbar_wait(q_land(st), (land_phase >> st) & 1u);
+        land_phase ^= 1u << st;
+        bool bad = false;
+        for (int r = lane; r < BM; r += 32) {
+          const int2 iv = sIv[st][r];
+          if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
+          if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
+            zero_tile_row<L, kChunks>(sQ + st * kQ, BM, r);
+            zero_tile_row<L, kChunks>(sdO + st * kQ, BM, r);
+          } else {
+            bad |= tile_row_nonfinite<T, L, kChunks>(sQ + st * kQ, BM, r) ||
+                   tile_row_nonfinite<T, L, kChunks>(sdO + st * kQ, BM, r);
+          }
+        }
+        fence_proxy_async();
+        __syncwarp();
+        bad = __any_sync(0xffffffffu, bad);
+        if (lane == 0) {
+          if (bad) sFlags[st] |= 2;
+          mbar_arrive(q_full(st));
+        }
       }
       ++it;
     }
@@ -367,15 +267,6 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   float(&dk_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dk);
   float(&dv_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dv);
   const int kv_row0 = n0 + cw * 64 + warp * 16 + g;  // this thread's KV rows: kv_row0, kv_row0 + 8
-  // Where this thread's KV rows are in the stage's visibility words (bwd_row_inputs_warp):
-  // KV row cw·64 + warp·16 + g of the block is bit 16·(warp % 2) + g of word cw·2 + warp / 2 =
-  // (tid − 128) / 64 (formed where used, not held across the loop).
-  auto vis_w = [&](int st) -> const uint32_t* { return sVis[kRanges ? st : 0][(opaque(tid) - 128) / 64]; };
-  auto vis_sh = [&]() {
-    const uint32_t x = opaque(tid);
-    return (int)(((x / 32) % 2) * 16 + (x % 32) / 4);
-  };
-  static_assert(BN == 128, "visibility words: 64 KV rows per consumer warpgroup, 16 per warp");
   // This warpgroup's dQ part: query rows from dq_row0 of the tile (64 of them).
   const int dq_row0 = Cfg::kDqRowSplit ? 64 * cw : 0;
 
@@ -589,9 +480,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
     // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
     uint32_t pa[BM / 16][4];
-    if (!need_mask) bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
-    else if constexpr (kRanges) bwd_probs_vis<T, BM>(s, pa, sLse[st], vis_w(st), p.scale_log2, t, vis_sh());
-    else bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+    if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+    else bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
 
     // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
     float dp[BM / 8][4];
@@ -610,9 +500,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
     // dSᵀ, then dK += dSᵀ Q, and dSᵀ to shared memory for dQ.
     uint32_t da[BM / 16][4];
-    if (!need_mask) bwd_dscores<T, BM, false>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
-    else if constexpr (kRanges) bwd_dscores_vis<T, BM>(pa, dp, sDl[st], vis_w(st), da, t, vis_sh());
-    else bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+    else bwd_dscores<T, BM, false>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
     wg_fence_regs(dk_flat);
     wg_fence();
 #pragma unroll
