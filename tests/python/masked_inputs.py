@@ -136,3 +136,61 @@ def mismatch(got, want, tol):
     den = float(b.norm())
     err = float((a - b).norm()) / den if den > 0 else float((a - b).norm())
     return None if err < tol else f"relative error {err:.2e} >= {tol:.0e}"
+
+
+def check_results(got, ref, ranges, label, tol, lse_tol, hidden=None):
+    """Asserts every result of `got` (o, lse, dq, dk, dv) against `ref` by `mismatch`
+    (LSE at `lse_tol`), and exact zeros where nothing is seen: O and dQ of rows with an
+    empty interval (their LSE −inf), dK and dV of the KV rows no row sees (`hidden`, by
+    default those of ``layout``)."""
+    bad = {}
+    for name in ("o", "lse", "dq", "dk", "dv"):
+        msg = mismatch(got[name], ref[name], lse_tol if name == "lse" else tol)
+        if msg:
+            bad[name] = msg
+    empty = (ranges[..., 1] <= ranges[..., 0]).cpu()  # [B, Lq]
+    if empty.any():
+        if got["o"].cpu()[empty].abs().max() != 0 or got["dq"].cpu()[empty].abs().max() != 0:
+            bad["empty rows"] = "O or dQ not exactly zero"
+        if not torch.all(got["lse"].cpu().transpose(1, 2)[empty] == -math.inf):
+            bad["empty rows lse"] = "not -inf"
+    hidden = hidden_kv_rows(ref["dk"].shape[1]) if hidden is None else hidden
+    for name in ("dk", "dv"):
+        if len(hidden) and got[name].cpu()[:, hidden].abs().max() != 0:
+            bad[f"{name} of hidden KV rows"] = "not exactly zero"
+    assert not bad, f"{label}: {bad}"
+
+
+def kv_splits(Lkv, P):
+    """KV row counts per rank that cut at and inside the hidden regions of ``layout``."""
+    r = layout(Lkv)
+    if P == 1:
+        return [[Lkv]]
+    if P == 2:  # at the pad's edge; inside the gap
+        return [[r["pad"], Lkv - r["pad"]], [r["i2"] + 2, Lkv - r["i2"] - 2]]
+    # inside the pad and at the gap's start; a rank with no rows, one that owns only the tail
+    return [[r["pad"] // 2, r["i2"] - r["pad"] // 2, Lkv - r["i2"]], [0, r["tail"], Lkv - r["tail"]]]
+
+
+def run_distributed(comm, algorithm, problem, lq, lkv, device="cpu", **kwargs):
+    """One forward and backward of the global `problem` (q, k, v, do, ranges) over `comm`,
+    this rank holding query rows `lq[rank]` and KV rows `lkv[rank]` (row counts per rank)
+    on `device`; `algorithm` is a name or "lvx/<form>". Returns the results gathered in
+    global order (o, lse, dq, dk, dv); `kwargs` go to cross_attention_forward."""
+    import lvxattn
+    from dist_util import gather_rows, lvx_form, shard
+
+    algorithm, _, form = algorithm.partition("/")
+    q, k, v, do, ranges = problem
+    rank = comm.rank
+    ql = shard(q, lq, rank).to(device).requires_grad_()
+    kl = shard(k, lkv, rank).to(device).requires_grad_()
+    vl = shard(v, lkv, rank).to(device).requires_grad_()
+    with lvx_form(form):
+        o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm,
+                                                 q_ranges=shard(ranges, lq, rank).to(device), **kwargs)
+        o.backward(shard(do, lq, rank).to(device))
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"o": gather_rows(comm, o), "lse": gather_rows(comm, lse, dim=2), "dq": gather_rows(comm, ql.grad),
+            "dk": gather_rows(comm, kl.grad), "dv": gather_rows(comm, vl.grad)}

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 lvxattn = pytest.importorskip("lvxattn")
-from dist_util import gather_rows, lvx_form, shard, sub_comm, uneven_split  # noqa: E402
-from masked_inputs import hidden_kv_rows, layout, make_problem, mismatch, reference_with_grads  # noqa: E402
+import masked_inputs  # noqa: E402
+from dist_util import sub_comm, uneven_split  # noqa: E402
+from masked_inputs import check_results, kv_splits, layout, make_problem, reference_with_grads  # noqa: E402
 from cases import TOL as CPU_TOL  # noqa: E402
 
 pytestmark = [
@@ -51,22 +52,7 @@ def check(got, ref, dtype, ranges, label, hidden=None):
     """Every result against the reference (NaN/±Inf exactly where it has them); exact
     zeros where nothing is seen (`hidden`: KV rows no row sees, by default the layout's)."""
     tol = max(CPU_TOL[dtype] * 2, GPU_TOL[dtype])
-    bad = {}
-    for name in ("o", "lse", "dq", "dk", "dv"):
-        msg = mismatch(got[name], ref[name], tol / 4 if name == "lse" else tol)
-        if msg:
-            bad[name] = msg
-    empty = (ranges[..., 1] <= ranges[..., 0]).cpu()  # [B, Lq]
-    if empty.any():
-        if got["o"].cpu()[empty].abs().max() != 0 or got["dq"].cpu()[empty].abs().max() != 0:
-            bad["empty rows"] = "O or dQ not exactly zero"
-        if not torch.all(got["lse"].cpu().transpose(1, 2)[empty] == -math.inf):
-            bad["empty rows lse"] = "not -inf"
-    hidden = hidden_kv_rows(ref["dk"].shape[1]) if hidden is None else hidden
-    for name in ("dk", "dv"):
-        if len(hidden) and got[name].cpu()[:, hidden].abs().max() != 0:
-            bad[f"{name} of hidden KV rows"] = "not exactly zero"
-    assert not bad, f"{label}: {bad}"
+    check_results(got, ref, ranges, label, tol, tol / 4, hidden)
 
 
 def reference(problem):
@@ -248,31 +234,9 @@ mpi = pytest.importorskip("mpi4py.MPI")
 WORLD = mpi.COMM_WORLD
 
 
-def kv_splits(Lkv, P):
-    """KV row counts per rank that cut at and inside the hidden regions of the layout."""
-    r = layout(Lkv)
-    if P == 1:
-        return [[Lkv]]
-    if P == 2:  # at the pad's edge; inside the gap
-        return [[r["pad"], Lkv - r["pad"]], [r["i2"] + 2, Lkv - r["i2"] - 2]]
-    # inside the pad and at the gap's start; a rank with no rows, one that owns only the tail
-    return [[r["pad"] // 2, r["i2"] - r["pad"] // 2, Lkv - r["i2"]], [0, r["tail"], Lkv - r["tail"]]]
-
-
 def run_distributed(comm, algorithm, problem, lq, lkv):
-    algorithm, _, form = algorithm.partition("/")
-    q, k, v, do, ranges = problem
-    rank, dev = comm.rank, device()
-    ql = shard(q, lq, rank).to(dev).requires_grad_()
-    kl = shard(k, lkv, rank).to(dev).requires_grad_()
-    vl = shard(v, lkv, rank).to(dev).requires_grad_()
-    with lvx_form(form):
-        o, lse = lvxattn.cross_attention_forward(ql, kl, vl, comm=comm, algorithm=algorithm,
-                                                 q_ranges=shard(ranges, lq, rank).to(dev), transport="mpi")
-        o.backward(shard(do, lq, rank).to(dev))
-    torch.cuda.synchronize(dev)
-    return {"o": gather_rows(comm, o), "lse": gather_rows(comm, lse, dim=2), "dq": gather_rows(comm, ql.grad),
-            "dk": gather_rows(comm, kl.grad), "dv": gather_rows(comm, vl.grad)}
+    """masked_inputs.run_distributed on this rank's GPU over host-staged MPI (ranks may share a GPU)."""
+    return masked_inputs.run_distributed(comm, algorithm, problem, lq, lkv, device=device(), transport="mpi")
 
 
 ALGORITHMS = ["lvx", "lvx/overlap", "ring", "ulysses"]
