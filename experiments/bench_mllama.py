@@ -45,7 +45,6 @@ import gc
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -53,7 +52,7 @@ import torch
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
+from common import Watchdog, is_oom, metadata, new_results_path, print_table, refuse_committed, write_csv  # noqa: E402
 
 import lvxattn  # noqa: E402
 from lvxattn.integrations import mllama as lvx_mllama  # noqa: E402
@@ -65,7 +64,6 @@ from transformers.models.mllama import modeling_mllama as hf_mllama  # noqa: E40
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OOM_MARKERS = ("out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemory")
 MODEL_METHODS = ("sdpa", "eager")
 LIBRARY_METHODS = ("lvx", "ring", "lvx-recompute", "ring-recompute")
 
@@ -116,30 +114,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.dtype is None:
         args.dtype = "fp32" if args.tiny else "bf16"
     return args
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(m in str(exc) for m in OOM_MARKERS)
-
-
-class Watchdog:
-    """Aborts the MPI job when a trial outlives ``seconds`` (a rank stuck in a collective)."""
-
-    def __init__(self, comm, seconds: float, what: str):
-        self._timer = threading.Timer(seconds, self._fire, args=(comm, seconds, what))
-        self._timer.daemon = True
-
-    @staticmethod
-    def _fire(comm, seconds, what):
-        print(f"bench_mllama: {what} still running after {seconds:.0f} s; aborting", file=sys.stderr, flush=True)
-        comm.Abort(3)
-
-    def __enter__(self):
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._timer.cancel()
 
 
 def build_model(args, device) -> MllamaForCausalLM:

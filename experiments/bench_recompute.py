@@ -24,7 +24,6 @@ import datetime
 import gc
 import os
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,8 +36,7 @@ from lvxattn.cli import ALGORITHMS
 from lvxattn.layers import CrossAttentionStack, measure_saved
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import git_sha, new_results_path, refuse_committed, write_csv  # noqa: E402
-OOM_MARKERS = ("out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemory")
+from common import Watchdog, git_sha, is_oom, new_results_path, refuse_committed, write_csv  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -79,31 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", help="summary rows (default: a new file under experiments/results/new/)")
     p.add_argument("--trials-csv", help="one row per trial (default: <--csv without .csv>_trials.csv)")
     return p.parse_args(argv)
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or any(m in str(exc) for m in OOM_MARKERS)
-
-
-class Watchdog:
-    """Aborts the MPI job if a trial takes longer than ``seconds`` (a rank hung in a collective)."""
-
-    def __init__(self, comm, seconds: float, what: str):
-        self._timer = threading.Timer(seconds, self._fire, args=(comm, seconds, what))
-        self._timer.daemon = True
-
-    @staticmethod
-    def _fire(comm, seconds, what):
-        print(f"bench_recompute: {what} still running after {seconds:.0f} s; aborting "
-              "(likely one rank ran out of memory inside a collective)", file=sys.stderr, flush=True)
-        comm.Abort(3)
-
-    def __enter__(self):
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._timer.cancel()
 
 
 class Bench:

@@ -12,6 +12,8 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -104,3 +106,38 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.3f}" if abs(x) < 1000 else f"{x:.0f}"
     return "" if x is None else str(x)
+
+
+# Messages of the allocation failures that do not arrive as torch.cuda.OutOfMemoryError
+# (NCCL, cuBLAS and the library's own CUDA calls raise RuntimeError with these).
+OOM_MARKERS = ("out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation", "OutOfMemory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether `exc` is an out-of-memory failure (torch's, the host's, or one by message)."""
+    import torch
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(m in str(exc) for m in OOM_MARKERS)
+
+
+class Watchdog:
+    """Aborts the MPI job (`comm.Abort(3)`) when the ``with`` block outlives ``seconds``:
+    a rank that ran out of memory inside a collective leaves the others waiting forever.
+    `what` names the trial in the message on stderr."""
+
+    def __init__(self, comm, seconds: float, what: str):
+        self._timer = threading.Timer(seconds, self._fire, args=(comm, seconds, what))
+        self._timer.daemon = True
+
+    @staticmethod
+    def _fire(comm, seconds, what):
+        prog = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "benchmark"
+        print(f"{prog}: {what} still running after {seconds:.0f} s; aborting "
+              "(likely one rank ran out of memory inside a collective)", file=sys.stderr, flush=True)
+        comm.Abort(3)
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
