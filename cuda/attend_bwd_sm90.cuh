@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   __shared__ int2 sTile[S];   // its query head and first query row
   __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); bit 1: exact tile
   __shared__ uint32_t sKpart[BN / 32];  // producer: K rows with a NaN/±Inf some query sees
-  __shared__ __align__(8) uint64_t bars[2 + 3 * S];
+  __shared__ __align__(8) uint64_t bars[3 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + Cfg::kKvBytes;
   const uint32_t sQ = sV + Cfg::kKvBytes, sdO = sQ + S * kQ;  // [S] each
   const uint32_t sdS = sdO + S * kQ;                          // [2]
@@ -101,20 +101,31 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   };
   // Barriers: K and V ready; a stage's Q, dO and row inputs ready; a stage read by every
   // consumer warp; K and V, or a stage's Q and dO, landed where the producer fixes them
-  // before they are ready.
+  // before they are ready; K and V read by every consumer warp (the next block's may load).
   const uint32_t kv_full = smem_addr(bars);
   auto q_full = [&](int st) { return kv_full + 8 * (1 + st); };
   auto q_empty = [&](int st) { return kv_full + 8 * (1 + S + st); };
   auto q_land = [&](int st) { return kv_full + 8 * (1 + 2 * S + st); };
-  const uint32_t kv_land = kv_full + 8 * (1 + 3 * S);
+  const uint32_t kv_land = kv_full + 8 * (1 + 3 * S), kv_empty = kv_full + 8 * (2 + 3 * S);
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int hk = blockIdx.y, b = blockIdx.z, Lq = p.Lq, Lkv = p.Lkv;
-  const int n0 = blockIdx.x * BN;
+  const int Lq = p.Lq, Lkv = p.Lkv;
   const int q_tiles = (Lq + BM - 1) / BM, items = p.group * q_tiles;
+  // Persistent: this block takes KV blocks w = blockIdx.x, + gridDim.x, ... of the step's
+  // kv_blocks · Hkv · B (KV block fastest, so that blocks running together share a head's
+  // Q and dO in L2). The next KV block's K/V and first Q/dO tiles load while the consumers
+  // finish the last tiles and store dK/dV of this one.
+  const int kv_blocks = (Lkv + BN - 1) / BN, work = kv_blocks * p.Hkv * p.B;
+  int n0 = 0, hk = 0, b = 0;
+  auto take = [&](int w) {
+    n0 = (w % kv_blocks) * BN;
+    hk = (w / kv_blocks) % p.Hkv;
+    b = w / (kv_blocks * p.Hkv);
+  };
   if (tid == 0) {
     mbar_init(kv_full, 1);
     mbar_init(kv_land, 1);
+    mbar_init(kv_empty, 8);
     for (int st = 0; st < S; ++st) {
       mbar_init(q_full(st), 1);
       mbar_init(q_empty(st), 8);
@@ -130,15 +141,17 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     // tiles) and, with q_ranges, warp 1, which scans K while warp 0 finds the first items
     // and their loads fly (design at the top).
     if (tid >= (kRanges ? 64 : 32)) return;
-    const int kv_hi = min(Lkv, n0 + BN);
     if constexpr (kRanges) {
       if (warp == 1) {
+        for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
+        take(w);
         // K rows with a NaN/±Inf: those no query row of the step sees become 0; the
         // others (sKpart, bit r of word r / 32) make every tile whose rows do not all
         // see them exact. sKpart is written before the release of K (kv_full), which
-        // warp 0 waits for before it reads it.
+        // warp 0 waits for before it reads it (and warp 0 reads it only while it walks
+        // this KV block, before the next one's K can land).
         uint32_t kpart[BN / 32];
-        mbar_wait(kv_land, 0);
+        mbar_wait(kv_land, kb & 1);
         bool any_bad = false;
 #pragma unroll
         for (int i = 0; i < BN / 32; ++i) {
@@ -169,19 +182,31 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
           for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
           mbar_arrive(kv_full);
         }
+        }
         return;
       }
     }
-    if (lane == 0) {
-      const uint32_t bar = kRanges ? kv_land : kv_full;
-      mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
-      load_tile(sK, &tk, BN, hk, n0, b, bar);
-      load_tile(sV, &tv, BN, hk, n0, b, bar);
-    }
-    [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
     uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
+    int j = 0;                // stage uses so far, over all of this block's KV blocks
+    for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
+    take(w);
+    const int kv_hi = min(Lkv, n0 + BN);
+    // K and V go in once the consumers are done with the last KV block's, after the
+    // first Q/dO tile's loads (its stage is free earlier: the last tile's dQ released it).
+    bool kv_loaded = false;
+    auto load_kv = [&] {
+      if (kb > 0) mbar_wait(kv_empty, (kb - 1) & 1);
+      if (lane == 0) {
+        const uint32_t bar = kRanges ? kv_land : kv_full;
+        mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
+        load_tile(sK, &tk, BN, hk, n0, b, bar);
+        load_tile(sV, &tv, BN, hk, n0, b, bar);
+      }
+      kv_loaded = true;
+    };
+    [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
     int it = 0;
-    for (int j = 0;; ++j) {
+    for (;; ++j) {
       bool whole = true;
       int all_lo = 0, all_hi = Lkv;
       while (it < items &&
@@ -189,12 +214,14 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         ++it;
       const int st = j % S;
       if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
-      if (it >= items) {
+      if (it >= items) {  // no more items of this KV block: a stage use without loads says so
+        if (!kv_loaded) load_kv();  // the consumers wait for K/V before they look
         if (lane == 0) {
           sItem[st] = -1;
           mbar_arrive(q_full(st));
         }
-        return;
+        ++j;
+        break;
       }
       const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
       // Q and dO rows of rows that do not see every KV row of the block are fixed.
@@ -209,12 +236,13 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
         load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
       }
+      if (!kv_loaded) load_kv();
       bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
       // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
       bool exact = false;
       if constexpr (kRanges) {
         if (!k_scanned) {
-          mbar_wait(kv_full, 0);  // warp 1's scan of K (sKpart), once
+          mbar_wait(kv_full, kb & 1);  // warp 1's scan of K (sKpart), once per KV block
           k_scanned = true;
         }
 #pragma unroll
@@ -254,19 +282,17 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       }
       ++it;
     }
+    }
+    return;
   }
 
   // Consumers: warpgroup cw owns KV rows [n0 + 64·cw, n0 + 64·cw + 64).
   regs_alloc<240>();
   const int cw = wg - 1;
   float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
   float(&dk_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dk);
   float(&dv_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(dv);
-  const int kv_row0 = n0 + cw * 64 + warp * 16 + g;  // this thread's KV rows: kv_row0, kv_row0 + 8
+  int kv_row0 = 0;  // this thread's KV rows of the current KV block: kv_row0, kv_row0 + 8
   // This warpgroup's dQ part: query rows from dq_row0 of the tile (64 of them).
   const int dq_row0 = Cfg::kDqRowSplit ? 64 * cw : 0;
 
@@ -438,19 +464,28 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return finish_tile(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
   };
 
-  mbar_wait(kv_full, 0);
-  int it = next_item(0);
-  issue_scores(0);
+  int j = 0;   // stage uses so far (the producer's count)
+  int nt = 0;  // tiles so far: dSᵀ alternates between its two buffers by it
+  for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
+  take(w);
+  kv_row0 = n0 + cw * 64 + warp * 16 + g;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+  mbar_wait(kv_full, kb & 1);
+  int it = next_item(j);
+  issue_scores(j % S);
   wg_wait<0>();
   wg_fence_regs(s_flat);
-  for (int j = 0; it >= 0; ++j) {
+  for (; it >= 0; ++j, ++nt) {
     const int st = j % S;
     const int flags = sFlags[st];
     const bool need_mask = !(flags & 1);
     const int2 tile = sTile[st];  // the producer's division, not the consumers'
     const int h = tile.x, q0 = tile.y;
     const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
-    const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (j % 2) * Cfg::kDsBytes;
+    const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (nt % 2) * Cfg::kDsBytes;
 
     if (kRanges && (flags & 2)) {
       // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
@@ -518,8 +553,18 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
     it = finish(j, st, h, q0, ds_tile, std::false_type{});
   }
-  if (tid % 128 == 0) bulk_wait();
+  // Use j said "no more items"; every wgmma of this KV block (the last dQ and the Sᵀ
+  // issued past the last tile) has completed (finish waits for them): the stage and
+  // K/V go back to the producer, which loads the next KV block's while dK/dV are stored.
+  __syncwarp();
+  if (lane == 0) {
+    mbar_arrive(q_empty(j % S));
+    mbar_arrive(kv_empty);
+  }
+  ++j;
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
+  }
+  if (tid % 128 == 0) bulk_wait();
 #endif
 }
 

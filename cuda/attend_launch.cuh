@@ -96,7 +96,10 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
       return r;  // asked once
     };
     if (sm90 && ready()) {
-      dim3 grid((p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN, p.Hkv, p.B);
+      // Persistent: each block walks KV blocks with a stride of the grid (the kernel).
+      // Fits an int: the backend checks B·Lkv·Hkv does.
+      const int work = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN * p.Hkv * p.B;
+      const int grid = p.max_blocks > 0 && p.max_blocks < work ? p.max_blocks : work;
       constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
       constexpr int box = Cfg::L::kCols;
       const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, Cfg::kBlockM, box);

@@ -39,6 +39,7 @@ struct BwdParams {
   int kv_fresh;   // ignore the old dk/dv (BwdStep::kv_fresh)
   void* dk_out;   // storage-dtype destinations of the finished sums, or null
   void* dv_out;
+  int max_blocks;  // sm_90a backward: at most this many (persistent) blocks; 0: one per KV block
 };
 
 // A query row's visible local KV interval [begin, end) within [0, Lkv).

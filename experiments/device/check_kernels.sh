@@ -100,6 +100,10 @@ pids=()
 for sm90 in $fams; do
   LVX_CUDA_SM90=$sm90 timeout 200 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1 &
   pids+=($!)
+  if [ $sm90 = 1 ]; then  # the persistent backward on 3 blocks: each walks many KV blocks
+    LVX_CUDA_SM90=1 LVX_CUDA_BWD_BLOCKS=3 timeout 200 /tmp/b/playground >"$out/playground_bwd3.log" 2>&1 &
+    pids+=($!)
+  fi
   [ $pkg_ok = 0 ] || continue
   for t in kernels masked_values; do
     LVX_CUDA_SM90=$sm90 timeout 220 python3 -m pytest -q -p no:cacheprovider -m gpu -rf "tests/python/test_gpu_$t.py" \
@@ -112,11 +116,12 @@ done
 if [ $pkg_ok = 0 ]; then
   timeout 220 mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE \
     python3 -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" -rf tests/python/test_gpu_distributed.py \
+    tests/python/test_gpu_masked_values.py \
     >"$out/test_gpu_distributed_n2.log" 2>&1 &
   pids+=($!)
 fi
 if [ -n "$san" ]; then
-  LVX_CUDA_SM90=$on timeout 220 "$san" --tool memcheck /tmp/b/playground small dims=64,96,128 dtypes=bf16,f16 \
+  LVX_CUDA_SM90=$on LVX_CUDA_BWD_BLOCKS=2 timeout 220 "$san" --tool memcheck /tmp/b/playground small dims=64,96,128 dtypes=bf16,f16 \
     >"$out/sanitizer_memcheck.log" 2>&1 &
   pids+=($!)
   for d in 64 96 128; do
@@ -126,7 +131,7 @@ if [ -n "$san" ]; then
   done
   timeout 120 "$san" --tool racecheck --print-limit 400 /tmp/b/racecheck_probe >"$out/sanitizer_racecheck_probe.log" 2>&1 &
   pids+=($!)
-  LVX_CUDA_SM90=$on timeout 220 "$san" --tool synccheck /tmp/b/playground small dims=64,96,128 dtypes=bf16 \
+  LVX_CUDA_SM90=$on LVX_CUDA_BWD_BLOCKS=2 timeout 220 "$san" --tool synccheck /tmp/b/playground small dims=64,96,128 dtypes=bf16 \
     >"$out/sanitizer_synccheck.log" 2>&1 &
   pids+=($!)
 else
@@ -140,6 +145,8 @@ summary() {
   for sm90 in $fams; do
     echo "playground LVX_CUDA_SM90=$sm90: $(tail -1 "$out/playground_sm90_$sm90.log")"
     grep -E -A1 "FAIL$" "$out/playground_sm90_$sm90.log" | head -12
+    [ $sm90 = 1 ] && echo "playground LVX_CUDA_BWD_BLOCKS=3: $(tail -1 "$out/playground_bwd3.log")" &&
+      grep -E -A1 "FAIL$" "$out/playground_bwd3.log" | head -12
     for t in kernels masked_values; do
       f=$out/test_gpu_${t}_sm90_$sm90.log
       echo "pytest $t LVX_CUDA_SM90=$sm90: $(grep -E "passed|failed|error" "$f" 2>/dev/null | tail -1)"
@@ -147,7 +154,7 @@ summary() {
     done
   done
   f=$out/test_gpu_distributed_n2.log
-  echo "pytest gpu_distributed n=2: $(grep -aE "passed|failed|error" "$f" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | sort | uniq -c | head -2 | tr '\n' ' ')"
+  echo "pytest gpu_distributed + masked_values n=2: $(grep -aE "passed|failed|error" "$f" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | sort | uniq -c | head -2 | tr '\n' ' ')"
   grep -aE "^FAILED|Segmentation" "$f" 2>/dev/null | head -6
   echo "memcheck: $(grep -E "ERROR SUMMARY" "$out/sanitizer_memcheck.log" 2>/dev/null | tail -1) / $(tail -1 "$out/sanitizer_memcheck.log" 2>/dev/null)"
   for d in 64 96 128; do

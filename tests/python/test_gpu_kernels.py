@@ -5,6 +5,9 @@ masks, odd lengths, split-KV, and agreement with the CPU backend. Skipped withou
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,6 +115,35 @@ def test_default_stream_ordering():
     ref = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float()).transpose(1, 2)
     assert rel_err(o, ref) < TOL[torch.bfloat16]
+
+
+def test_persistent_backward_over_few_blocks():
+    """The sm_90a backward is persistent (one block per SM walks KV blocks in turn); the
+    float64 checks above have fewer KV blocks than a Hopper card has SMs, so they run again
+    in a process where LVX_CUDA_BWD_BLOCKS=3 makes each block walk dozens of KV blocks of
+    different heads and batches, masked and not, every head dim."""
+    shapes = [sh for sh in SHAPES if sh[2] >= 1100 or sh[0] * sh[3] >= 8]
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import test_gpu_kernels as t\n"
+        "n = 0\n"
+        "for shape in %r:\n"
+        "    for mask in (None, 'all_previous', 'latest'):\n"
+        "        for dtype in (torch.bfloat16, torch.float16):\n"
+        "            t.test_forward_backward_match_float64(dtype, shape, mask); n += 1\n"
+        "print('checked', n)\n" % (shapes,))
+    run = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__))],
+                         env=dict(os.environ, LVX_CUDA_BWD_BLOCKS="3"), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert f"checked {6 * len(shapes)}" in run.stdout
+
+
+def test_bad_backward_block_count_is_reported():
+    code = ("import torch, lvxattn; q = torch.randn(1, 8, 2, 64, device='cuda', dtype=torch.bfloat16);"
+            "lvxattn.cross_attention(q, q, q); torch.cuda.synchronize()")
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LVX_CUDA_BWD_BLOCKS="0"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "LVX_CUDA_BWD_BLOCKS must be a positive integer, got '0'" in run.stderr
 
 
 def test_unsupported_head_dim_is_reported():
