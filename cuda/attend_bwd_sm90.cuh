@@ -111,16 +111,27 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int Lq = p.Lq, Lkv = p.Lkv;
   const int q_tiles = (Lq + BM - 1) / BM, items = p.group * q_tiles;
-  // Persistent: this block takes KV blocks w = blockIdx.x, + gridDim.x, ... of the step's
-  // kv_blocks · Hkv · B (KV block fastest, so that blocks running together share a head's
-  // Q and dO in L2). The next KV block's K/V and first Q/dO tiles load while the consumers
-  // finish the last tiles and store dK/dV of this one.
+  // Without q_ranges the kernel is persistent: this block takes KV blocks w = blockIdx.x,
+  // + gridDim.x, ... of the step's kv_blocks · Hkv · B (KV block fastest, so that blocks
+  // running together share a head's Q and dO in L2), and the next KV block's K/V and first
+  // Q/dO tile load while the consumers finish the last tiles and store dK/dV of this one.
+  // With q_ranges each block takes one KV block (the launch gives one block per KV block):
+  // the producer's walk is its critical path there, and with the KV block's coordinates
+  // loop-carried instead of read from blockIdx its 24 registers spilled 6x as much
+  // (masked backward 8-16% slower on one H200, KERNEL_NOTES.md).
+  constexpr bool kPersistent = !kRanges;
   const int kv_blocks = (Lkv + BN - 1) / BN, work = kv_blocks * p.Hkv * p.B;
   int n0 = 0, hk = 0, b = 0;
   auto take = [&](int w) {
-    n0 = (w % kv_blocks) * BN;
-    hk = (w / kv_blocks) % p.Hkv;
-    b = w / (kv_blocks * p.Hkv);
+    if constexpr (kPersistent) {
+      n0 = (w % kv_blocks) * BN;
+      hk = (w / kv_blocks) % p.Hkv;
+      b = w / (kv_blocks * p.Hkv);
+    } else {  // grid (kv_blocks, Hkv, B): values the compiler can read again instead of keeping
+      n0 = blockIdx.x * BN;
+      hk = blockIdx.y;
+      b = blockIdx.z;
+    }
   };
   if (tid == 0) {
     mbar_init(kv_full, 1);
@@ -182,6 +193,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
           for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
           mbar_arrive(kv_full);
         }
+        if constexpr (!kPersistent) break;
         }
         return;
       }
@@ -204,6 +216,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       }
       kv_loaded = true;
     };
+    if constexpr (!kPersistent) load_kv();  // one KV block: K/V first, as they are needed first
     [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
     int it = 0;
     for (;; ++j) {
@@ -215,7 +228,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       const int st = j % S;
       if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
       if (it >= items) {  // no more items of this KV block: a stage use without loads says so
-        if (!kv_loaded) load_kv();  // the consumers wait for K/V before they look
+        if (kPersistent && !kv_loaded) load_kv();  // the consumers wait for K/V before they look
         if (lane == 0) {
           sItem[st] = -1;
           mbar_arrive(q_full(st));
@@ -236,7 +249,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
         load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
       }
-      if (!kv_loaded) load_kv();
+      if (kPersistent && !kv_loaded) load_kv();
       bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
       // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
       bool exact = false;
@@ -282,6 +295,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       }
       ++it;
     }
+    if constexpr (!kPersistent) break;
     }
     return;
   }
@@ -563,6 +577,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   }
   ++j;
   bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
+  if constexpr (!kPersistent) break;
   }
   if (tid % 128 == 0) bulk_wait();
 #endif

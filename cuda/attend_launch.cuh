@@ -83,6 +83,13 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
   }
 }
 
+// The sm_90a backward runs persistent blocks when a KV block has at most this many query
+// tiles (all query heads of its group): one H200, 2026-11-29, persistent against one
+// block per KV block, backward kernel time: 4 tiles (16/16, 256 x 32768, D = 128) -4.4%,
+// 8 (D = 64, 1024 x 65536) -5%, 16 (D = 96 and D = 128 at 1024 queries) -3% and -1%;
+// 32-64 tiles +0.2% to +1.9% (KERNEL_NOTES.md, "Persistent backward").
+constexpr int kBwdPersistentItems = 16;
+
 template <typename T, int D>
 void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Lkv == 0 || p.Hq == 0) return;
@@ -96,10 +103,14 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
       return r;  // asked once
     };
     if (sm90 && ready()) {
-      // Persistent: each block walks KV blocks with a stride of the grid (the kernel).
-      // Fits an int: the backend checks B·Lkv·Hkv does.
-      const int work = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN * p.Hkv * p.B;
-      const int grid = p.max_blocks > 0 && p.max_blocks < work ? p.max_blocks : work;
+      // Without q_ranges the kernel is persistent (each block walks KV blocks with a stride
+      // of the grid) where a KV block has few query tiles (items) and its fixed costs (K/V
+      // loads, dK/dV stores, pipeline fill) weigh; with long item lists, and with
+      // q_ranges, one block per KV block. Fits an int: the backend checks B·Lkv·Hkv does.
+      const int kv_blocks = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN, work = kv_blocks * p.Hkv * p.B;
+      const int items = (p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM * p.group;
+      const bool persistent = !p.q_ranges && p.max_blocks > 0 && (items <= kBwdPersistentItems || p.force_persistent);
+      const dim3 grid = p.q_ranges ? dim3(kv_blocks, p.Hkv, p.B) : dim3(persistent ? std::min(work, p.max_blocks) : work);
       constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
       constexpr int box = Cfg::L::kCols;
       const CUtensorMap tq = rows_tensor_map(p.q, bf16, D, p.Hq, p.Lq, p.B, Cfg::kBlockM, box);

@@ -39,7 +39,8 @@ struct BwdParams {
   int kv_fresh;   // ignore the old dk/dv (BwdStep::kv_fresh)
   void* dk_out;   // storage-dtype destinations of the finished sums, or null
   void* dv_out;
-  int max_blocks;  // sm_90a backward: at most this many (persistent) blocks; 0: one per KV block
+  int max_blocks;        // sm_90a backward without q_ranges: at most this many persistent blocks (0: one per KV block)
+  int force_persistent;  // ... even where KV blocks have many query tiles (tests: LVX_CUDA_BWD_BLOCKS)
 };
 
 // A query row's visible local KV interval [begin, end) within [0, Lkv).

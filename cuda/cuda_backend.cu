@@ -113,8 +113,9 @@ class CudaBackend final : public Backend {
     // (the sm_80 mma.sync kernels, for comparison), or a comma-separated list of head dims
     // ("64,128") for those only.
     if (cc_ == 90) sm90_dims_ = sm90_head_dims(std::getenv("LVX_CUDA_SM90"));
-    // The sm_90a backward is persistent, one block per SM; LVX_CUDA_BWD_BLOCKS=n runs it on
-    // n blocks instead (tests use a few, so that each block walks many KV blocks).
+    // The sm_90a backward without q_ranges is persistent where KV blocks have few query
+    // tiles, one block per SM; LVX_CUDA_BWD_BLOCKS=n runs it persistent on n blocks at every
+    // shape (tests use a few, so that each block walks many KV blocks).
     bwd_blocks_ = num_sms_;
     if (const char* env = std::getenv("LVX_CUDA_BWD_BLOCKS"); env && *env) {
       char* end = nullptr;
@@ -122,6 +123,7 @@ class CudaBackend final : public Backend {
       LVX_REQUIRE(*end == '\0' && n > 0 && n <= (1L << 30),
                   std::string("LVX_CUDA_BWD_BLOCKS must be a positive integer, got '") + env + "'");
       bwd_blocks_ = (int)n;
+      bwd_blocks_forced_ = 1;
     }
     LVX_CUDA_CHECK(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     stream_ = own_stream_;
@@ -233,6 +235,7 @@ class CudaBackend final : public Backend {
     p.scale = a.scale; p.scale_log2 = a.scale * kLog2e;
     p.dq = a.dq; p.dk = a.dk; p.dv = a.dv;
     p.max_blocks = bwd_blocks_;
+    p.force_persistent = bwd_blocks_forced_;
     const size_t n_kv = (size_t)s.B * s.Lkv * s.Hkv * s.D;
     if (a.dtype == DType::f32) {
       // The fp32 kernel adds with atomics and dk/dv are its outputs.
@@ -339,7 +342,7 @@ class CudaBackend final : public Backend {
 
   int device_;
   std::string name_;
-  int num_sms_ = 0, cc_ = 0, bwd_blocks_ = 0;
+  int num_sms_ = 0, cc_ = 0, bwd_blocks_ = 0, bwd_blocks_forced_ = 0;
   std::vector<int> sm90_dims_;  // head dims that take the sm_90a kernels on this device
   bool sm90_for(int64_t D) const { return std::find(sm90_dims_.begin(), sm90_dims_.end(), (int)D) != sm90_dims_.end(); }
   std::string sm90_describe() const {

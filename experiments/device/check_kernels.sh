@@ -8,7 +8,9 @@
 #      then both kernel families (LVX_CUDA_SM90=1 and 0) side by side on the GPU: the
 #      playground (cuda/dev/playground.cu, float64 references), tests/python/
 #      test_gpu_kernels.py and test_gpu_masked_values.py in one process (MPI-marked tests
-#      skip), compute-sanitizer memcheck on the playground's small cases (head dims 64,
+#      skip), the playground again with the persistent backward on 3 blocks
+#      (LVX_CUDA_BWD_BLOCKS=3), both GPU test files under mpirun -n 2 (ranks share the GPU),
+#      compute-sanitizer memcheck on the playground's small cases (head dims 64,
 #      96, 128; bf16, fp16) and racecheck on the same, one process per head dim, and on
 #      cuda/dev/racecheck_probe.cu (which protocols the tool models); synccheck on the
 #      small cases in bf16 (the forward's named-barrier turns, the producers' barriers);
@@ -106,7 +108,7 @@ for sm90 in $fams; do
   fi
   [ $pkg_ok = 0 ] || continue
   for t in kernels masked_values; do
-    LVX_CUDA_SM90=$sm90 timeout 220 python3 -m pytest -q -p no:cacheprovider -m gpu -rf "tests/python/test_gpu_$t.py" \
+    LVX_CUDA_SM90=$sm90 timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu -rf "tests/python/test_gpu_$t.py" \
       >"$out/test_gpu_${t}_sm90_$sm90.log" 2>&1 &
     pids+=($!)
   done
@@ -114,7 +116,7 @@ done
 # The distributed GPU tests on 2 ranks sharing the GPU (host-staged MPI), the device-type
 # mismatch included (it crashed in the planner's message on this machine's build).
 if [ $pkg_ok = 0 ]; then
-  timeout 220 mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE \
+  timeout 330 mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE \
     python3 -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" -rf tests/python/test_gpu_distributed.py \
     tests/python/test_gpu_masked_values.py \
     >"$out/test_gpu_distributed_n2.log" 2>&1 &

@@ -118,10 +118,11 @@ def test_default_stream_ordering():
 
 
 def test_persistent_backward_over_few_blocks():
-    """The sm_90a backward is persistent (one block per SM walks KV blocks in turn); the
-    float64 checks above have fewer KV blocks than a Hopper card has SMs, so they run again
-    in a process where LVX_CUDA_BWD_BLOCKS=3 makes each block walk dozens of KV blocks of
-    different heads and batches, masked and not, every head dim."""
+    """The sm_90a backward without q_ranges is persistent (one block per SM walks KV blocks
+    in turn) where KV blocks have few query tiles; the float64 checks above have fewer KV
+    blocks than a Hopper card has SMs, so they run again in a process where
+    LVX_CUDA_BWD_BLOCKS=3 makes each block walk dozens of KV blocks of different heads and
+    batches at every shape and head dim (the masked cases run one block per KV block)."""
     shapes = [sh for sh in SHAPES if sh[2] >= 1100 or sh[0] * sh[3] >= 8]
     code = (
         "import sys, torch; sys.path.insert(0, sys.argv[1]); import test_gpu_kernels as t\n"

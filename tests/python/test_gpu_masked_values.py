@@ -39,6 +39,7 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # 128), lengths that are no multiple of them, GQA, heads divisible by 1, 2 and 3
 # (ulysses). D = 96 takes the 64-byte-swizzle tiles of the sm_90a kernels.
 SHAPE = dict(B=2, Lq=150, Lkv=700, Hq=6, Hkv=3, D=128)
+SHAPE_DIST = dict(B=2, Lq=150, Lkv=700, Hq=12, Hkv=6, D=128)  # heads divisible by 1, 2, 3 (ulysses)
 SHAPE_D64 = dict(B=2, Lq=77, Lkv=300, Hq=4, Hkv=2, D=64)
 SHAPES_OTHER_D = {64: dict(B=2, Lq=300, Lkv=700, Hq=4, Hkv=2, D=64), 96: dict(B=2, Lq=150, Lkv=700, Hq=4, Hkv=1, D=96)}
 GPU_TOL = {torch.bfloat16: 2e-2, torch.float16: 8e-3, torch.float32: 1e-4}
@@ -269,14 +270,14 @@ def test_issue_input_does_not_depend_on_the_split(tensor):
 @pytest.mark.parametrize("case", CASES, ids=[f"{a}-{w}-{p}-{str(d)[6:]}" for a, w, d, p in CASES])
 def test_every_algorithm_rank_count_and_split(case):
     algorithm, where, dtype, poison = case
-    problem = make_problem(**SHAPE, dtype=dtype, where=where, poison=poison, seed=7)
+    problem = make_problem(**SHAPE_DIST, dtype=dtype, where=where, poison=poison, seed=7)
     ranges = problem[4]
     ref = reference(problem)
     for P in range(1, min(WORLD.size, 3) + 1):
         with sub_comm(WORLD, P) as comm:
             if comm is None:
                 continue
-            for n, lkv in enumerate(kv_splits(SHAPE["Lkv"], P)):
-                lq = uneven_split(SHAPE["Lq"], P, 0 if n else None, n)
+            for n, lkv in enumerate(kv_splits(SHAPE_DIST["Lkv"], P)):
+                lq = uneven_split(SHAPE_DIST["Lq"], P, 0 if n else None, n)
                 got = run_distributed(comm, algorithm, problem, lq, lkv)
                 check(got, ref, dtype, ranges, f"{algorithm} P={P} lq={lq} lkv={lkv}")
