@@ -15,6 +15,10 @@
 //     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
 //     adds in whole lines, where per-thread atomics capped the kernel). The consumers
 //     meet once per tile (dSᵀ complete), at a named barrier.
+//   - without q_ranges, where a KV block has few query tiles, persistent blocks (one per
+//     SM, attend_launch.cuh) that walk KV blocks in turn: the producer loads the next
+//     KV block's first Q/dO tile as soon as the last tile's stage is free and its K/V as
+//     soon as the consumers release them (kv_empty), while the consumers store dK/dV.
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
 // Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and a
 // second producer warp sets K rows no query row of the step sees to 0 where they hold
@@ -155,45 +159,45 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     if constexpr (kRanges) {
       if (warp == 1) {
         for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
-        take(w);
-        // K rows with a NaN/±Inf: those no query row of the step sees become 0; the
-        // others (sKpart, bit r of word r / 32) make every tile whose rows do not all
-        // see them exact. sKpart is written before the release of K (kv_full), which
-        // warp 0 waits for before it reads it (and warp 0 reads it only while it walks
-        // this KV block, before the next one's K can land).
-        uint32_t kpart[BN / 32];
-        mbar_wait(kv_land, kb & 1);
-        bool any_bad = false;
-#pragma unroll
-        for (int i = 0; i < BN / 32; ++i) {
-          const int r = 32 * i + lane;
-          kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T, L, kChunks>(sK, BN, r));
-          any_bad |= kpart[i] != 0;
-        }
-        if (any_bad) {
-          uint32_t seen[BN / 32];
-#pragma unroll
-          for (int i = 0; i < BN / 32; ++i) seen[i] = 0;
-          for (int q = lane; q < Lq; q += 32) {
-            const int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q);
-#pragma unroll
-            for (int i = 0; i < BN / 32; ++i) seen[i] |= interval_bits(iv.x, iv.y, n0 + 32 * i);
-          }
+          take(w);
+          // K rows with a NaN/±Inf: those no query row of the step sees become 0; the
+          // others (sKpart, bit r of word r / 32) make every tile whose rows do not all
+          // see them exact. sKpart is written before the release of K (kv_full), which
+          // warp 0 waits for before it reads it (and warp 0 reads it only while it walks
+          // this KV block, before the next one's K can land).
+          uint32_t kpart[BN / 32];
+          mbar_wait(kv_land, kb & 1);
+          bool any_bad = false;
 #pragma unroll
           for (int i = 0; i < BN / 32; ++i) {
-            seen[i] = __reduce_or_sync(0xffffffffu, seen[i]);
-            if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row<L, kChunks>(sK, BN, 32 * i + lane);
-            kpart[i] &= seen[i];
+            const int r = 32 * i + lane;
+            kpart[i] = __ballot_sync(0xffffffffu, n0 + r < Lkv && tile_row_nonfinite<T, L, kChunks>(sK, BN, r));
+            any_bad |= kpart[i] != 0;
           }
-          fence_proxy_async();
-        }
-        __syncwarp();  // every lane's zeros before lane 0's release
-        if (lane == 0) {
+          if (any_bad) {
+            uint32_t seen[BN / 32];
 #pragma unroll
-          for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
-          mbar_arrive(kv_full);
-        }
-        if constexpr (!kPersistent) break;
+            for (int i = 0; i < BN / 32; ++i) seen[i] = 0;
+            for (int q = lane; q < Lq; q += 32) {
+              const int2 iv = local_interval(p.q_ranges, p.kv_begin, Lkv, (long long)b * Lq + q);
+#pragma unroll
+              for (int i = 0; i < BN / 32; ++i) seen[i] |= interval_bits(iv.x, iv.y, n0 + 32 * i);
+            }
+#pragma unroll
+            for (int i = 0; i < BN / 32; ++i) {
+              seen[i] = __reduce_or_sync(0xffffffffu, seen[i]);
+              if (((kpart[i] & ~seen[i]) >> lane) & 1u) zero_tile_row<L, kChunks>(sK, BN, 32 * i + lane);
+              kpart[i] &= seen[i];
+            }
+            fence_proxy_async();
+          }
+          __syncwarp();  // every lane's zeros before lane 0's release
+          if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < BN / 32; ++i) sKpart[i] = kpart[i];
+            mbar_arrive(kv_full);
+          }
+          if constexpr (!kPersistent) break;
         }
         return;
       }
@@ -201,101 +205,101 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     uint32_t land_phase = 0;  // bit st: parity of stage st's next q_land completion
     int j = 0;                // stage uses so far, over all of this block's KV blocks
     for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
-    take(w);
-    const int kv_hi = min(Lkv, n0 + BN);
-    // K and V go in once the consumers are done with the last KV block's, after the
-    // first Q/dO tile's loads (its stage is free earlier: the last tile's dQ released it).
-    bool kv_loaded = false;
-    auto load_kv = [&] {
-      if (kb > 0) mbar_wait(kv_empty, (kb - 1) & 1);
-      if (lane == 0) {
-        const uint32_t bar = kRanges ? kv_land : kv_full;
-        mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
-        load_tile(sK, &tk, BN, hk, n0, b, bar);
-        load_tile(sV, &tv, BN, hk, n0, b, bar);
-      }
-      kv_loaded = true;
-    };
-    if constexpr (!kPersistent) load_kv();  // one KV block: K/V first, as they are needed first
-    [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
-    int it = 0;
-    for (;; ++j) {
-      bool whole = true;
-      int all_lo = 0, all_hi = Lkv;
-      while (it < items &&
-             !bwd_tile_rows_warp<BM, BN, kRanges>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
-        ++it;
-      const int st = j % S;
-      if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
-      if (it >= items) {  // no more items of this KV block: a stage use without loads says so
-        if (kPersistent && !kv_loaded) load_kv();  // the consumers wait for K/V before they look
+      take(w);
+      const int kv_hi = min(Lkv, n0 + BN);
+      // K and V go in once the consumers are done with the last KV block's, after the
+      // first Q/dO tile's loads (its stage is free earlier: the last tile's dQ released it).
+      bool kv_loaded = false;
+      auto load_kv = [&] {
+        if (kb > 0) mbar_wait(kv_empty, (kb - 1) & 1);
         if (lane == 0) {
-          sItem[st] = -1;
-          mbar_arrive(q_full(st));
+          const uint32_t bar = kRanges ? kv_land : kv_full;
+          mbar_arrive_expect(bar, 2 * Cfg::kKvBytes);
+          load_tile(sK, &tk, BN, hk, n0, b, bar);
+          load_tile(sV, &tv, BN, hk, n0, b, bar);
         }
-        ++j;
-        break;
-      }
-      const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
-      // Q and dO rows of rows that do not see every KV row of the block are fixed.
-      const bool qfix = kRanges && !(all_lo <= n0 && all_hi >= kv_hi);
-      // The tile loads first, so that they fly while the warp stages the row inputs. On
-      // q_full they are expected bytes and the stage completes with lane 0's arrival
-      // below; a tile to fix lands on q_land.
-      if (lane == 0) {
-        const uint32_t bar = qfix ? q_land(st) : q_full(st);
-        if (qfix) mbar_arrive_expect(bar, 2 * kQ);
-        else mbar_expect_tx(bar, 2 * kQ);
-        load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
-        load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
-      }
-      if (kPersistent && !kv_loaded) load_kv();
-      bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
-      // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
-      bool exact = false;
-      if constexpr (kRanges) {
-        if (!k_scanned) {
-          mbar_wait(kv_full, kb & 1);  // warp 1's scan of K (sKpart), once per KV block
-          k_scanned = true;
+        kv_loaded = true;
+      };
+      if constexpr (!kPersistent) load_kv();  // one KV block: K/V first, as they are needed first
+      [[maybe_unused]] bool k_scanned = !kRanges;  // sKpart visible to this warp (kv_full waited for)
+      int it = 0;
+      for (;; ++j) {
+        bool whole = true;
+        int all_lo = 0, all_hi = Lkv;
+        while (it < items &&
+               !bwd_tile_rows_warp<BM, BN, kRanges>(p, b, (it % q_tiles) * BM, n0, kv_hi, whole, all_lo, all_hi))
+          ++it;
+        const int st = j % S;
+        if (j >= S) mbar_wait(q_empty(st), (j / S - 1) & 1);
+        if (it >= items) {  // no more items of this KV block: a stage use without loads says so
+          if (kPersistent && !kv_loaded) load_kv();  // the consumers wait for K/V before they look
+          if (lane == 0) {
+            sItem[st] = -1;
+            mbar_arrive(q_full(st));
+          }
+          ++j;
+          break;
         }
+        const int h = hk * p.group + it / q_tiles, q0 = (it % q_tiles) * BM;
+        // Q and dO rows of rows that do not see every KV row of the block are fixed.
+        const bool qfix = kRanges && !(all_lo <= n0 && all_hi >= kv_hi);
+        // The tile loads first, so that they fly while the warp stages the row inputs. On
+        // q_full they are expected bytes and the stage completes with lane 0's arrival
+        // below; a tile to fix lands on q_land.
+        if (lane == 0) {
+          const uint32_t bar = qfix ? q_land(st) : q_full(st);
+          if (qfix) mbar_arrive_expect(bar, 2 * kQ);
+          else mbar_expect_tx(bar, 2 * kQ);
+          load_tile(sQ + st * kQ, &tq, BM, h, q0, b, bar);
+          load_tile(sdO + st * kQ, &tdo, BM, h, q0, b, bar);
+        }
+        if (kPersistent && !kv_loaded) load_kv();
+        bwd_row_stats_warp<BM>(p, b, h, q0, sLse[st], sDl[st], sIv[st]);
+        // Exact tile: a K row with a NaN/±Inf that not every row of the tile sees.
+        bool exact = false;
+        if constexpr (kRanges) {
+          if (!k_scanned) {
+            mbar_wait(kv_full, kb & 1);  // warp 1's scan of K (sKpart), once per KV block
+            k_scanned = true;
+          }
 #pragma unroll
-        for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
-      }
-      if (lane == 0) {
-        sItem[st] = it;
-        sTile[st] = make_int2(h, q0);
-        sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0);
-      }
-      __syncwarp();  // the warp's row inputs before lane 0 arrives
-      if (!qfix && lane == 0) mbar_arrive(q_full(st));
-      if (qfix) {
-        // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
-        // that sees some of them makes the tile exact.
-        mbar_wait(q_land(st), (land_phase >> st) & 1u);
-        land_phase ^= 1u << st;
-        bool bad = false;
-        for (int r = lane; r < BM; r += 32) {
-          const int2 iv = sIv[st][r];
-          if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
-          if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
-            zero_tile_row<L, kChunks>(sQ + st * kQ, BM, r);
-            zero_tile_row<L, kChunks>(sdO + st * kQ, BM, r);
-          } else {
-            bad |= tile_row_nonfinite<T, L, kChunks>(sQ + st * kQ, BM, r) ||
-                   tile_row_nonfinite<T, L, kChunks>(sdO + st * kQ, BM, r);
+          for (int i = 0; i < BN / 32; ++i) exact |= (sKpart[i] & ~interval_bits(all_lo, all_hi, n0 + 32 * i)) != 0;
+        }
+        if (lane == 0) {
+          sItem[st] = it;
+          sTile[st] = make_int2(h, q0);
+          sFlags[st] = (whole ? 1 : 0) | (exact ? 2 : 0);
+        }
+        __syncwarp();  // the warp's row inputs before lane 0 arrives
+        if (!qfix && lane == 0) mbar_arrive(q_full(st));
+        if (qfix) {
+          // Rows that see no KV row of the block: Q and dO become 0. A NaN/±Inf in a row
+          // that sees some of them makes the tile exact.
+          mbar_wait(q_land(st), (land_phase >> st) & 1u);
+          land_phase ^= 1u << st;
+          bool bad = false;
+          for (int r = lane; r < BM; r += 32) {
+            const int2 iv = sIv[st][r];
+            if (q0 + r >= Lq || (iv.x <= n0 && iv.y >= kv_hi)) continue;  // TMA zeros; sees every KV row
+            if (!(iv.x < kv_hi && iv.y > n0 && iv.y > iv.x)) {
+              zero_tile_row<L, kChunks>(sQ + st * kQ, BM, r);
+              zero_tile_row<L, kChunks>(sdO + st * kQ, BM, r);
+            } else {
+              bad |= tile_row_nonfinite<T, L, kChunks>(sQ + st * kQ, BM, r) ||
+                     tile_row_nonfinite<T, L, kChunks>(sdO + st * kQ, BM, r);
+            }
+          }
+          fence_proxy_async();
+          __syncwarp();
+          bad = __any_sync(0xffffffffu, bad);
+          if (lane == 0) {
+            if (bad) sFlags[st] |= 2;
+            mbar_arrive(q_full(st));
           }
         }
-        fence_proxy_async();
-        __syncwarp();
-        bad = __any_sync(0xffffffffu, bad);
-        if (lane == 0) {
-          if (bad) sFlags[st] |= 2;
-          mbar_arrive(q_full(st));
-        }
+        ++it;
       }
-      ++it;
-    }
-    if constexpr (!kPersistent) break;
+      if constexpr (!kPersistent) break;
     }
     return;
   }
@@ -481,103 +485,103 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   int j = 0;   // stage uses so far (the producer's count)
   int nt = 0;  // tiles so far: dSᵀ alternates between its two buffers by it
   for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
-  take(w);
-  kv_row0 = n0 + cw * 64 + warp * 16 + g;
+    take(w);
+    kv_row0 = n0 + cw * 64 + warp * 16 + g;
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i)
+    for (int i = 0; i < D / 8; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
-  mbar_wait(kv_full, kb & 1);
-  int it = next_item(j);
-  issue_scores(j % S);
-  wg_wait<0>();
-  wg_fence_regs(s_flat);
-  for (; it >= 0; ++j, ++nt) {
-    const int st = j % S;
-    const int flags = sFlags[st];
-    const bool need_mask = !(flags & 1);
-    const int2 tile = sTile[st];  // the producer's division, not the consumers'
-    const int h = tile.x, q0 = tile.y;
-    const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
-    const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (nt % 2) * Cfg::kDsBytes;
+      for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+    mbar_wait(kv_full, kb & 1);
+    int it = next_item(j);
+    issue_scores(j % S);
+    wg_wait<0>();
+    wg_fence_regs(s_flat);
+    for (; it >= 0; ++j, ++nt) {
+      const int st = j % S;
+      const int flags = sFlags[st];
+      const bool need_mask = !(flags & 1);
+      const int2 tile = sTile[st];  // the producer's division, not the consumers'
+      const int h = tile.x, q0 = tile.y;
+      const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
+      const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (nt % 2) * Cfg::kDsBytes;
 
-    if (kRanges && (flags & 2)) {
-      // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
-      // dQ term by term.
+      if (kRanges && (flags & 2)) {
+        // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
+        // dQ term by term.
+        uint32_t pa[BM / 16][4];
+        bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+        float dp[BM / 8][4];
+        float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          Wgmma<T>::template ss<BM, 0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
+        wg_commit();
+        wg_wait<0>();
+        wg_fence_regs(dp_flat);
+        uint32_t da[BM / 16][4];
+        bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+        store_ds(da, ds_tile);
+        __syncwarp();  // kv_exact below reads the dSᵀ values the quad's other lanes stored
+        kv_exact(dv, pa, false, ds_tile, do_tile, sIv[st]);
+        kv_exact(dk, pa, true, ds_tile, q_tile, sIv[st]);
+        fence_proxy_async();
+        named_barrier(1, 256);  // dSᵀ of both warpgroups in place
+        it = finish(j, st, h, q0, ds_tile, std::true_type{});
+        continue;
+      }
+
+      // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
       uint32_t pa[BM / 16][4];
-      bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+      if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+      else bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+
+      // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
       float dp[BM / 8][4];
       float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
+      wg_fence_regs(dv_flat);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
         Wgmma<T>::template ss<BM, 0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
       wg_commit();
-      wg_wait<0>();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dv_flat, pa[kk], q_slab(do_tile, kk), 1);
+      wg_commit();
+      wg_wait<1>();
       wg_fence_regs(dp_flat);
+
+      // dSᵀ, then dK += dSᵀ Q, and dSᵀ to shared memory for dQ.
       uint32_t da[BM / 16][4];
-      bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+      if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+      else bwd_dscores<T, BM, false>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
+      wg_fence_regs(dk_flat);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
+      wg_commit();
       store_ds(da, ds_tile);
-      __syncwarp();  // kv_exact below reads the dSᵀ values the quad's other lanes stored
-      kv_exact(dv, pa, false, ds_tile, do_tile, sIv[st]);
-      kv_exact(dk, pa, true, ds_tile, q_tile, sIv[st]);
       fence_proxy_async();
       named_barrier(1, 256);  // dSᵀ of both warpgroups in place
-      it = finish(j, st, h, q0, ds_tile, std::true_type{});
-      continue;
+      wg_wait<0>();           // dV, dK: Pᵀ and dSᵀ registers free
+      wg_fence_regs(pa);
+      wg_fence_regs(da);
+      wg_fence_regs(dk_flat);
+      wg_fence_regs(dv_flat);
+
+      it = finish(j, st, h, q0, ds_tile, std::false_type{});
     }
-
-    // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
-    uint32_t pa[BM / 16][4];
-    if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
-    else bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
-
-    // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
-    float dp[BM / 8][4];
-    float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
-    wg_fence_regs(dv_flat);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<T>::template ss<BM, 0, 0>(dp_flat, kv_rows(v_tile, kk), q_rows(do_tile, kk), kk);
-    wg_commit();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dv_flat, pa[kk], q_slab(do_tile, kk), 1);
-    wg_commit();
-    wg_wait<1>();
-    wg_fence_regs(dp_flat);
-
-    // dSᵀ, then dK += dSᵀ Q, and dSᵀ to shared memory for dQ.
-    uint32_t da[BM / 16][4];
-    if (need_mask) bwd_dscores<T, BM, true>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
-    else bwd_dscores<T, BM, false>(pa, dp, sDl[st], sLse[st], sIv[st], kv_row0, Lkv, da, t);
-    wg_fence_regs(dk_flat);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
-    wg_commit();
-    store_ds(da, ds_tile);
-    fence_proxy_async();
-    named_barrier(1, 256);  // dSᵀ of both warpgroups in place
-    wg_wait<0>();           // dV, dK: Pᵀ and dSᵀ registers free
-    wg_fence_regs(pa);
-    wg_fence_regs(da);
-    wg_fence_regs(dk_flat);
-    wg_fence_regs(dv_flat);
-
-    it = finish(j, st, h, q0, ds_tile, std::false_type{});
-  }
-  // Use j said "no more items"; every wgmma of this KV block (the last dQ and the Sᵀ
-  // issued past the last tile) has completed (finish waits for them): the stage and
-  // K/V go back to the producer, which loads the next KV block's while dK/dV are stored.
-  __syncwarp();
-  if (lane == 0) {
-    mbar_arrive(q_empty(j % S));
-    mbar_arrive(kv_empty);
-  }
-  ++j;
-  bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
-  if constexpr (!kPersistent) break;
+    // Use j said "no more items"; every wgmma of this KV block (the last dQ and the Sᵀ
+    // issued past the last tile) has completed (finish waits for them): the stage and
+    // K/V go back to the producer, which loads the next KV block's while dK/dV are stored.
+    __syncwarp();
+    if (lane == 0) {
+      mbar_arrive(q_empty(j % S));
+      mbar_arrive(kv_empty);
+    }
+    ++j;
+    bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
+    if constexpr (!kPersistent) break;
   }
   if (tid % 128 == 0) bulk_wait();
 #endif

@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# Stall reasons and throughputs of the sm_90a kernels (one launch each, first bench
-# shape), and their SASS. Logs go to $OUT. Usage: cuda/dev/ncu_sm90.sh
+# Stall reasons, pipe use and memory traffic of the sm_90a kernels (one launch each, per
+# shape), and their SASS. Logs go to $OUT.
+# Usage: [KERNELS="attend_fwd_sm90 attend_bwd_sm90"] [SHAPES="B,Hq,Hkv,Lq,Lkv,D,dtype;..."] [PUBLIC=1] cuda/dev/ncu_sm90.sh
+# By default the step kernels run through the dev shim (fp32 dK/dV read and written back:
+# a middle ring step); PUBLIC=1 profiles the installed package's public call instead (one
+# step: dK/dV written once, in the storage dtype).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/lvx_out}
 cd "$(dirname "$0")/../.."
-(cd cuda && BUILD=/tmp/b JOBS=16 RUN=0 VARIANTS=0 dev/run_playground.sh >/dev/null 2>&1) || echo build failed
-for o in fwd bwd; do cuobjdump -sass /tmp/b/${o}_bf16_d128_cu.o > "$out/sass_$o.txt" 2>&1; done
+lib=()
+if [ "${PUBLIC:-0}" != 1 ]; then
+  (cd cuda && BUILD=/tmp/b JOBS=16 RUN=0 VARIANTS=0 dev/run_playground.sh >/dev/null 2>&1) || echo build failed
+  lib=(--lib /tmp/b/liblvx_cuda_dev.so)
+fi
+# Tensor pipe, issue, L2 (incl. the dQ reduce-adds: lts red sectors), DRAM; stall reasons.
+metrics="gpu__time_duration.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active"
+metrics="$metrics,sm__inst_executed.avg.per_cycle_active,lts__t_sectors_op_red.sum,lts__t_sectors_op_read.sum"
+metrics="$metrics,lts__t_sectors_op_write.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed"
+metrics="$metrics,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum"
+metrics="$metrics,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+IFS=';' read -r -a shapes <<<"${SHAPES:-1,16,16,1024,16384,128,bf16}"
 for k in ${KERNELS:-attend_fwd_sm90 attend_bwd_sm90}; do
-  timeout 200 ncu --section SpeedOfLight --section ComputeWorkloadAnalysis \
-    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active" \
-    -k regex:$k --launch-skip 3 --launch-count 1 python3 experiments/bench_gpu_kernels.py \
-    --lib /tmp/b/liblvx_cuda_dev.so --out /tmp/x.csv --reps-ms 20 --shapes "1,16,16,1024,16384,128,bf16" --no-sdpa >"$out/ncu_$k.txt" 2>&1
-  echo "== $k"; grep -E "Duration|stalled|pipe_.*pct" "$out/ncu_$k.txt" | awk '$NF+0 > 0.05' | sort -k3 -g -r | head -40
+  for s in "${shapes[@]}"; do
+    f="$out/ncu_${k}_$(echo "$s" | tr ',' '_')${PUBLIC:+_public}.txt"
+    timeout 200 ncu --metrics "$metrics" -k regex:$k --launch-skip 3 --launch-count 1 python3 experiments/bench_gpu_kernels.py \
+      "${lib[@]}" --out /tmp/x.csv --reps-ms 5 --shapes "$s" --no-sdpa >"$f" 2>&1
+    echo "== $k $s"
+    grep -E "duration|hmma|inst_executed|lts__|dram__" "$f" | awk '{print "  ", $1, $(NF-1), $NF}'
+    grep -E "stalled" "$f" | awk '$NF+0 > 0.1 {print "  ", $1, $NF}' | sort -k2 -g -r | head -8
+  done
 done
