@@ -84,10 +84,11 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
 }
 
 // The sm_90a backward runs persistent blocks when a KV block has at most this many query
-// tiles (all query heads of its group): one H200, 2026-11-29, persistent against one
-// block per KV block, backward kernel time: 4 tiles (16/16, 256 x 32768, D = 128) -4.4%,
-// 8 (D = 64, 1024 x 65536) -5%, 16 (D = 96 and D = 128 at 1024 queries) -3% and -1%;
-// 32-64 tiles +0.2% to +1.9% (KERNEL_NOTES.md, "Persistent backward").
+// tiles (all query heads of its group): one H200, 2026-11-29, backward kernel time against
+// one block per KV block: 4 tiles (16/16, 256 x 32768, D = 128) -5.1%, 8 (D = 64,
+// 1024 x 65536) -4.3%, 16 -1.6% (1024 x 16384), -0.5% (D = 96), +1.7% (32/8, 256 x 131072);
+// with all KV blocks persistent, 32-64 tiles took +0.2% to +1.9% (KERNEL_NOTES.md,
+// "Persistent backward").
 constexpr int kBwdPersistentItems = 16;
 
 template <typename T, int D>
