@@ -20,8 +20,11 @@
 #      the list), with each build's kernel times per call.
 # Logs go to $OUT as one archive per phase, the A/B table as ab.csv; summary.txt (also
 # printed at the end) says what passed.
+# QUICK=1 (about 4 minutes): the sm_90a family only, the playground (also on 3 persistent
+# backward blocks) and test_gpu_kernels.py, no masked-value tests, MPI or sanitizers; the
+# A/B on AB_SHAPES (a default short list) in AB_ROUNDS rounds (default 3, QUICK 2).
 # Usage (the wheels the machine lacks in .whl/: scipy-openblas32, pytest-mpi; .ab/ from
-# ab_prepare.sh; both carried):  SHA=<git sha> bash experiments/device/check_kernels.sh
+# ab_prepare.sh; both carried):  SHA=<git sha> [QUICK=1] bash experiments/device/check_kernels.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -98,6 +101,11 @@ if [ $smoke = 124 ] || [ $smoke -gt 128 ]; then on=0; echo "the sm_90a kernels h
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
 fams="1 0"
 [ $on = 0 ] && fams=0
+quick=${QUICK:-0}
+if [ "$quick" = 1 ]; then
+  [ $on = 1 ] && fams=1
+  : "${AB_SHAPES:=1,16,16,256,32768,128,bf16;1,16,16,1024,16384,128,bf16;1,16,16,1024,65536,64,bf16;1,16,16,4096,65536,128,bf16;1,16,16,1024,65536,128,bf16,latest5}"
+fi
 pids=()
 for sm90 in $fams; do
   LVX_CUDA_SM90=$sm90 timeout 200 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1 &
@@ -107,7 +115,7 @@ for sm90 in $fams; do
     pids+=($!)
   fi
   [ $pkg_ok = 0 ] || continue
-  for t in kernels masked_values; do
+  for t in kernels $([ "$quick" = 1 ] || echo masked_values); do
     LVX_CUDA_SM90=$sm90 timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu -rf "tests/python/test_gpu_$t.py" \
       >"$out/test_gpu_${t}_sm90_$sm90.log" 2>&1 &
     pids+=($!)
@@ -115,14 +123,16 @@ for sm90 in $fams; do
 done
 # The distributed GPU tests on 2 ranks sharing the GPU (host-staged MPI), the device-type
 # mismatch included (it crashed in the planner's message on this machine's build).
-if [ $pkg_ok = 0 ]; then
+if [ $pkg_ok = 0 ] && [ "$quick" != 1 ]; then
   timeout 330 mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE \
     python3 -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" -rf tests/python/test_gpu_distributed.py \
     tests/python/test_gpu_masked_values.py \
     >"$out/test_gpu_distributed_n2.log" 2>&1 &
   pids+=($!)
 fi
-if [ -n "$san" ]; then
+if [ "$quick" = 1 ]; then
+  echo "QUICK=1: no sanitizers" | tee "$out/sanitizer_memcheck.log"
+elif [ -n "$san" ]; then
   LVX_CUDA_SM90=$on LVX_CUDA_BWD_BLOCKS=2 timeout 220 "$san" --tool memcheck /tmp/b/playground small dims=64,96,128 dtypes=bf16,f16 \
     >"$out/sanitizer_memcheck.log" 2>&1 &
   pids+=($!)
@@ -189,7 +199,7 @@ if [ $old_ok = 1 ]; then
     stamp "A/B bench: up to 3 rounds in $left s"
     # PYTHONPATH without this tree's package: each worker puts its own build first.
     PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left + 30)) python3 experiments/bench_ab.py \
-      --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds 3 \
+      --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds ${AB_ROUNDS:-$([ "$quick" = 1 ] && echo 2 || echo 3)} \
       --budget-s $((left - 5)) --worker-timeout $((left / 2)) --reps-ms 100 ${AB_SHAPES:+--shapes "$AB_SHAPES"} \
       --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
     stamp "A/B bench rc=$?"
