@@ -168,20 +168,11 @@ __device__ __forceinline__ void bwd_dscores(const uint32_t (&pa)[BM / 16][4], co
 }
 
 // dK, dV of this thread's rows: the block is the only writer of its rows. The old fp32
-// sums are read unless kv_fresh; the new ones go to dk/dv, or as T to dk_out/dv_out. The
-// mode is decided once, outside the loops, and the pointers are read once: decided per
-// element, the store took about 1,200 instructions per thread (ptxas predicated both
-// modes and reloaded the pointers from the parameter bank at every store), which Nsight
-// Compute put at a third of the sm_90a backward's stall samples at 256 x 32768.
-template <typename T, int D, bool kFresh, bool kOut>
-__device__ __forceinline__ void bwd_store_kv_mode(const BwdParams& p, const float (&dk)[D / 8][4],
-                                                  const float (&dv)[D / 8][4], int kv_row0, int b, int hk, int t) {
+// sums are read unless kv_fresh; the new ones go to dk/dv, or as T to dk_out/dv_out.
+template <typename T, int D>
+__device__ __forceinline__ void bwd_store_kv(const BwdParams& p, const float (&dk)[D / 8][4],
+                                             const float (&dv)[D / 8][4], int kv_row0, int b, int hk, int t) {
   const size_t kv_stride = (size_t)p.Hkv * D;
-  const float scale = p.scale;
-  float* const dkf = p.dk;
-  float* const dvf = p.dv;
-  T* const dko = static_cast<T*>(p.dk_out);
-  T* const dvo = static_cast<T*>(p.dv_out);
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
     const int row = kv_row0 + ri * 8;
@@ -189,34 +180,22 @@ __device__ __forceinline__ void bwd_store_kv_mode(const BwdParams& p, const floa
     const size_t off = ((size_t)b * p.Lkv + row) * kv_stride + (size_t)hk * D + 2 * t;
 #pragma unroll
     for (int db = 0; db < D / 8; ++db) {
-      float2 k1 = make_float2(dk[db][2 * ri] * scale, dk[db][2 * ri + 1] * scale);
+      float2 k1 = make_float2(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale);
       float2 v1 = make_float2(dv[db][2 * ri], dv[db][2 * ri + 1]);
-      if constexpr (!kFresh) {
-        const float2 k0 = *reinterpret_cast<const float2*>(dkf + off + db * 8);
-        const float2 v0 = *reinterpret_cast<const float2*>(dvf + off + db * 8);
+      if (!p.kv_fresh) {
+        const float2 k0 = *reinterpret_cast<const float2*>(p.dk + off + db * 8);
+        const float2 v0 = *reinterpret_cast<const float2*>(p.dv + off + db * 8);
         k1.x += k0.x; k1.y += k0.y;
         v1.x += v0.x; v1.y += v0.y;
       }
-      if constexpr (kOut) {
-        *reinterpret_cast<uint32_t*>(dko + off + db * 8) = Pack2<T>::from(k1.x, k1.y);
-        *reinterpret_cast<uint32_t*>(dvo + off + db * 8) = Pack2<T>::from(v1.x, v1.y);
+      if (p.dk_out) {
+        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dk_out) + off + db * 8) = Pack2<T>::from(k1.x, k1.y);
+        *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dv_out) + off + db * 8) = Pack2<T>::from(v1.x, v1.y);
       } else {
-        *reinterpret_cast<float2*>(dkf + off + db * 8) = k1;
-        *reinterpret_cast<float2*>(dvf + off + db * 8) = v1;
+        *reinterpret_cast<float2*>(p.dk + off + db * 8) = k1;
+        *reinterpret_cast<float2*>(p.dv + off + db * 8) = v1;
       }
     }
-  }
-}
-
-template <typename T, int D>
-__device__ __forceinline__ void bwd_store_kv(const BwdParams& p, const float (&dk)[D / 8][4],
-                                             const float (&dv)[D / 8][4], int kv_row0, int b, int hk, int t) {
-  if (p.dk_out) {
-    if (p.kv_fresh) bwd_store_kv_mode<T, D, true, true>(p, dk, dv, kv_row0, b, hk, t);
-    else bwd_store_kv_mode<T, D, false, true>(p, dk, dv, kv_row0, b, hk, t);
-  } else {
-    if (p.kv_fresh) bwd_store_kv_mode<T, D, true, false>(p, dk, dv, kv_row0, b, hk, t);
-    else bwd_store_kv_mode<T, D, false, false>(p, dk, dv, kv_row0, b, hk, t);
   }
 }
 
