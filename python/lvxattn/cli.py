@@ -15,6 +15,7 @@ import argparse
 import difflib
 import os
 import sys
+import time
 from typing import Sequence
 
 EXIT_BAD_INPUT = 2
@@ -47,6 +48,12 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
+# How long the other ranks wait before they exit on a usage error: the launcher ends the
+# whole job at the first rank that exits non-zero, and a rank that exits at once can take
+# the first rank down before its message is out (seen with Open MPI 5's prterun).
+_PEER_EXIT_DELAY_S = 5.0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors printed by one rank only."""
 
@@ -54,6 +61,9 @@ class _Parser(argparse.ArgumentParser):
         if launcher_rank() == 0:
             self.print_usage(sys.stderr)
             print(f"{self.prog}: error: {message}", file=sys.stderr)
+            sys.stderr.flush()
+        else:
+            time.sleep(_PEER_EXIT_DELAY_S)  # the launcher ends this rank when the first one exits
         sys.exit(EXIT_BAD_INPUT)
 
 
