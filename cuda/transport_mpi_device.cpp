@@ -19,11 +19,16 @@
 // receives and start their sends in ticket order. Chunks keep every MPI count below
 // 2^31 (4 MiB staged, the pipelining grain; 1 GiB direct). Pinned staging buffers are
 // pooled, so steady-state steps allocate nothing.
+// LVX_TRANSPORT_TRACE=1 prints one line per job on stderr when it is waited for: its
+// bytes and, in microseconds from the post, when the compute stream passed the post,
+// the receives were posted, the first send started, MPI finished, and the wait began
+// and ended (a diagnostic for cluster MPIs; slurm/README.md).
 #include <cuda_runtime.h>
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -91,12 +96,20 @@ struct Job {
   cudaEvent_t ready = nullptr;  // compute stream reached the post
   cudaEvent_t done = nullptr;   // last device-side copy of the job
   bool ready_seen = false, sends_copied = false, recvs_posted = false, finished = false;
+  // LVX_TRANSPORT_TRACE: host times of the job's milestones
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point t_post, t_ready, t_recvs, t_send, t_done;
 };
+
+bool trace_enabled() {
+  const char* v = std::getenv("LVX_TRANSPORT_TRACE");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
 
 class MpiDeviceTransport final : public Transport {
  public:
   MpiDeviceTransport(MPI_Comm comm, Backend& backend, int device, bool cuda_aware)
-      : comm_(comm), backend_(backend), device_(device), direct_(cuda_aware) {
+      : comm_(comm), backend_(backend), device_(device), direct_(cuda_aware), trace_(trace_enabled()) {
     LVX_CUDA_CHECK(cudaSetDevice(device_));
     copy_stream_ = cuda::make_comm_stream();
   }
@@ -120,6 +133,7 @@ class MpiDeviceTransport final : public Transport {
     auto job = std::make_unique<Job>();
     job->ready = event();
     job->done = event();
+    job->t_post = Job::Clock::now();
     LVX_CUDA_CHECK(cudaEventRecord(job->ready, stream()));
     split(recvs, job->recvs, *job, false);
     split(sends, job->sends, *job, true);
@@ -141,8 +155,10 @@ class MpiDeviceTransport final : public Transport {
     while (!it->second->finished) {
       if (!progress()) std::this_thread::yield();
     }
-    counters.blocked_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto t1 = std::chrono::steady_clock::now();
+    counters.blocked_s += std::chrono::duration<double>(t1 - t0).count();
     Job& job = *it->second;
+    if (trace_) print_trace(ticket, job, t0, t1);
     LVX_CUDA_CHECK(cudaStreamWaitEvent(stream(), job.done, 0));
     // Staging is reused only after the job's copies have run (job.done).
     pending_.push_back({std::move(job.staging), job.done});
@@ -163,6 +179,23 @@ class MpiDeviceTransport final : public Transport {
     for (Chunk& c : job.recvs)
       LVX_MPI_CHECK(MPI_Irecv(c.host ? c.host : c.device, int(c.bytes), MPI_BYTE, c.peer, c.tag, comm_, &c.req));
     job.recvs_posted = true;
+    if (trace_) job.t_recvs = Job::Clock::now();
+  }
+
+  void print_trace(int ticket, const Job& job, Job::Clock::time_point w0, Job::Clock::time_point w1) const {
+    auto us = [&](Job::Clock::time_point t) {
+      return t == Job::Clock::time_point{} ? -1.0 : std::chrono::duration<double, std::micro>(t - job.t_post).count();
+    };
+    size_t sent = 0, recv = 0;
+    for (const Chunk& c : job.sends) sent += c.bytes;
+    for (const Chunk& c : job.recvs) recv += c.bytes;
+    int rank = 0;
+    MPI_Comm_rank(comm_, &rank);
+    std::fprintf(stderr,
+                 "lvx-trace rank %d %s job %d: %zu sends %zu B, %zu recvs %zu B; us from post: ready %.1f recvs %.1f "
+                 "send %.1f done %.1f wait %.1f..%.1f\n",
+                 rank, direct_ ? "direct" : "staged", ticket, job.sends.size(), sent, job.recvs.size(), recv,
+                 us(job.t_ready), us(job.t_recvs), us(job.t_send), us(job.t_done), us(w0), us(w1));
   }
 
   void recycle_staging() {
@@ -233,6 +266,7 @@ class MpiDeviceTransport final : public Transport {
         cudaError_t q = cudaEventQuery(job.ready);
         if (q == cudaSuccess) {
           job.ready_seen = moved = true;
+          if (trace_) job.t_ready = Job::Clock::now();
         } else if (q != cudaErrorNotReady) {
           LVX_CUDA_CHECK(q);
         }
@@ -257,6 +291,7 @@ class MpiDeviceTransport final : public Transport {
             }
             LVX_MPI_CHECK(MPI_Isend(c.host ? c.host : c.device, int(c.bytes), MPI_BYTE, c.peer, c.tag, comm_, &c.req));
             c.started = moved = true;
+            if (trace_ && job.t_send == Job::Clock::time_point{}) job.t_send = Job::Clock::now();
           }
         }
       for (const Chunk& c : job.sends) earlier_sends_waiting = earlier_sends_waiting || !c.started;
@@ -287,6 +322,7 @@ class MpiDeviceTransport final : public Transport {
         // The receive copies were issued on the copy stream; so is this event.
         LVX_CUDA_CHECK(cudaEventRecord(job.done, copy_stream_));
         job.finished = moved = true;
+        if (trace_) job.t_done = Job::Clock::now();
       }
     }
     return moved;
@@ -296,6 +332,7 @@ class MpiDeviceTransport final : public Transport {
   Backend& backend_;
   int device_;
   bool direct_;
+  bool trace_;
   cudaStream_t copy_stream_ = nullptr;
   PinnedPool pool_;
   std::vector<cudaEvent_t> free_events_;

@@ -12,7 +12,10 @@
 #             mpi-direct and mpi-staged at P = 2 (NCCL where ranks have their own GPUs);
 #   devtype   ranks on different device types (one on the CPU, the others on the GPU) in a
 #             fresh process, then the mixed-awareness and probe tests, at P = 2 and 3, with
-#             UCX's native backtrace on a fatal signal.
+#             UCX's native backtrace on a fatal signal;
+#   profile   a GPU timeline (experiments/device/profile_dist.py) of lvx forward+backward at
+#             P = 2 for PROFILE_SHAPES over mpi-direct and NCCL, with the transport's job
+#             trace (LVX_TRANSPORT_TRACE=1): where mpi-direct loses time against NCCL.
 # STEPS=quick (about 3 minutes with the set-up): "devtype staged choice", a re-check of the
 # device-type, mixed-awareness, staged and transport-choice tests. The set-up always runs
 # (a fresh machine has no build). Where the sanity ring found that MPI cannot move CUDA
@@ -136,6 +139,16 @@ else
     step choice_n3 60 $MPIRUN -n 3 $PYTEST -m mpi tests/python/test_transport_choice.py
     counts choice_n3
     grep -aE "^(FAILED|ERROR)" "$out/choice_n3.log" | sort -u | head -8 | tee -a "$summary"
+  fi
+
+  if [[ " $steps " == *" profile "* ]]; then
+    for shape in ${PROFILE_SHAPES:-1024x131072x16x16x128:fp16}; do
+      step "profile_${shape%%:*}" 120 $MPIRUN -n 2 -x LVX_TRANSPORT_TRACE=1 $py experiments/device/profile_dist.py \
+        --shape "$shape" --transport mpi-direct,nccl --out "$out/profile_${shape%%:*}"
+      grep -av "^lvx-trace" "$out/profile_${shape%%:*}.log" | head -120 | tee -a "$summary"
+      grep -a "^lvx-trace" "$out/profile_${shape%%:*}.log" | tail -16 | tee -a "$summary"
+      (cd "$out" && tar czf "profile_${shape%%:*}.tgz" "profile_${shape%%:*}" && rm -rf "profile_${shape%%:*}")
+    done
   fi
 
   if [[ " $steps " == *" bench "* ]]; then
