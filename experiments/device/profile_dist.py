@@ -3,11 +3,13 @@
     mpirun -n 2 python experiments/device/profile_dist.py --shape 1024x131072x16x16x128:fp16 \\
         --algorithm lvx --transport mpi-direct,nccl --out $OUT
 
-For each transport: warm-up calls, then --iters forward+backward calls under the
-profiler. Each rank writes its Chrome trace (``trace_<transport>_r<rank>.json.gz``, open
-it in chrome://tracing or Perfetto) and prints, per profiled call, the wall time, the
-GPU busy time (union of kernels and copies on every stream), the idle gaps longer than
---gap-us with the operations on either side, and the time per kernel name. Used to find
+For each transport: warm-up calls, --timed calls timed as bench_dist.py times them
+(barrier and device sync before the forward and before the backward), then --iters such
+calls under the profiler. Each rank writes its Chrome trace
+(``trace_<transport>_r<rank>.json.gz``: chrome://tracing or Perfetto) and prints, per
+profiled forward and backward, the host time, the GPU busy time (union of kernels and
+copies on every stream), the idle gaps longer than --gap-us with the operations on
+either side, and the time per kernel name. Used to find
 where a transport loses time against another (the planner's choice is printed too).
 """
 
@@ -41,19 +43,23 @@ def gpu_events(trace):
 
 
 def marks(trace):
-    """(start_us, end_us, name) of the profiler's record_function ranges named call*."""
+    """(start_us, end_us, name) of the host ranges this script opened (fwd<i>, bwd<i>)."""
     out = []
     for ev in trace.get("traceEvents", []):
-        if ev.get("ph") == "X" and str(ev.get("name", "")).startswith("call"):
-            out.append((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0)), ev["name"]))
+        name = str(ev.get("name", ""))
+        if ev.get("ph") == "X" and ev.get("cat") == "user_annotation" and name[:3] in ("fwd", "bwd") \
+                and name[3:].isdigit():
+            out.append((float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0)), name))
     return sorted(out)
 
 
 def summarize(trace, gap_us, rank, label):
+    """Per range: host time, GPU busy time and the GPU's idle gaps from the range's start
+    to its last device operation, with the operations on either side of each gap."""
     evs = gpu_events(trace)
     lines = []
     for t0, t1, name in marks(trace):
-        inside = [e for e in evs if e[1] > t0 and e[0] < t1 + 2000]
+        inside = [e for e in evs if e[0] >= t0 and e[0] < t1]
         if not inside:
             continue
         busy, gaps, cur_s, cur_e, prev = 0.0, [], None, None, None
@@ -68,15 +74,15 @@ def summarize(trace, gap_us, rank, label):
                 cur_e = max(cur_e, e)
             prev = n
         busy += cur_e - cur_s
-        span = cur_e - inside[0][0]
         per = defaultdict(float)
         for s, e, n, c in inside:
             per[(c, n[:70])] += e - s
-        lines.append(f"rank {rank} {label} {name}: host {t1 - t0:.0f} us, gpu span {span:.0f} us, busy {busy:.0f} us, "
-                     f"{len(gaps)} gaps > {gap_us:.0f} us totalling {sum(g[0] for g in gaps):.0f} us")
+        lines.append(f"rank {rank} {label} {name}: host {t1 - t0:.0f} us, first device op at +{inside[0][0] - t0:.0f} us, "
+                     f"last ends at +{cur_e - t0:.0f} us, busy {busy:.0f} us, {len(gaps)} gaps > {gap_us:.0f} us "
+                     f"totalling {sum(g[0] for g in gaps):.0f} us")
         for g, a, b in gaps:
             lines.append(f"    gap {g:7.0f} us after {a[:60]!r} before {b[:60]!r}")
-        for (c, n), d in sorted(per.items(), key=lambda kv: -kv[1])[:12]:
+        for (c, n), d in sorted(per.items(), key=lambda kv: -kv[1])[:8]:
             lines.append(f"    {d:8.0f} us  {c:10s} {n}")
     return lines
 
@@ -87,43 +93,62 @@ def main():
     ap.add_argument("--algorithm", default="lvx")
     ap.add_argument("--transport", default="mpi-direct,nccl", help="comma-separated")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--timed", type=int, default=10, help="unprofiled calls timed before the profiled ones")
+    ap.add_argument("--iters", type=int, default=3, help="profiled calls")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: to try the script")
     ap.add_argument("--gap-us", type=float, default=15.0)
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
-    device = pick_device("cuda", comm)
+    device = pick_device(args.device, comm)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     shape = parse_shape(args.shape)
     os.makedirs(args.out, exist_ok=True)
     for transport in args.transport.split(","):
         q, k, v, do = make_inputs(device, shape, comm.size, comm.rank)
 
-        def call():
+        def step(i, timed, ms):
+            """One forward and one backward as bench_dist times them (barrier and device
+            sync before each), under record_function ranges fwd<i> and bwd<i>."""
             q.grad = k.grad = v.grad = None
-            o = lvxattn.cross_attention(q, k, v, comm=comm, algorithm=args.algorithm, transport=transport)
-            o.backward(do)
+            comm.Barrier()
+            sync()
+            t0 = time.perf_counter()
+            with torch.profiler.record_function(f"fwd{i}"):
+                o = lvxattn.cross_attention(q, k, v, comm=comm, algorithm=args.algorithm, transport=transport)
+                sync()
+            t1 = time.perf_counter()
+            comm.Barrier()
+            sync()
+            t2 = time.perf_counter()
+            with torch.profiler.record_function(f"bwd{i}"):
+                o.backward(do)
+                sync()
+            t3 = time.perf_counter()
+            if timed:
+                ms.append((1e3 * (t1 - t0), 1e3 * (t3 - t2)))
 
+        ms = []
         try:
-            for _ in range(args.warmup):
-                call()
+            for i in range(args.warmup + args.timed):
+                step(i, i >= args.warmup, ms)
         except (RuntimeError, ValueError) as e:
             if comm.rank == 0:
                 print(f"{transport}: skipped ({e})", flush=True)
             continue
-        torch.cuda.synchronize()
         st = lvxattn.last_stats()
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        worst = comm.allreduce(ms, op=MPI.SUM)  # every rank's list, concatenated
+        if comm.rank == 0:
+            f = sorted(m[0] for m in worst)
+            b = sorted(m[1] for m in worst)
+            print(f"{transport}: {args.timed} timed calls unprofiled, every rank: forward median {f[len(f) // 2]:.3f} ms "
+                  f"(min {f[0]:.3f}), backward median {b[len(b) // 2]:.3f} ms (min {b[0]:.3f})", flush=True)
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=acts) as prof:
             for i in range(args.iters):
-                comm.Barrier()
-                torch.cuda.synchronize()
-                with torch.profiler.record_function(f"call{i}"):
-                    t0 = time.perf_counter()
-                    call()
-                    torch.cuda.synchronize()
-                    t1 = time.perf_counter()
-                if comm.rank == 0:
-                    print(f"{transport} call{i}: {1e3 * (t1 - t0):.3f} ms", flush=True)
+                step(i, False, ms)
         path = os.path.join(args.out, f"trace_{transport}_r{comm.rank}.json")
         prof.export_chrome_trace(path)
         with open(path) as f:
