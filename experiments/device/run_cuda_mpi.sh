@@ -25,7 +25,7 @@
 # files come back). Usage (from the repository root; .whl/ holds the wheels):
 #   experiments/device/run_cuda_mpi.sh                 # STEPS="sanity direct staged choice bench"
 #   STEPS=quick experiments/device/run_cuda_mpi.sh     # the re-check (BUDGET_S=240 is enough)
-# Settings: OUT, STEPS, BUDGET_S, SHAPES, REPEATS, WHEELS (.whl), PY (python3), GIT_SHA,
+# Settings: OUT, STEPS, BUDGET_S, SHAPES, ALGORITHMS, REPEATS, WARMUP, PROFILE_SHAPES, WHEELS (.whl), PY (python3), GIT_SHA,
 # CUDAMPI_PREFIX, BUILD_DIR, CMAKE_ARGS (passed to the build), MPIRUN_EXTRA (more mpirun flags).
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -158,7 +158,7 @@ else
     [ "${direct_ok:-1}" = 0 ] && transports=mpi-staged
     [ "$NGPU" -ge 2 ] && transports=$transports,nccl
     step bench_n2 200 $MPIRUN -n 2 $py experiments/bench_dist.py --device cuda --shapes "$SHAPES" \
-      --algorithms lvx,ring --transport $transports --repeats ${REPEATS:-5} --warmup 2 \
+      --algorithms ${ALGORITHMS:-lvx,ring} --transport $transports --repeats ${REPEATS:-5} --warmup ${WARMUP:-2} \
       --csv "$out/dist_gpu_cudampi.csv" --tag "P=2 cudampi $NGPU GPU"
     sed -n '/^NVIDIA\|^P /,$p' "$out/bench_n2.log" | tail -32 | tee -a "$summary"
     if [ "$NGPU" -ge 3 ] && [ $(( deadline - $(date +%s) )) -gt 120 ]; then
