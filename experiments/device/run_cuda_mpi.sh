@@ -13,7 +13,7 @@
 #   devtype   ranks on different device types (one on the CPU, the others on the GPU) in a
 #             fresh process, then the mixed-awareness and probe tests, at P = 2 and 3, with
 #             UCX's native backtrace on a fatal signal;
-#   profile   a GPU timeline (experiments/device/profile_dist.py) of lvx forward+backward at
+#   profile   a GPU timeline (experiments/trace_dist.py) of lvx forward+backward at
 #             P = 2 for PROFILE_SHAPES over mpi-direct and NCCL, with the transport's job
 #             trace (LVX_TRANSPORT_TRACE=1): where mpi-direct loses time against NCCL.
 # STEPS=quick (about 3 minutes with the set-up): "devtype staged choice", a re-check of the
@@ -143,8 +143,8 @@ else
 
   if [[ " $steps " == *" profile "* ]]; then
     for shape in ${PROFILE_SHAPES:-1024x131072x16x16x128:fp16}; do
-      step "profile_${shape%%:*}" 120 $MPIRUN -n 2 -x LVX_TRANSPORT_TRACE=1 $py experiments/device/profile_dist.py \
-        --shape "$shape" --transport mpi-direct,nccl --out "$out/profile_${shape%%:*}"
+      step "profile_${shape%%:*}" 120 $MPIRUN -n 2 -x LVX_TRANSPORT_TRACE=1 $py experiments/trace_dist.py \
+        --shape "$shape" --transport mpi-direct,nccl --timed 10 --out "$out/profile_${shape%%:*}"
       grep -av "^lvx-trace" "$out/profile_${shape%%:*}.log" | head -120 | tee -a "$summary"
       grep -a "^lvx-trace" "$out/profile_${shape%%:*}.log" | tail -16 | tee -a "$summary"
       (cd "$out" && tar czf "profile_${shape%%:*}.tgz" "profile_${shape%%:*}" && rm -rf "profile_${shape%%:*}")
