@@ -98,8 +98,10 @@ def main():
         if len(rows) > 1:
             ranked = sorted(rows, key=lambda r: r[1])
             best, second = ranked[0], ranked[1]
-            print(f"fastest here: {best[0]}, {second[1] / best[1]:.2f}x faster than {second[0]}"
-                  + (" (ranks share cores: see --oversubscribe in the README)" if P > CORES else ""))
+            ratio = second[1] / best[1]
+            verdict = (f"fastest here: {best[0]}, {ratio:.2f}x faster than {second[0]}" if ratio >= 1.02 else
+                       f"fastest here: {best[0]} and {second[0]} within 2% of each other (a tie at this size)")
+            print(verdict + (" (ranks share cores: see --oversubscribe in the README)" if P > CORES else ""))
             by_bytes = sorted(rows, key=lambda r: r[4])
             least, most = by_bytes[0], by_bytes[-1]
             if least[4] > 0:

@@ -20,6 +20,18 @@ warn_if_mismatched()   # CUDA backend without NCCL: slow, not wrong; say so once
 
 __version__ = "0.2.0"
 
+# Submodules with heavier imports (h5py, transformers, the training loop) load on first
+# use, so that `lvxattn.calibrate.apply(...)` works after a plain `import lvxattn`.
+_LAZY_SUBMODULES = ("calibrate", "data", "integrations", "layers", "train", "cli", "progress")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ALGORITHMS", "TRANSPORTS", "available_transports", "mpi_device_support", "cross_attention", "cross_attention_forward", "forward_raw", "backward_raw", "context_for",
     "last_stats", "set_cost_params", "total_stats", "reset_stats", "empty_cache", "masks", "cuda_built", "LvxError", "InvalidArgumentError", "RankMismatchError",

@@ -343,3 +343,14 @@ def test_master_weights_keep_updates_too_small_for_bf16():
     master = optimizer.masters[0].detach()
     assert master.dtype == torch.float32 and float(master) == pytest.approx(0.99, abs=1e-6)
     assert float(model.weight.detach()) == float(master.to(torch.bfloat16)) < 1.0
+
+
+def test_submodules_the_docs_call_work_after_a_plain_import():
+    """The README's `lvxattn.calibrate.apply(comm, "cuda")` after `import lvxattn` alone (a
+    fresh interpreter: here the test session has imported them already)."""
+    code = ("import lvxattn; print(callable(lvxattn.calibrate.apply), lvxattn.integrations.__name__);"
+            "import sys; sys.exit(0 if not hasattr(lvxattn, 'no_such_thing') else 1)")
+    out = subprocess.run([sys.executable, "-c", code], env=command_env(), capture_output=True, text=True,
+                         timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "lvxattn.integrations"]
