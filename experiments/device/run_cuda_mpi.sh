@@ -170,6 +170,8 @@ else
   fi
 fi
 
+# MPI's version string ends in a NUL byte, which would make the summary a binary file.
+tr -d '\000' <"$summary" >"$summary.tmp" && mv "$summary.tmp" "$summary"
 # At most 8 files come back from a lent machine: the logs travel as one archive.
 (cd "$out" && tar czf logs.tgz ./*.log && rm -f ./*.log)
 say "== done at $(date -u +%T); files: $(ls "$out" | tr '\n' ' ')"
