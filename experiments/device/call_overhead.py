@@ -17,6 +17,7 @@ import cProfile
 import io
 import os
 import pstats
+import statistics
 import sys
 import time
 
@@ -30,8 +31,7 @@ from lvxattn.devices import pick_device  # noqa: E402
 
 
 def median_us(xs):
-    xs = sorted(xs)
-    return 1e6 * xs[len(xs) // 2]
+    return 1e6 * statistics.median(xs)
 
 
 def main():

@@ -15,7 +15,6 @@ import argparse
 import difflib
 import os
 import sys
-import time
 from typing import Sequence
 
 EXIT_BAD_INPUT = 2
@@ -48,22 +47,20 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
-# How long the other ranks wait before they exit on a usage error: the launcher ends the
-# whole job at the first rank that exits non-zero, and a rank that exits at once can take
-# the first rank down before its message is out (seen with Open MPI 5's prterun).
-_PEER_EXIT_DELAY_S = 5.0
-
-
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors printed by one rank only."""
+    """argparse, with its usage errors printed by one rank only.
+
+    Every rank parses the same command line, so the first one reports the error and
+    carries the job's exit status (EXIT_BAD_INPUT); the others leave quietly with 0. A
+    launcher ends the whole job at the first rank that exits non-zero, which could cut
+    the first rank off before its message is out (seen with Open MPI 5's prterun)."""
 
     def error(self, message):
-        if launcher_rank() == 0:
-            self.print_usage(sys.stderr)
-            print(f"{self.prog}: error: {message}", file=sys.stderr)
-            sys.stderr.flush()
-        else:
-            time.sleep(_PEER_EXIT_DELAY_S)  # the launcher ends this rank when the first one exits
+        if launcher_rank() != 0:
+            sys.exit(0)
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.stderr.flush()
         sys.exit(EXIT_BAD_INPUT)
 
 

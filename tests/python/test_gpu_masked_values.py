@@ -36,8 +36,9 @@ POISON = ["nan", "inf", "-inf"]
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # Several tiles of every kernel (sm_90a: 128 query rows x 128 KV rows forward; backward
 # 64 (D = 96, 128) or 128 (D = 64) query rows x 128 KV rows; mma.sync: 128 x 64, 64 x
-# 128), lengths that are no multiple of them, GQA, heads divisible by 1, 2 and 3
-# (ulysses). D = 96 takes the 64-byte-swizzle tiles of the sm_90a kernels.
+# 128), lengths that are no multiple of them, GQA; the distributed shape's heads are
+# divisible by 1, 2 and 3 (ulysses). D = 96 takes the 64-byte-swizzle tiles of the sm_90a
+# kernels.
 SHAPE = dict(B=2, Lq=150, Lkv=700, Hq=6, Hkv=3, D=128)
 SHAPE_DIST = dict(B=2, Lq=150, Lkv=700, Hq=12, Hkv=6, D=128)  # heads divisible by 1, 2, 3 (ulysses)
 SHAPE_D64 = dict(B=2, Lq=77, Lkv=300, Hq=4, Hkv=2, D=64)
