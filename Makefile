@@ -41,7 +41,7 @@ $(VENV)/.deps: requirements.txt
 	$(PY) -m pip install -q --upgrade pip
 	@# A .venv made by the README's pip steps keeps its torch (requirements.txt pins one for fresh venvs).
 	@if $(PY) -c "import torch" 2>/dev/null; then \
-	  echo "    keeping the torch already in .venv: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	  echo "    keeping the torch already in .venv: $$($(PY) -c 'import torch; print(torch.__version__)' 2>/dev/null)"; \
 	  grep -v '^torch' requirements.txt > $(VENV)/requirements-without-torch.txt; req=$(VENV)/requirements-without-torch.txt; \
 	else req=requirements.txt; fi; \
 	echo "    $(PY) -m pip install -q -r $$req"; \
