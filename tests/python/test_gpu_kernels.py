@@ -87,6 +87,32 @@ def test_forward_backward_match_float64(dtype, shape, mask):
         assert rel_err(got, want) < tol
 
 
+@pytest.mark.parametrize("D", [64, 96, 128])
+@pytest.mark.parametrize("scale", [-0.9, 0.0, 2.5])
+@pytest.mark.parametrize("mask", [None, "latest"])
+def test_any_scale_matches_float64(D, scale, mask):
+    """The forward takes the row max of the raw scores where no tile needs a mask (the
+    min for a negative scale) and scales first where one does or where the scale is 0:
+    every case against the float64 reference, forward and backward, bf16."""
+    shape = (2, 150, 700, 4, 2, D)
+    q, k, v, dout, ranges = make_inputs(shape, torch.bfloat16, mask, seed=D + int(10 * scale))
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    o, lse = lvxattn.cross_attention_forward(qg, kg, vg, q_ranges=ranges, scale=scale)
+    o.backward(dout)
+    qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
+    o_ref, lse_ref = ref_attention(qr, kr, vr, ranges, scale)
+    o_ref.backward(dout.double())
+    empty = torch.isinf(lse_ref)
+    assert torch.equal(torch.isinf(lse) & (lse < 0), empty)
+    assert rel_err(o, o_ref) < TOL[torch.bfloat16]
+    assert rel_err(lse[~empty], lse_ref[~empty]) < TOL[torch.bfloat16]
+    for got, want in ((qg.grad, qr.grad), (kg.grad, kr.grad), (vg.grad, vr.grad)):
+        if want.abs().max() > 0:  # scale 0: dQ and dK are exactly 0
+            assert rel_err(got, want) < TOL[torch.bfloat16]
+        else:
+            assert got.abs().max() == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_and_cpu_backends_agree(dtype):
     shape = (2, 45, 190, 4, 2, 64)
