@@ -50,7 +50,8 @@ __device__ __forceinline__ void fwd_row_intervals(const FwdParams& p, int b, int
 
 // One KV tile of the online softmax in base 2: scales and masks the scores in s,
 // turns them into probabilities and updates the running row max and sum; alpha is
-// the factor the row's output accumulated so far must be scaled by. The running max
+// the factor the row's output accumulated so far must be scaled by, and the result says
+// whether it must be (warp-uniform; false: alpha is 1, kFwdRescaleSlack). The running max
 // mrow is kept in the scaled domain. A tile every row sees whole (no mask) takes the
 // max of the raw scores (the min where scale < 0: the same element wins, since rounding
 // is monotonic) and forms each probability with one FFMA, exp2(s·c − m), instead of a
@@ -58,8 +59,15 @@ __device__ __forceinline__ void fwd_row_intervals(const FwdParams& p, int b, int
 // instruction-bound. A masked tile scales first, as the hidden scores are set in the
 // scaled domain (−inf stays −inf, also when scale is 0), and so does scale 0 (0·inf is
 // NaN, which the max skips, as before).
+// How far (in base-2 exponent) a row's max may grow before the accumulators are
+// rescaled: probabilities then reach at most 2^8 = 256, far inside fp32, bf16 and fp16
+// (the final O = acc / l and LSE = m + log2 l use the same m, so the result is exact
+// up to rounding whatever m is). Skipping the rescale skips D/2 multiplies per thread
+// and two exp2 per tile; long KV sequences settle their max within a few tiles.
+constexpr float kFwdRescaleSlack = 8.f;
+
 template <int BN>
-__device__ __forceinline__ void fwd_softmax_tile(float (&s)[BN / 8][4], float (&mrow)[2], float (&lrow)[2],
+__device__ __forceinline__ bool fwd_softmax_tile(float (&s)[BN / 8][4], float (&mrow)[2], float (&lrow)[2],
                                                  float (&alpha)[2], float scale_log2, bool need_mask, int n0,
                                                  int hi, const int2 (&iv)[2], int t) {
   float c = scale_log2;  // the factor the exponent applies to s (1 once s is scaled)
@@ -78,25 +86,38 @@ __device__ __forceinline__ void fwd_softmax_tile(float (&s)[BN / 8][4], float (&
       }
     c = 1.f;
   }
+  float mx[2], m_new[2];
+  bool grows = false;
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
-    float mx;
     if (c >= 0.f) {
-      mx = -INFINITY;
+      mx[ri] = -INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
-      mx = quad_max(mx);
+      for (int nb = 0; nb < BN / 8; ++nb) mx[ri] = fmaxf(mx[ri], fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
+      mx[ri] = quad_max(mx[ri]);
     } else {
-      mx = INFINITY;
+      mx[ri] = INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) mx = fminf(mx, fminf(s[nb][2 * ri], s[nb][2 * ri + 1]));
-      mx = -quad_max(-mx);
+      for (int nb = 0; nb < BN / 8; ++nb) mx[ri] = fminf(mx[ri], fminf(s[nb][2 * ri], s[nb][2 * ri + 1]));
+      mx[ri] = -quad_max(-mx[ri]);
     }
-    mx *= c;  // the tile's max in the scaled domain
-    const float m_new = fmaxf(mrow[ri], mx);
-    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    alpha[ri] = exp2f(mrow[ri] - m_use);
-    mrow[ri] = m_new;
+    mx[ri] *= c;  // the tile's max in the scaled domain
+    m_new[ri] = fmaxf(mrow[ri], mx[ri]);
+    grows = grows || m_new[ri] > mrow[ri] + kFwdRescaleSlack;
+  }
+  // One decision per warp (its rows' accumulators are its own): keep every row's max
+  // unless one of them grew by more than the slack.
+  const bool rescale = __any_sync(0xffffffffu, grows);
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    if (rescale) {
+      const float m_use = m_new[ri] == -INFINITY ? 0.f : m_new[ri];
+      alpha[ri] = exp2f(mrow[ri] - m_use);
+      mrow[ri] = m_new[ri];
+    } else {
+      alpha[ri] = 1.f;
+    }
+    const float m_use = mrow[ri] == -INFINITY ? 0.f : mrow[ri];
     float sum = 0.f;
 #pragma unroll
     for (int nb = 0; nb < BN / 8; ++nb) {
@@ -105,8 +126,9 @@ __device__ __forceinline__ void fwd_softmax_tile(float (&s)[BN / 8][4], float (&
       s[nb][2 * ri + 1] = p1;
       sum += p0 + p1;
     }
-    lrow[ri] = lrow[ri] * alpha[ri] + sum;
+    lrow[ri] = rescale ? lrow[ri] * alpha[ri] + sum : lrow[ri] + sum;
   }
+  return rescale;
 }
 
 template <int D>
@@ -122,8 +144,7 @@ __device__ __forceinline__ void fwd_online_softmax(float (&s)[BN / 8][4], float 
                                                    float (&lrow)[2], float scale_log2, bool need_mask, int n0,
                                                    int hi, const int2 (&iv)[2], int t) {
   float alpha[2];
-  fwd_softmax_tile<BN>(s, mrow, lrow, alpha, scale_log2, need_mask, n0, hi, iv, t);
-  fwd_rescale<D>(acc, alpha);
+  if (fwd_softmax_tile<BN>(s, mrow, lrow, alpha, scale_log2, need_mask, n0, hi, iv, t)) fwd_rescale<D>(acc, alpha);
 }
 
 // The probabilities of KV columns 16·kk .. 16·kk + 15 as an m16k16 A fragment.

@@ -347,10 +347,10 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
         wg_wait<0>();
         wg_fence_regs(s_flat);
         const int n0 = lo + j * BN;
-        fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
+        const bool rescale = fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
-        fwd_rescale<D>(acc, alpha);
+        if (rescale) fwd_rescale<D>(acc, alpha);
         return;
       }
       turn_wait();
@@ -361,14 +361,14 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
       wg_wait<1>();
       wg_fence_regs(s_flat);
       const int n0 = lo + j * BN;
-      fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
+      const bool rescale = fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
       wg_wait<0>();
       wg_fence_regs(acc_flat);
       wg_fence_regs(p_prev);
       if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));  // K_{j-1}, V_{j-1} read by this warp
-      fwd_rescale<D>(acc, alpha);
+      if (rescale) fwd_rescale<D>(acc, alpha);
     };
     for (int j = 1; j < n_tiles; j += 2) {
       step(j, pe, po);
