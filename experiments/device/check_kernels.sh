@@ -3,7 +3,8 @@
 # against an older build of the package.
 #   1. builds, in parallel: this tree's package (CMake, CUDA on, sm_90a only), the kernel
 #      playground and the racecheck probe (plain nvcc), and, niced, the older tree's
-#      package from .ab/old.tar.gz (made by experiments/device/ab_prepare.sh; sm_90a only);
+#      package from .ab/old.tar.gz (made by experiments/device/ab_prepare.sh; sm_90a only),
+#      and so each tree of AB_EXTRA;
 #   2. a smoke run of the playground (a hang there stops the sm_90a kernels for the rest),
 #      then both kernel families (LVX_CUDA_SM90=1 and 0) side by side on the GPU: the
 #      playground (cuda/dev/playground.cu, float64 references), tests/python/
@@ -17,7 +18,9 @@
 #   3. speed, the GPU alone: experiments/bench_ab.py, the public call of the older build
 #      against this tree's, alternating rounds (D = 128 shapes of issue 19, D = 64 and 96,
 #      three masked D = 128 shapes: 'latest5', 'prev5', 'random'; AB_SHAPES=... replaces
-#      the list), with each build's kernel times per call.
+#      the list), with each build's kernel times per call. AB_EXTRA="LABEL=TARBALL ..."
+#      (tarballs from 'ab_prepare.sh COMMIT LABEL', their sha in the .sha file beside them)
+#      adds further builds to the same rounds, each timed against the older build too.
 # Logs go to $OUT as one archive per phase, the A/B table as ab.csv; summary.txt (also
 # printed at the end) says what passed.
 # QUICK=1 (about 4 minutes): the sm_90a family only, the playground (also on 3 persistent
@@ -69,14 +72,35 @@ new_pid=$!
  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/b/racecheck_probe dev/racecheck_probe.cu \
    >>"$out/build_playground.log" 2>&1) &
 pg_pid=$!
+# build_tar NAME TARBALL: the tree of a tarball from ab_prepare.sh, extracted in
+# /tmp/ab/NAME_src and built, niced, in the background (its pid in ab_pids).
+ab_pids=()
+build_tar() {
+  local name=$1 tar=$2
+  rm -rf /tmp/ab/${name}_src && mkdir -p /tmp/ab/${name}_src && tar xzf "$tar" -C /tmp/ab/${name}_src ||
+    { echo "rc=1 ($tar not extracted)" >/tmp/ab/build_$name.log; return 1; }
+  # Older trees name both targets in their CMakeLists; this machine needs sm_90a only.
+  sed -i 's/-gencode=arch=compute_80,code=sm_80//' /tmp/ab/${name}_src/cuda/CMakeLists.txt
+  nice -n 10 bash -c "$(declare -f build_pkg); build_pkg $name /tmp/ab/${name}_src 8 /tmp/ab/build_$name.log" &
+  ab_pids+=($!)
+}
 old_ok=0
+extra=()  # AB_EXTRA's builds started, as LABEL@SHA (SHA empty without a .sha file)
 if [ -f "$old_tar" ]; then
-  rm -rf /tmp/ab/old_src && mkdir -p /tmp/ab/old_src && tar xzf "$old_tar" -C /tmp/ab/old_src
-  # The older tree names both targets in its CMakeLists; this machine needs sm_90a only.
-  sed -i 's/-gencode=arch=compute_80,code=sm_80//' /tmp/ab/old_src/cuda/CMakeLists.txt
-  nice -n 10 bash -c "$(declare -f build_pkg); build_pkg old /tmp/ab/old_src 8 /tmp/ab/build_old.log" &
-  old_pid=$!
+  build_tar old "$old_tar"
   old_ok=1
+  for item in ${AB_EXTRA:-}; do
+    label=${item%%=*} tar=${item#*=}
+    if [[ $item != *=* || ! $label =~ ^[A-Za-z0-9_.-]+$ || " old new ${extra[*]%%@*} " == *" $label "* ]]; then
+      echo "AB_EXTRA: '$item' skipped (LABEL=TARBALL; a label of letters, digits, '_', '.', '-', not old, new or a repeat)"
+    elif [ ! -f "$tar" ]; then
+      echo "AB_EXTRA: no $tar: '$label' not timed"
+    elif build_tar "$label" "$tar"; then
+      extra+=("$label@$(cat "${tar%.tar.gz}.sha" 2>/dev/null)")
+    else
+      echo "AB_EXTRA: $tar not extracted: '$label' not timed"
+    fi
+  done
 else
   echo "no $old_tar (run experiments/device/ab_prepare.sh and carry .ab): no A/B timing"
 fi
@@ -190,9 +214,18 @@ pack check
 
 # ---- 3. speed: the older build against this tree, the GPU alone ----------------------
 if [ $old_ok = 1 ]; then
-  wait $old_pid
-  cp /tmp/ab/build_old.log "$out/"
-  stamp "older package build ($old_sha): $(tail -1 "$out/build_old.log")"; grep -E "error" "$out/build_old.log" | head -5
+  wait "${ab_pids[@]}"
+  builds=()  # bench_ab.py's --build arguments, one per AB_EXTRA build that built
+  for item in "old@$old_sha" "${extra[@]}"; do
+    label=${item%%@*} tree_sha=${item#*@}
+    cp /tmp/ab/build_$label.log "$out/"
+    [ $label = old ] && what="older package" || what="package $label"
+    stamp "$what build (${tree_sha:-unknown sha}): $(tail -1 "$out/build_$label.log")"; grep -E "error" "$out/build_$label.log" | head -5
+    if [ $label != old ] && grep -q "^rc=0" "$out/build_$label.log"; then
+      builds+=(--build "$label=/tmp/ab/pkg_$label${tree_sha:+@$tree_sha}")
+    fi
+  done
+  nb=$((2 + ${#builds[@]} / 2))
   left=$((deadline - $(date +%s)))
   [ $left -lt 60 ] && echo "no time left for the A/B bench ($left s to the deadline)"
   if [ $pkg_ok = 0 ] && [ $left -ge 60 ] && grep -q "^rc=0" "$out/build_old.log"; then
@@ -200,10 +233,10 @@ if [ $old_ok = 1 ]; then
     # PYTHONPATH without this tree's package: each worker puts its own build first.
     PYTHONPATH=/tmp/site LVX_CUDA_SM90=$on timeout $((left + 30)) python3 experiments/bench_ab.py \
       --a "old=/tmp/ab/pkg_old" --b "new=/tmp/ab/pkg_new" --sha-a "$old_sha" --sha-b "$sha" --rounds ${AB_ROUNDS:-$([ "$quick" = 1 ] && echo 2 || echo 3)} \
-      --budget-s $((left - 5)) --worker-timeout $((left / 2)) --reps-ms 100 ${AB_SHAPES:+--shapes "$AB_SHAPES"} \
-      --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
+      "${builds[@]}" --budget-s $((left - 5)) --worker-timeout $((left / nb)) --reps-ms 100 \
+      ${AB_SHAPES:+--shapes "$AB_SHAPES"} --out "$out/ab.csv" >"$out/bench_ab.log" 2>&1
     stamp "A/B bench rc=$?"
-    grep -vE "^round " "$out/bench_ab.log" | head -60
+    grep -vE "^round " "$out/bench_ab.log" | head -$((15 * nb + 30))
   fi
 fi
 pack bench
