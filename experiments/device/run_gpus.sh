@@ -12,6 +12,8 @@
 # the rest. A step list without "build" reuses an install an earlier call on the same
 # machine left there. Usage:
 #   STEPS="build test bench kernels recompute mllama memprofile sweep soak" experiments/device/run_gpus.sh
+# ('table': the kernel step's SDPA comparison alone; 'ncusrc': warp-state samples per SASS
+# instruction of the backward kernel, NCU_SHAPES / NCU_KERNEL)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
@@ -157,10 +159,34 @@ if [[ " $steps " == *" kernels "* ]]; then
     LVX_CUDA_SM90=$sm90 timeout 120 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1
     echo "playground LVX_CUDA_SM90=$sm90 rc=$?: $(tail -1 "$out/playground_sm90_$sm90.log")"
   done
+fi
+if [[ " $steps " == *" kernels "* || " $steps " == *" table "* ]]; then
   timeout 300 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 \
     --sha "${SHA:-unknown}" 2>&1 | tail -70
+fi
+if [[ " $steps " == *" kernels "* ]]; then
   LVX_CUDA_SM90=0 timeout 200 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels_mma.csv" --reps-ms 100 \
     --sha "${SHA:-unknown}" --label ours-mma --no-sdpa 2>&1 | grep ours-mma
+fi
+
+if [[ " $steps " == *" ncusrc "* ]]; then
+  # Nsight Compute's warp-state samples per SASS instruction of one kernel of the public
+  # call (NCU_KERNEL, default the sm_90a backward; one launch per shape of NCU_SHAPES),
+  # summarized by cuda/dev/ncu_source_summary.py; the per-instruction CSV comes back gzipped.
+  IFS=';' read -r -a ncu_shapes <<<"${NCU_SHAPES:-1,16,16,4096,65536,128,bf16;1,16,16,256,32768,128,bf16}"
+  for s in "${ncu_shapes[@]}"; do
+    tag=$(echo "$s" | tr ',' '_')
+    timeout 240 ncu --section SourceCounters --section WarpStateStats --import-source no \
+      -k regex:"${NCU_KERNEL:-attend_bwd_sm90}" --launch-skip 3 --launch-count 1 -f -o "/tmp/ncu_src_$tag" \
+      "$PY" experiments/bench_gpu_kernels.py --out /tmp/ncu_bench.csv --reps-ms 5 --shapes "$s" --no-sdpa \
+      >"$out/ncu_src_$tag.log" 2>&1
+    echo "ncu $s rc=$?"
+    ncu --import "/tmp/ncu_src_$tag.ncu-rep" --page source --csv --print-source sass >"$out/ncu_source_$tag.csv" \
+      2>>"$out/ncu_src_$tag.log"
+    "$PY" cuda/dev/ncu_source_summary.py "$out/ncu_source_$tag.csv" >"$out/ncu_source_$tag.txt" 2>&1
+    head -75 "$out/ncu_source_$tag.txt"
+    gzip -f "$out/ncu_source_$tag.csv"
+  done
 fi
 
 if [[ " $steps " == *" soak "* ]]; then
