@@ -59,22 +59,26 @@ def make_inputs(shape, dtype, mask, seed):
     return q, k, v, dout, ranges
 
 
+def run_against_float64(q, k, v, dout, ranges, scale):
+    """The library's forward and backward on these inputs, and the float64 reference's:
+    ``(o, lse, (dq, dk, dv)), (o_ref, lse_ref, (dq_ref, dk_ref, dv_ref))``."""
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    o, lse = lvxattn.cross_attention_forward(qg, kg, vg, q_ranges=ranges, scale=scale)
+    o.backward(dout)
+    qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
+    o_ref, lse_ref = ref_attention(qr, kr, vr, ranges, scale)
+    o_ref.backward(dout.double())
+    return (o, lse, (qg.grad, kg.grad, vg.grad)), (o_ref, lse_ref, (qr.grad, kr.grad, vr.grad))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mask", [None, "all_previous", "latest"])
 def test_forward_backward_match_float64(dtype, shape, mask):
     q, k, v, dout, ranges = make_inputs(shape, dtype, mask, seed=sum(shape) + len(mask or ""))
-    scale = 1.1 / math.sqrt(shape[-1])
-    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
-    o, lse = lvxattn.cross_attention_forward(qg, kg, vg, q_ranges=ranges, scale=scale)
-    o.backward(dout)
-
-    qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
-    o_ref, lse_ref = ref_attention(qr, kr, vr, ranges, scale)
-    o_ref.backward(dout.double())
-
+    (o, lse, grads), (o_ref, lse_ref, grads_ref) = run_against_float64(q, k, v, dout, ranges, 1.1 / math.sqrt(shape[-1]))
     tol = TOL[dtype]
-    assert torch.isfinite(o).all() and torch.isfinite(qg.grad).all()
+    assert torch.isfinite(o).all() and torch.isfinite(grads[0]).all()
     assert rel_err(o, o_ref) < tol
     empty = torch.isinf(lse_ref)
     assert torch.equal(torch.isinf(lse) & (lse < 0), empty)
@@ -82,8 +86,8 @@ def test_forward_backward_match_float64(dtype, shape, mask):
     if empty.any():  # rows that see no key: O = 0 and zero gradient
         rows = empty.transpose(1, 2)  # [B, Lq, Hq]
         assert o[rows].abs().max() == 0
-        assert qg.grad[rows].abs().max() == 0
-    for got, want in ((qg.grad, qr.grad), (kg.grad, kr.grad), (vg.grad, vr.grad)):
+        assert grads[0][rows].abs().max() == 0
+    for got, want in zip(grads, grads_ref):
         assert rel_err(got, want) < tol
 
 
@@ -96,17 +100,12 @@ def test_any_scale_matches_float64(D, scale, mask):
     every case against the float64 reference, forward and backward, bf16."""
     shape = (2, 150, 700, 4, 2, D)
     q, k, v, dout, ranges = make_inputs(shape, torch.bfloat16, mask, seed=D + int(10 * scale))
-    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
-    o, lse = lvxattn.cross_attention_forward(qg, kg, vg, q_ranges=ranges, scale=scale)
-    o.backward(dout)
-    qr, kr, vr = (x.double().requires_grad_() for x in (q, k, v))
-    o_ref, lse_ref = ref_attention(qr, kr, vr, ranges, scale)
-    o_ref.backward(dout.double())
+    (o, lse, grads), (o_ref, lse_ref, grads_ref) = run_against_float64(q, k, v, dout, ranges, scale)
     empty = torch.isinf(lse_ref)
     assert torch.equal(torch.isinf(lse) & (lse < 0), empty)
     assert rel_err(o, o_ref) < TOL[torch.bfloat16]
     assert rel_err(lse[~empty], lse_ref[~empty]) < TOL[torch.bfloat16]
-    for got, want in ((qg.grad, qr.grad), (kg.grad, kr.grad), (vg.grad, vr.grad)):
+    for got, want in zip(grads, grads_ref):
         if want.abs().max() > 0:  # scale 0: dQ and dK are exactly 0
             assert rel_err(got, want) < TOL[torch.bfloat16]
         else:
