@@ -76,7 +76,8 @@ def run_against_float64(q, k, v, dout, ranges, scale):
 @pytest.mark.parametrize("mask", [None, "all_previous", "latest"])
 def test_forward_backward_match_float64(dtype, shape, mask):
     q, k, v, dout, ranges = make_inputs(shape, dtype, mask, seed=sum(shape) + len(mask or ""))
-    (o, lse, grads), (o_ref, lse_ref, grads_ref) = run_against_float64(q, k, v, dout, ranges, 1.1 / math.sqrt(shape[-1]))
+    scale = 1.1 / math.sqrt(shape[-1])
+    (o, lse, grads), (o_ref, lse_ref, grads_ref) = run_against_float64(q, k, v, dout, ranges, scale)
     tol = TOL[dtype]
     assert torch.isfinite(o).all() and torch.isfinite(grads[0]).all()
     assert rel_err(o, o_ref) < tol
