@@ -48,6 +48,13 @@ __device__ __forceinline__ void fwd_row_intervals(const FwdParams& p, int b, int
   }
 }
 
+// How far (in base-2 exponent) a row's max may grow before the accumulators are
+// rescaled: probabilities then reach at most 2^8 = 256, far inside fp32, bf16 and fp16
+// (the final O = acc / l and LSE = m + log2 l use the same m, so the result is exact
+// up to rounding whatever m is). Skipping the rescale skips D/2 multiplies per thread
+// and two exp2 per tile; long KV sequences settle their max within a few tiles.
+constexpr float kFwdRescaleSlack = 8.f;
+
 // One KV tile of the online softmax in base 2: scales and masks the scores in s,
 // turns them into probabilities and updates the running row max and sum; alpha is
 // the factor the row's output accumulated so far must be scaled by, and the result says
@@ -59,13 +66,6 @@ __device__ __forceinline__ void fwd_row_intervals(const FwdParams& p, int b, int
 // instruction-bound. A masked tile scales first, as the hidden scores are set in the
 // scaled domain (−inf stays −inf, also when scale is 0), and so does scale 0 (0·inf is
 // NaN, which the max skips, as before).
-// How far (in base-2 exponent) a row's max may grow before the accumulators are
-// rescaled: probabilities then reach at most 2^8 = 256, far inside fp32, bf16 and fp16
-// (the final O = acc / l and LSE = m + log2 l use the same m, so the result is exact
-// up to rounding whatever m is). Skipping the rescale skips D/2 multiplies per thread
-// and two exp2 per tile; long KV sequences settle their max within a few tiles.
-constexpr float kFwdRescaleSlack = 8.f;
-
 template <int BN>
 __device__ __forceinline__ bool fwd_softmax_tile(float (&s)[BN / 8][4], float (&mrow)[2], float (&lrow)[2],
                                                  float (&alpha)[2], float scale_log2, bool need_mask, int n0,

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Stall reasons, pipe use and memory traffic of the sm_90a kernels (one launch each, per
 # shape), and their SASS. Logs go to $OUT.
-# Usage: [KERNELS="attend_fwd_sm90 attend_bwd_sm90"] [SHAPES="B,Hq,Hkv,Lq,Lkv,D,dtype;..."] [PUBLIC=1] cuda/dev/ncu_sm90.sh
+# Usage: [KERNELS="attend_fwd_sm90 attend_bwd_sm90"] [SHAPES="B,Hq,Hkv,Lq,Lkv,D,dtype;..."] [PUBLIC=1]
+#        [SOURCE=1] [PY=python3] cuda/dev/ncu_sm90.sh
 # By default the step kernels run through the dev shim (fp32 dK/dV read and written back:
 # a middle ring step); PUBLIC=1 profiles the installed package's public call instead (one
-# step: dK/dV written once, in the storage dtype).
+# step: dK/dV written once, in the storage dtype), with the Python PY. SOURCE=1 takes
+# warp-state samples per SASS instruction instead of the counters: the per-instruction
+# CSV (gzipped) and its summary by cuda/dev/ncu_source_summary.py.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/lvx_out}
@@ -20,11 +23,25 @@ metrics="$metrics,sm__inst_executed.avg.per_cycle_active,lts__t_sectors_op_red.s
 metrics="$metrics,lts__t_sectors_op_write.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed"
 metrics="$metrics,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum"
 metrics="$metrics,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+py=${PY:-python3}
 IFS=';' read -r -a shapes <<<"${SHAPES:-1,16,16,1024,16384,128,bf16}"
 for k in ${KERNELS:-attend_fwd_sm90 attend_bwd_sm90}; do
   for s in "${shapes[@]}"; do
-    f="$out/ncu_${k}_$(echo "$s" | tr ',' '_')${PUBLIC:+_public}.txt"
-    timeout 200 ncu --metrics "$metrics" -k regex:$k --launch-skip 3 --launch-count 1 python3 experiments/bench_gpu_kernels.py \
+    tag="${k}_$(echo "$s" | tr ',' '_')${PUBLIC:+_public}"
+    if [ "${SOURCE:-0}" = 1 ]; then
+      timeout 240 ncu --section SourceCounters --section WarpStateStats --import-source no -k regex:$k \
+        --launch-skip 3 --launch-count 1 -f -o "/tmp/ncu_src_$tag" "$py" experiments/bench_gpu_kernels.py \
+        "${lib[@]}" --out /tmp/x.csv --reps-ms 5 --shapes "$s" --no-sdpa >"$out/ncu_src_$tag.log" 2>&1
+      echo "== $k $s (warp-state samples) rc=$?"
+      ncu --import "/tmp/ncu_src_$tag.ncu-rep" --page source --csv --print-source sass >"$out/ncu_source_$tag.csv" \
+        2>>"$out/ncu_src_$tag.log"
+      "$py" cuda/dev/ncu_source_summary.py "$out/ncu_source_$tag.csv" >"$out/ncu_source_$tag.txt" 2>&1
+      head -75 "$out/ncu_source_$tag.txt"
+      gzip -f "$out/ncu_source_$tag.csv"
+      continue
+    fi
+    f="$out/ncu_$tag.txt"
+    timeout 200 ncu --metrics "$metrics" -k regex:$k --launch-skip 3 --launch-count 1 "$py" experiments/bench_gpu_kernels.py \
       "${lib[@]}" --out /tmp/x.csv --reps-ms 5 --shapes "$s" --no-sdpa >"$f" 2>&1
     echo "== $k $s"
     grep -E "duration|hmma|inst_executed|lts__|dram__" "$f" | awk '{print "  ", $1, $(NF-1), $NF}'

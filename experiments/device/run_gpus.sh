@@ -170,23 +170,10 @@ if [[ " $steps " == *" kernels "* ]]; then
 fi
 
 if [[ " $steps " == *" ncusrc "* ]]; then
-  # Nsight Compute's warp-state samples per SASS instruction of one kernel of the public
-  # call (NCU_KERNEL, default the sm_90a backward; one launch per shape of NCU_SHAPES),
-  # summarized by cuda/dev/ncu_source_summary.py; the per-instruction CSV comes back gzipped.
-  IFS=';' read -r -a ncu_shapes <<<"${NCU_SHAPES:-1,16,16,4096,65536,128,bf16;1,16,16,256,32768,128,bf16}"
-  for s in "${ncu_shapes[@]}"; do
-    tag=$(echo "$s" | tr ',' '_')
-    timeout 240 ncu --section SourceCounters --section WarpStateStats --import-source no \
-      -k regex:"${NCU_KERNEL:-attend_bwd_sm90}" --launch-skip 3 --launch-count 1 -f -o "/tmp/ncu_src_$tag" \
-      "$PY" experiments/bench_gpu_kernels.py --out /tmp/ncu_bench.csv --reps-ms 5 --shapes "$s" --no-sdpa \
-      >"$out/ncu_src_$tag.log" 2>&1
-    echo "ncu $s rc=$?"
-    ncu --import "/tmp/ncu_src_$tag.ncu-rep" --page source --csv --print-source sass >"$out/ncu_source_$tag.csv" \
-      2>>"$out/ncu_src_$tag.log"
-    "$PY" cuda/dev/ncu_source_summary.py "$out/ncu_source_$tag.csv" >"$out/ncu_source_$tag.txt" 2>&1
-    head -75 "$out/ncu_source_$tag.txt"
-    gzip -f "$out/ncu_source_$tag.csv"
-  done
+  # Warp-state samples per SASS instruction of one kernel of the public call (NCU_KERNEL,
+  # default the sm_90a backward; one launch per shape of NCU_SHAPES).
+  PY="$PY" PUBLIC=1 SOURCE=1 KERNELS="${NCU_KERNEL:-attend_bwd_sm90}" OUT="$out" \
+    SHAPES="${NCU_SHAPES:-1,16,16,4096,65536,128,bf16;1,16,16,256,32768,128,bf16}" cuda/dev/ncu_sm90.sh
 fi
 
 if [[ " $steps " == *" soak "* ]]; then
