@@ -77,6 +77,12 @@ struct BwdSm90 {
   // tiles of the masked ones read their stage in dQ). Named barriers kLateBar .. + 3.
   static constexpr bool kLateDq = true;
   static constexpr int kLateBar = 4;
+  // With late dQ, turns: each warpgroup issues its two GEMM bursts of a tile (dPᵀ and dV;
+  // the late dQ and the next Sᵀ) between bar.sync on its own barrier and bar.arrive on the
+  // other's, so that the bursts alternate and one warpgroup's ALU work runs under the
+  // other's GEMMs, as in the forward's ping-pong. Barriers kTurnBar (warpgroup 0's), + 1.
+  static constexpr bool kTurns = true;
+  static constexpr int kTurnBar = 8;
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
   static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
@@ -500,6 +506,23 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // written again (tile t + 2) only after that same wait, which follows both warpgroups' dQ_t.
   // Immediate barrier ids (ids in registers spilled in the forward's loop).
   constexpr bool kLateDq = Cfg::kLateDq && !kRanges;
+  constexpr bool kTurns = kLateDq && Cfg::kTurns;
+  // Turns (Cfg::kTurns): warpgroup 1 arrives once ahead so that warpgroup 0 goes first, and
+  // warpgroup 0 waits once more at the end for warpgroup 1's last pass; both run two bursts
+  // per tile, so every phase joins one arrival and one wait (cuda/dev/late_dq_protocol_model.py
+  // --turns).
+  auto turn_wait = [&] {
+    if constexpr (kTurns) {
+      if (cw == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+    }
+  };
+  auto turn_pass = [&] {
+    if constexpr (kTurns) {
+      if (cw == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+    }
+  };
   auto ds_ready_arrive = [&](int parity) {  // this warpgroup's, tile parity
     if (cw == 0) {
       if (parity == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar) : "memory");
@@ -529,24 +552,30 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     if (!pending) {
       if constexpr (kFlush) return -2;
       const int it_next = next_item(j + 1);
+      turn_wait();
       issue_scores((j + 1) % S);  // also past the last tile (unused then)
+      turn_pass();
       return it_next;
     }
     float dq[kCols / 8][4];
     float(&dq_flat)[kCols / 2] = reinterpret_cast<float(&)[kCols / 2]>(dq);
     const uint32_t k_tile = opaque(sK);
+    int it_next = -2;
+    if constexpr (!kFlush) {
+      it_next = next_item(j + 1);
+      turn_wait();
+    }
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
                                          L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
     wg_commit();
-    int it_next = -2;
     if constexpr (kFlush) {
       wg_wait<0>();
     } else {
-      it_next = next_item(j + 1);
       issue_scores((j + 1) % S);  // also past the last tile (unused then)
+      turn_pass();
       wg_wait<1>();
     }
     wg_fence_regs(dq_flat);
@@ -568,6 +597,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // the buffer of tile nt − 1).
   bool pending = false;
   int h_prev = 0, q0_prev = 0;
+  if (kTurns && cw == 1) turn_pass();  // warpgroup 0 goes first
   auto ds_buffer = [&](int tile) { return opaque(sdS) + (tile & 1) * Cfg::kDsBytes; };
   for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
     take(w);
@@ -625,6 +655,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       float dp[BM / 8][4];
       float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
       wg_fence_regs(dv_flat);
+      turn_wait();
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
@@ -633,6 +664,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dv_flat, pa[kk], q_slab(do_tile, kk), 1);
       wg_commit();
+      turn_pass();
       wg_wait<1>();
       wg_fence_regs(dp_flat);
 
@@ -694,6 +726,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
     if constexpr (!kPersistent) break;
   }
+  if (kTurns && cw == 0) turn_wait();  // warpgroup 1's last pass
   if (tid % 128 == 0) bulk_wait();
 #endif
 }
