@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // dSᵀ_{t−1} is stored and its dQ_{t−2} has read dSᵀ buffer t % 2); stores its half of
   // dSᵀ_t in buffer t % 2; forms dQ_{t−1} from buffer (t − 1) % 2; then signals
   // ds_ready(w, t) (bar.arrive: its half of dSᵀ_t stored, its dQ_{t−1} done). A KV block's
-  // last dQ is formed after its loop (late_flush, which waits on ds_ready(other, last)),
+  // last dQ is formed after its loop (late(..., flush), after waiting on ds_ready(other, last)),
   // before K goes back. Each ds_ready phase joins one arrival (128 threads) and one wait
   // (128): a warpgroup's next arrival on the same barrier (tile t + 2) comes after its wait
   // on the other's t + 1, which the other signals after its own wait on t; and a buffer is
