@@ -14,7 +14,10 @@
 //     a part of the head dim, BwdSm90::kDqCols), stages it in shared memory and adds it
 //     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
 //     adds in whole lines, where per-thread atomics capped the kernel). The consumers
-//     meet once per tile (dSᵀ complete), at a named barrier.
+//     meet once per tile (dSᵀ complete), at a named barrier; or (kLate, without q_ranges,
+//     where a KV block has many query tiles) each forms dQ of a tile during the next one,
+//     after a one-way signal that the other's half of dSᵀ is stored, and the two take
+//     turns issuing their GEMMs (details at "Late dQ" below).
 //   - without q_ranges, where a KV block has few query tiles, persistent blocks (one per
 //     SM, attend_launch.cuh) that walk KV blocks in turn: the producer loads the next
 //     KV block's first Q/dO tile as soon as the last tile's stage is free and its K/V as
@@ -71,11 +74,11 @@ struct BwdSm90 {
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // dSᵀ
   static constexpr int kDqBytes = 64 * kDqCols0 * 4;   // one warpgroup's fp32 dQ part (the wider)
   static_assert(kKvBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "aligned swizzle patterns");
-  // Late dQ: a warpgroup forms dQ of tile j during tile j + 1, so that it waits for the
-  // other warpgroup's half of dSᵀ_j one tile later than it was stored and the two can drift
-  // apart instead of meeting at a barrier every tile (kernels without q_ranges; the exact
-  // tiles of the masked ones read their stage in dQ). Named barriers kLateBar .. + 3.
-  static constexpr bool kLateDq = true;
+  // Late dQ (the kernel's kLate, launch_attend_bwd picks it): a warpgroup forms dQ of tile
+  // j during tile j + 1, so that it waits for the other warpgroup's half of dSᵀ_j one tile
+  // later than it was stored and the two can drift apart instead of meeting at a barrier
+  // every tile (kernels without q_ranges; the exact tiles of the masked ones read their
+  // stage in dQ). Named barriers kLateBar .. + 3.
   static constexpr int kLateBar = 4;
   // With late dQ, turns: each warpgroup issues its two GEMM bursts of a tile (dPᵀ and dV;
   // the late dQ and the next Sᵀ) between bar.sync on its own barrier and bar.arrive on the
@@ -88,7 +91,10 @@ struct BwdSm90 {
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
 };
 
-template <typename T, int D, bool kRanges>
+// kRanges: the step has q_ranges (masked-value machinery compiled in). kLate (only without
+// q_ranges): late dQ with turns (BwdSm90::kLateBar, kTurns) instead of the warpgroups
+// meeting at one barrier per tile.
+template <typename T, int D, bool kRanges, bool kLate = false>
 __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
@@ -494,7 +500,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return finish_tile(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
   };
 
-  // Late dQ (Cfg::kLateDq). Per tile t (t counts over KV blocks) warpgroup w: forms dSᵀ_t;
+  // Late dQ (kLate). Per tile t (t counts over KV blocks) warpgroup w: forms dSᵀ_t;
   // waits on ds_ready(other, t − 1) when dQ_{t−1} is still to do (the other's half of
   // dSᵀ_{t−1} is stored and its dQ_{t−2} has read dSᵀ buffer t % 2); stores its half of
   // dSᵀ_t in buffer t % 2; forms dQ_{t−1} from buffer (t − 1) % 2; then signals
@@ -505,7 +511,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // on the other's t + 1, which the other signals after its own wait on t; and a buffer is
   // written again (tile t + 2) only after that same wait, which follows both warpgroups' dQ_t.
   // Immediate barrier ids (ids in registers spilled in the forward's loop).
-  constexpr bool kLateDq = Cfg::kLateDq && !kRanges;
+  static_assert(!(kRanges && kLate), "late dQ: kernels without q_ranges only");
+  constexpr bool kLateDq = kLate;
   constexpr bool kTurns = kLateDq && Cfg::kTurns;
   // Turns (Cfg::kTurns): warpgroup 1 arrives once ahead so that warpgroup 0 goes first, and
   // warpgroup 0 waits once more at the end for warpgroup 1's last pass; both run two bursts
