@@ -14,7 +14,10 @@
 //     a part of the head dim, BwdSm90::kDqCols), stages it in shared memory and adds it
 //     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
 //     adds in whole lines, where per-thread atomics capped the kernel). The consumers
-//     meet once per tile (dSᵀ complete), at a named barrier.
+//     meet once per tile (dSᵀ complete), at a named barrier; or (kLate, without q_ranges,
+//     where a KV block has many query tiles) each forms dQ of a tile during the next one,
+//     after a one-way signal that the other's half of dSᵀ is stored, and the two take
+//     turns issuing their GEMMs (details at "Late dQ" below).
 //   - without q_ranges, where a KV block has few query tiles, persistent blocks (one per
 //     SM, attend_launch.cuh) that walk KV blocks in turn: the producer loads the next
 //     KV block's first Q/dO tile as soon as the last tile's stage is free and its K/V as
@@ -71,12 +74,27 @@ struct BwdSm90 {
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;  // dSᵀ
   static constexpr int kDqBytes = 64 * kDqCols0 * 4;   // one warpgroup's fp32 dQ part (the wider)
   static_assert(kKvBytes % 1024 == 0 && kQBytes % 1024 == 0 && kDsBytes % 1024 == 0, "aligned swizzle patterns");
+  // Late dQ (the kernel's kLate, launch_attend_bwd picks it): a warpgroup forms dQ of tile
+  // j during tile j + 1, so that it waits for the other warpgroup's half of dSᵀ_j one tile
+  // later than it was stored and the two can drift apart instead of meeting at a barrier
+  // every tile (kernels without q_ranges; the exact tiles of the masked ones read their
+  // stage in dQ). Named barriers kLateBar .. + 3.
+  static constexpr int kLateBar = 4;
+  // With late dQ, turns: each warpgroup issues its two GEMM bursts of a tile (dPᵀ and dV;
+  // the late dQ and the next Sᵀ) between bar.sync on its own barrier and bar.arrive on the
+  // other's, so that the bursts alternate and one warpgroup's ALU work runs under the
+  // other's GEMMs, as in the forward's ping-pong. Barriers kTurnBar (warpgroup 0's), + 1.
+  static constexpr bool kTurns = true;
+  static constexpr int kTurnBar = 8;
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
   static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
 };
 
-template <typename T, int D, bool kRanges>
+// kRanges: the step has q_ranges (masked-value machinery compiled in). kLate (only without
+// q_ranges): late dQ with turns (BwdSm90::kLateBar, kTurns) instead of the warpgroups
+// meeting at one barrier per tile.
+template <typename T, int D, bool kRanges, bool kLate = false>
 __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
@@ -482,8 +500,112 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return finish_tile(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
   };
 
+  // Late dQ (kLate). Per tile t (t counts over KV blocks) warpgroup w: forms dSᵀ_t;
+  // waits on ds_ready(other, t − 1) when dQ_{t−1} is still to do (the other's half of
+  // dSᵀ_{t−1} is stored and its dQ_{t−2} has read dSᵀ buffer t % 2); stores its half of
+  // dSᵀ_t in buffer t % 2; forms dQ_{t−1} from buffer (t − 1) % 2; then signals
+  // ds_ready(w, t) (bar.arrive: its half of dSᵀ_t stored, its dQ_{t−1} done). A KV block's
+  // last dQ is formed after its loop (late(..., flush), after waiting on ds_ready(other, last)),
+  // before K goes back. Each ds_ready phase joins one arrival (128 threads) and one wait
+  // (128): a warpgroup's next arrival on the same barrier (tile t + 2) comes after its wait
+  // on the other's t + 1, which the other signals after its own wait on t; and a buffer is
+  // written again (tile t + 2) only after that same wait, which follows both warpgroups' dQ_t.
+  // Immediate barrier ids (ids in registers spilled in the forward's loop).
+  static_assert(!(kRanges && kLate), "late dQ: kernels without q_ranges only");
+  constexpr bool kLateDq = kLate;
+  constexpr bool kTurns = kLateDq && Cfg::kTurns;
+  // Turns (Cfg::kTurns): warpgroup 1 arrives once ahead so that warpgroup 0 goes first, and
+  // warpgroup 0 waits once more at the end for warpgroup 1's last pass; both run two bursts
+  // per tile, so every phase joins one arrival and one wait (cuda/dev/late_dq_protocol_model.py
+  // --turns).
+  auto turn_wait = [&] {
+    if constexpr (kTurns) {
+      if (cw == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+    }
+  };
+  auto turn_pass = [&] {
+    if constexpr (kTurns) {
+      if (cw == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+    }
+  };
+  auto ds_ready_arrive = [&](int parity) {  // this warpgroup's, tile parity
+    if (cw == 0) {
+      if (parity == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar) : "memory");
+      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar + 1) : "memory");
+    } else {
+      if (parity == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar + 2) : "memory");
+      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar + 3) : "memory");
+    }
+  };
+  auto ds_ready_wait = [&](int parity) {  // the other warpgroup's
+    if (cw == 1) {
+      if (parity == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar) : "memory");
+      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar + 1) : "memory");
+    } else {
+      if (parity == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar + 2) : "memory");
+      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar + 3) : "memory");
+    }
+  };
+  // This warpgroup's dQ part of a finished tile (dSᵀ in ds_tile, its head h and first
+  // query row q0): issued, then (pending only) the next tile's Sᵀ behind it; the part is
+  // added once complete. Returns the next item (with flush: -2, no next tile looked at).
+  auto late_dq = [&](auto cols, int col0, bool pending, uint32_t ds_tile, int h, int q0, int j, auto flush) {
+    constexpr int kCols = decltype(cols)::value;
+    constexpr bool kFlush = decltype(flush)::value;
+    // Two straight paths (with dQ, without), so that ptxas sees which groups are in flight
+    // where (one path with two tests of `pending` made it serialize every wgmma, C7514).
+    if (!pending) {
+      if constexpr (kFlush) return -2;
+      const int it_next = next_item(j + 1);
+      turn_wait();
+      issue_scores((j + 1) % S);  // also past the last tile (unused then)
+      turn_pass();
+      return it_next;
+    }
+    float dq[kCols / 8][4];
+    float(&dq_flat)[kCols / 2] = reinterpret_cast<float(&)[kCols / 2]>(dq);
+    const uint32_t k_tile = opaque(sK);
+    int it_next = -2;
+    if constexpr (!kFlush) {
+      it_next = next_item(j + 1);
+      turn_wait();
+    }
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+      Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
+                                         L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
+    wg_commit();
+    if constexpr (kFlush) {
+      wg_wait<0>();
+    } else {
+      issue_scores((j + 1) % S);  // also past the last tile (unused then)
+      turn_pass();
+      wg_wait<1>();
+    }
+    wg_fence_regs(dq_flat);
+    add_dq(dq, col0, h, q0);
+    return it_next;
+  };
+  auto late = [&](bool pending, uint32_t ds_tile, int h, int q0, int j, auto flush) {
+    if constexpr (Cfg::kDqCols0 == Cfg::kDqCols1)
+      return late_dq(std::integral_constant<int, Cfg::kDqCols0>{}, cw * Cfg::kDqCol1, pending, ds_tile, h, q0, j, flush);
+    else if (cw == 0)
+      return late_dq(std::integral_constant<int, Cfg::kDqCols0>{}, 0, pending, ds_tile, h, q0, j, flush);
+    else
+      return late_dq(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, pending, ds_tile, h, q0, j, flush);
+  };
+
   int j = 0;   // stage uses so far (the producer's count)
   int nt = 0;  // tiles so far: dSᵀ alternates between its two buffers by it
+  // Late dQ: the last tile's dQ still to do, its head and first query row (its dSᵀ is in
+  // the buffer of tile nt − 1).
+  bool pending = false;
+  int h_prev = 0, q0_prev = 0;
+  if (kTurns && cw == 1) turn_pass();  // warpgroup 0 goes first
+  auto ds_buffer = [&](int tile) { return opaque(sdS) + (tile & 1) * Cfg::kDsBytes; };
   for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
     take(w);
     kv_row0 = n0 + cw * 64 + warp * 16 + g;
@@ -540,6 +662,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       float dp[BM / 8][4];
       float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
       wg_fence_regs(dv_flat);
+      turn_wait();
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
@@ -548,6 +671,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dv_flat, pa[kk], q_slab(do_tile, kk), 1);
       wg_commit();
+      turn_pass();
       wg_wait<1>();
       wg_fence_regs(dp_flat);
 
@@ -560,6 +684,25 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
       wg_commit();
+      if constexpr (kLateDq) {
+        if (pending) ds_ready_wait((nt - 1) & 1);  // the other's dSᵀ_{t−1}; its dQ_{t−2} done
+        store_ds(da, ds_tile);
+        fence_proxy_async();
+        wg_wait<0>();  // dV, dK: Pᵀ and dSᵀ registers free, the stage read
+        wg_fence_regs(pa);
+        wg_fence_regs(da);
+        wg_fence_regs(dk_flat);
+        wg_fence_regs(dv_flat);
+        if (lane == 0) mbar_arrive(q_empty(st));  // this warp is done with the stage
+        it = late(pending, ds_buffer(nt - 1), h_prev, q0_prev, j, std::false_type{});
+        ds_ready_arrive(nt & 1);
+        wg_wait<0>();  // the next tile's Sᵀ (past the last tile: unused)
+        wg_fence_regs(s_flat);
+        pending = true;
+        h_prev = h;
+        q0_prev = q0;
+        continue;
+      }
       store_ds(da, ds_tile);
       fence_proxy_async();
       named_barrier(1, 256);  // dSᵀ of both warpgroups in place
@@ -570,6 +713,13 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       wg_fence_regs(dv_flat);
 
       it = finish(j, st, h, q0, ds_tile, std::false_type{});
+    }
+    if constexpr (kLateDq) {
+      if (pending) {  // the KV block's last dQ, while K is still there
+        ds_ready_wait((nt - 1) & 1);
+        late(true, ds_buffer(nt - 1), h_prev, q0_prev, j, std::true_type{});
+        pending = false;
+      }
     }
     // Use j said "no more items"; every wgmma of this KV block (the last dQ and the Sᵀ
     // issued past the last tile) has completed (finish waits for them): the stage and
@@ -583,6 +733,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
     if constexpr (!kPersistent) break;
   }
+  if (kTurns && cw == 0) turn_wait();  // warpgroup 1's last pass
   if (tid % 128 == 0) bulk_wait();
 #endif
 }

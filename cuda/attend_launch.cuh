@@ -90,17 +90,24 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
 // with all KV blocks persistent, 32-64 tiles took +0.2% to +1.9% (KERNEL_NOTES.md,
 // "Persistent backward").
 constexpr int kBwdPersistentItems = 16;
+// Without q_ranges, the sm_90a backward forms dQ one tile late with its two consumer
+// warpgroups taking turns (attend_bwd_sm90.cuh, kLate) where a KV block has at least this
+// many query tiles. One H200, 2026-11-29, backward kernel against the warpgroups meeting
+// every tile, two A/B calls: 4096 x 65536 -3 to -5%, 1024 x 16384 -2 to -3%, D = 64
+// 1024 x 65536 (8 tiles) -3%, 32/8 256 x 131072 (16) 0 to -4%; with 4 tiles (16/16,
+// 256 x 32768) +3 to +7%, where the last tile's dQ, formed after the loop, overlaps nothing
+// (KERNEL_NOTES.md, "Late dQ").
+constexpr int kBwdLateItems = 8;
 
 template <typename T, int D>
 void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
   if (p.B == 0 || p.Lq == 0 || p.Lkv == 0 || p.Hq == 0) return;
   if constexpr (config::sm90_bwd_built(D) && !std::is_same_v<T, float>) {
     using Cfg = BwdSm90<D>;
-    // The kernel without q_ranges compiles none of the masked-value machinery.
-    auto kernel = p.q_ranges ? attend_bwd_sm90_kernel<T, D, true> : attend_bwd_sm90_kernel<T, D, false>;
     auto ready = [&] {
       static const bool r = sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, true>, Cfg::kSmemBytes, "backward", D) &&
-                            sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, false>, Cfg::kSmemBytes, "backward", D);
+                            sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, false>, Cfg::kSmemBytes, "backward", D) &&
+                            sm90_kernel_ready(attend_bwd_sm90_kernel<T, D, false, true>, Cfg::kSmemBytes, "backward", D);
       return r;  // asked once
     };
     if (sm90 && ready()) {
@@ -110,6 +117,10 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
       // q_ranges, one block per KV block. Fits an int: the backend checks B·Lkv·Hkv does.
       const int kv_blocks = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN, work = kv_blocks * p.Hkv * p.B;
       const int items = (p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM * p.group;
+      // The kernel without q_ranges compiles none of the masked-value machinery.
+      auto kernel = p.q_ranges                 ? attend_bwd_sm90_kernel<T, D, true>
+                    : items >= kBwdLateItems ? attend_bwd_sm90_kernel<T, D, false, true>
+                                             : attend_bwd_sm90_kernel<T, D, false>;
       const bool persistent = !p.q_ranges && p.max_blocks > 0 && (items <= kBwdPersistentItems || p.force_persistent);
       const dim3 grid = p.q_ranges ? dim3(kv_blocks, p.Hkv, p.B) : dim3(persistent ? std::min(work, p.max_blocks) : work);
       constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;

@@ -518,6 +518,10 @@ int main(int argc, char** argv) {
              {"small D64 Q/dO partial", 1, 150, 300, 2, 1, 64, 4, 0, 300, kQPartial},
              {"small D96 V partial", 1, 150, 300, 2, 1, 96, 4, 0, 300, kVPartial},
              {"small D128 latest V partial", 1, 150, 1100, 2, 1, 128, 2, 0, 1100, kVPartial},
+             // The sm_90a backward's late dQ (at least kBwdLateItems query tiles per KV block).
+             {"small D128 late dQ", 1, 520, 300, 2, 1, 128, 0, 0, 300},
+             {"small D96 late dQ GQA", 1, 70, 300, 4, 1, 96, 0, 0, 300},
+             {"small D64 late dQ", 1, 1000, 150, 1, 1, 64, 0, 0, 150},
              {"small D128 one tile", 1, 50, 100, 1, 1, 128, 0, 0, 100},
              {"small D128 odd tiles", 1, 150, 300, 1, 1, 128, 0, 0, 300},
              {"small D128 random Q/dO empty", 1, 150, 700, 2, 1, 128, 6, 0, 700, kQEmpty},

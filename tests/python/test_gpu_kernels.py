@@ -30,7 +30,10 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 # and the 64 + 32 dQ column parts of D = 96; run_gpus.sh runs this file again with
 # LVX_CUDA_SM90=0); the last two for the sm_90a forward's ping-pong of its two consumer
 # warpgroups: one KV tile (no turn) and nine, with query tiles whose second warpgroup
-# (rows 64-127) has no row.
+# (rows 64-127) has no row. The sm_90a backward without a mask forms dQ one tile late
+# where a KV block has at least 8 query tiles of its heads (attend_launch.cuh,
+# kBwdLateItems): (1, 130, 257, 8, 2, 128), (2, 517, 1300, ...) and both D = 96 shapes of
+# more than one tile; the others have fewer and take the per-tile barrier.
 SHAPES = [
     (2, 77, 300, 4, 2, 64),
     (1, 130, 257, 8, 2, 128),
