@@ -86,6 +86,10 @@ struct BwdSm90 {
   // other's GEMMs, as in the forward's ping-pong. Barriers kTurnBar (warpgroup 0's), + 1.
   static constexpr bool kTurns = true;
   static constexpr int kTurnBar = 8;
+  // dK/dV of a warpgroup's 64 KV rows in the storage dtype, staged in its dQ staging area
+  // and stored by TMA (BwdParams::kv_store_tma) where they fit there and boxes are 128-byte
+  // rows (D = 64, 128); else (D = 96, accumulated or fp32 results) by the threads.
+  static constexpr bool kKvTma = 2 * 64 * D * 2 <= kDqBytes && L::kCols == 64;
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
   static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
@@ -98,7 +102,8 @@ template <typename T, int D, bool kRanges, bool kLate = false>
 __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     attend_bwd_sm90_kernel(const BwdParams p, const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
-                           const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tdq) {
+                           const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tdq,
+                           const __grid_constant__ CUtensorMap tdk, const __grid_constant__ CUtensorMap tdv) {
 #ifdef LVX_SM90A
   using Cfg = BwdSm90<D>;
   using L = typename Cfg::L;
@@ -379,6 +384,38 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       for (int box = 0; box < NB / 4; ++box)
         tma_reduce_add_rows(&tdq, dq_stage + box * 64 * 128, col0 + 32 * box, h, q0 + dq_row0, b);
       bulk_commit();
+    }
+  };
+  // dK (scaled) and dV of this warpgroup's 64 KV rows, finished and fresh, in the storage
+  // dtype → its dQ staging area (K then V, 64-row tiles) → TMA stores (Cfg::kKvTma).
+  auto store_kv_tma = [&] {
+    if constexpr (Cfg::kKvTma) {
+      const uint32_t stage = opaque(sdQ) + cw * Cfg::kDqBytes;
+      constexpr uint32_t kHalf = 64 * D * 2;  // one 64-row tile
+      const bool issuer = tid % 128 == 0;
+      if (issuer) bulk_wait_read();  // the last dQ reduce-add has read the staging area
+      named_barrier(2 + cw, 128);
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        const int row = warp * 16 + g + 8 * ri;
+#pragma unroll
+        for (int db = 0; db < D / 8; ++db) {
+          const uint32_t addr = stage + L::offset(64, row, db) + 4 * t;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
+                       "r"(Pack2<T>::from(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale)));
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr + kHalf), "r"(Pack2<T>::from(dv[db][2 * ri], dv[db][2 * ri + 1])));
+        }
+      }
+      fence_proxy_async();
+      named_barrier(2 + cw, 128);
+      if (issuer && n0 + 64 * cw < Lkv) {
+#pragma unroll
+        for (int c = 0; c < Cfg::kColBlocks; ++c) {
+          tma_store_rows(&tdk, stage + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
+          tma_store_rows(&tdv, stage + kHalf + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
+        }
+        bulk_commit();
+      }
     }
   };
   // dSᵀ of this warpgroup's KV rows → shared memory (the A operand of dQ = dS K).
@@ -730,7 +767,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       mbar_arrive(kv_empty);
     }
     ++j;
-    bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
+    if (Cfg::kKvTma && p.kv_store_tma) store_kv_tma();
+    else bwd_store_kv<T, D>(p, dk, dv, kv_row0, b, hk, t);
     if constexpr (!kPersistent) break;
   }
   if (kTurns && cw == 0) turn_wait();  // warpgroup 1's last pass

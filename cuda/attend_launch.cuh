@@ -130,7 +130,14 @@ void launch_attend_bwd(const BwdParams& p, cudaStream_t stream, bool sm90) {
       const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, Cfg::kBlockN, box);
       const CUtensorMap tdo = rows_tensor_map(p.dout, bf16, D, p.Hq, p.Lq, p.B, Cfg::kBlockM, box);
       const CUtensorMap tdq = f32_rows_tensor_map(p.dq, D, p.Hq, p.Lq, p.B, 64);  // 64 query rows per dQ part
-      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tq, tk, tv, tdo, tdq);
+      // Fresh dK/dV in the storage dtype go out by TMA where the kernel stages them (TMA
+      // needs 16-byte aligned bases); the maps are the K/V ones where unused.
+      BwdParams pk = p;
+      auto aligned = [](const void* x) { return reinterpret_cast<uintptr_t>(x) % 16 == 0; };
+      pk.kv_store_tma = Cfg::kKvTma && p.kv_fresh && p.dk_out && aligned(p.dk_out) && aligned(p.dv_out);
+      const CUtensorMap tdk = pk.kv_store_tma ? rows_tensor_map(p.dk_out, bf16, D, p.Hkv, p.Lkv, p.B, 64, box) : tk;
+      const CUtensorMap tdv = pk.kv_store_tma ? rows_tensor_map(p.dv_out, bf16, D, p.Hkv, p.Lkv, p.B, 64, box) : tv;
+      kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(pk, tq, tk, tv, tdo, tdq, tdk, tdv);
       LVX_CUDA_CHECK_LAUNCH();
       return;
     }

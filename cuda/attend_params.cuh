@@ -41,6 +41,7 @@ struct BwdParams {
   void* dv_out;
   int max_blocks;        // sm_90a backward without q_ranges: at most this many persistent blocks (0: one per KV block)
   int force_persistent;  // ... even where KV blocks have many query tiles (tests: LVX_CUDA_BWD_BLOCKS)
+  int kv_store_tma;      // sm_90a backward: dK/dV (fresh, to dk_out/dv_out) by TMA stores (set at launch)
 };
 
 // A query row's visible local KV interval [begin, end) within [0, Lkv).

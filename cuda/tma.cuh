@@ -69,6 +69,14 @@ __device__ __forceinline__ void tma_reduce_add_rows(const CUtensorMap* map, uint
       "r"(d0), "r"(h), "r"(row), "r"(b), "r"(src)
       : "memory");
 }
+// Stores a box of shared memory `src` (1024-aligned, the map's swizzle) into `map` at
+// {d0, h, row, b} (rows past L are dropped).
+__device__ __forceinline__ void tma_store_rows(const CUtensorMap* map, uint32_t src, int d0, int h, int row, int b) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(d0), "r"(h), "r"(row), "r"(b), "r"(src)
+               : "memory");
+}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Waits until the committed bulk operations have read their shared-memory sources.
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
