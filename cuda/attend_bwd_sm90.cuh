@@ -528,13 +528,17 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return it_next;
     }
   };
-  auto finish = [&](int j, int st, int h, int q0, uint32_t ds_tile, auto exact) {
+  // f(columns of this warpgroup's dQ part as a type, its first column).
+  auto with_dq_part = [&](auto&& f) {
     if constexpr (Cfg::kDqCols0 == Cfg::kDqCols1)
-      return finish_tile(std::integral_constant<int, Cfg::kDqCols0>{}, cw * Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
+      return f(std::integral_constant<int, Cfg::kDqCols0>{}, cw * Cfg::kDqCol1);
     else if (cw == 0)
-      return finish_tile(std::integral_constant<int, Cfg::kDqCols0>{}, 0, j, st, h, q0, ds_tile, exact);
+      return f(std::integral_constant<int, Cfg::kDqCols0>{}, 0);
     else
-      return finish_tile(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, j, st, h, q0, ds_tile, exact);
+      return f(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1);
+  };
+  auto finish = [&](int j, int st, int h, int q0, uint32_t ds_tile, auto exact) {
+    return with_dq_part([&](auto cols, int col0) { return finish_tile(cols, col0, j, st, h, q0, ds_tile, exact); });
   };
 
   // Late dQ (kLate). Per tile t (t counts over KV blocks) warpgroup w: forms dSᵀ_t;
@@ -627,12 +631,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     return it_next;
   };
   auto late = [&](bool pending, uint32_t ds_tile, int h, int q0, int j, auto flush) {
-    if constexpr (Cfg::kDqCols0 == Cfg::kDqCols1)
-      return late_dq(std::integral_constant<int, Cfg::kDqCols0>{}, cw * Cfg::kDqCol1, pending, ds_tile, h, q0, j, flush);
-    else if (cw == 0)
-      return late_dq(std::integral_constant<int, Cfg::kDqCols0>{}, 0, pending, ds_tile, h, q0, j, flush);
-    else
-      return late_dq(std::integral_constant<int, Cfg::kDqCols1>{}, Cfg::kDqCol1, pending, ds_tile, h, q0, j, flush);
+    return with_dq_part([&](auto cols, int col0) { return late_dq(cols, col0, pending, ds_tile, h, q0, j, flush); });
   };
 
   int j = 0;   // stage uses so far (the producer's count)
