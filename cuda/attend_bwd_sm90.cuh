@@ -22,6 +22,9 @@
 //     SM, attend_launch.cuh) that walk KV blocks in turn: the producer loads the next
 //     KV block's first Q/dO tile as soon as the last tile's stage is free and its K/V as
 //     soon as the consumers release them (kv_empty), while the consumers store dK/dV.
+//   - fresh dK/dV in the storage dtype (the public call's one step), at D = 64 and 128:
+//     staged in the warpgroup's dQ staging area and stored by TMA (BwdSm90::kKvTma); else
+//     stored (or added to the fp32 sums) by the threads, bwd_store_kv.
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
 // Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and a
 // second producer warp sets K rows no query row of the step sees to 0 where they hold

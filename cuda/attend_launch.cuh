@@ -93,10 +93,10 @@ constexpr int kBwdPersistentItems = 16;
 // Without q_ranges, the sm_90a backward forms dQ one tile late with its two consumer
 // warpgroups taking turns (attend_bwd_sm90.cuh, kLate) where a KV block has at least this
 // many query tiles. One H200, 2026-11-29, backward kernel against the warpgroups meeting
-// every tile, two A/B calls: 4096 x 65536 -3 to -5%, 1024 x 16384 -2 to -3%, D = 64
-// 1024 x 65536 (8 tiles) -3%, 32/8 256 x 131072 (16) 0 to -4%; with 4 tiles (16/16,
-// 256 x 32768) +3 to +7%, where the last tile's dQ, formed after the loop, overlaps nothing
-// (KERNEL_NOTES.md, "Late dQ").
+// every tile, three A/B calls: 4096 x 65536 -2 to -5%, 1024 x 16384 -1 to -3%, D = 64
+// 1024 x 65536 (8 tiles) -3 to -4%, 32/8 256 x 131072 (16) 0 to -4%; with 4 tiles (16/16,
+// 256 x 32768) +3 to +7% in the two calls that ran it there, where the last tile's dQ,
+// formed after the loop, overlaps nothing (KERNEL_NOTES.md, "Late dQ measured and landed").
 constexpr int kBwdLateItems = 8;
 
 template <typename T, int D>
