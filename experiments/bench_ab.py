@@ -96,29 +96,10 @@ def mask_ranges(kind: str, B: int, Lq: int, Lkv: int, device):
     return r.expand(B, Lq, 2).contiguous().to(device)
 
 
-def kernel_times(fn, calls: int = 3) -> dict:
-    """Device time (ms) per call of fn by kernel name (template arguments dropped)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    out: dict = {}
-    for e in prof.events():
-        if e.device_type.name != "CUDA":
-            continue
-        name = e.name.split("(")[0].split("<")[0].replace("void ", "").strip()
-        out[name] = out.get(name, 0.0) + e.time_range.elapsed_us() / 1e3 / calls  # us -> ms
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-
 def worker(args) -> None:
     import torch
     sys.path.insert(0, HERE)
-    from bench_gpu_kernels import bench_ms  # noqa: E402 (the same timing as the SDPA comparison)
+    from bench_gpu_kernels import bench_ms, kernel_times  # noqa: E402 (the same timing as the SDPA comparison)
     import lvxattn
 
     where = os.path.realpath(os.path.dirname(lvxattn.__file__))

@@ -15,7 +15,12 @@ With ``--lib`` the step kernels are timed instead, through cuda/dev/liblvx_cuda_
 fwd = fill(o, lse) + attend_fwd_step; fwd+bwd adds row_dot, fill(dq, dk, dv) and
 attend_bwd_step (fp32 gradients). That mode is for profiling (cuda/dev/ncu_sm90.sh).
 
-usage: python experiments/bench_gpu_kernels.py --out gpu_kernels.csv [--shapes ...] [--reps-ms 200]
+With ``--kernel-times`` each implementation's calls are also profiled (torch.profiler, three
+calls after an idle GPU) and the CSV gets the sums of their kernels' device times: what the
+do_bench time holds beyond them (clocks under sustained load, L2 flushed before each call,
+gaps between kernels), set side by side for ours and SDPA's.
+
+usage: python experiments/bench_gpu_kernels.py --out gpu_kernels.csv [--shapes ...] [--reps-ms 200] [--kernel-times]
 """
 from __future__ import annotations
 
@@ -89,6 +94,25 @@ def bench_ms(fn, rep_ms: float) -> float:
         torch.cuda.synchronize()
         times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
         return times[len(times) // 2]
+
+
+def kernel_times(fn, calls: int = 3) -> dict:
+    """Device time (ms) per call of fn by kernel name (template arguments dropped), from
+    torch.profiler over `calls` calls after one warm-up; memsets and copies count as kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    out: dict = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        name = e.name.split("(")[0].split("<")[0].replace("void ", "").strip()
+        out[name] = out.get(name, 0.0) + e.time_range.elapsed_us() / 1e3 / calls  # us -> ms
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 class StepLib:
@@ -185,7 +209,10 @@ def rel_err(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours"):
+def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False):
+    """Times each implementation on one shape. Returns ({impl: (fwd ms, fwd+bwd ms, kernel
+    ms of one forward, of one forward+backward)}, forward FLOPs, our forward's relative
+    error against SDPA); the kernel sums (kernel_times) only with `kernels`, else None."""
     B, Hq, Hkv, Lq, Lkv, D, dname = shape
     dtype = DTYPES[dname]
     gen = torch.Generator(device="cuda").manual_seed(Lq + Lkv + D)
@@ -204,7 +231,9 @@ def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours"):
             out = fwd()
             torch.cuda.synchronize()
             outs[name] = out.transpose(1, 2) if name in ("cudnn", "flash") else out
-            rows[name] = (bench_ms(fwd, rep_ms), bench_ms(fwd_bwd, rep_ms))
+            t = (bench_ms(fwd, rep_ms), bench_ms(fwd_bwd, rep_ms))
+            ks = (sum(kernel_times(fwd).values()), sum(kernel_times(fwd_bwd).values())) if kernels else (None, None)
+            rows[name] = t + ks
         except Exception as e:  # a backend may refuse a shape
             print(f"  {name} failed: {str(e).splitlines()[0][:160]}")
         torch.cuda.empty_cache()
@@ -223,6 +252,9 @@ def main():
     ap.add_argument("--sha", default=None, help="git sha of the tree (when .git is not there)")
     ap.add_argument("--label", default="ours", help="name of the library's rows")
     ap.add_argument("--no-sdpa", action="store_true", help="time the library only")
+    ap.add_argument("--kernel-times", action="store_true",
+                    help="also sum each call's kernel device times (torch.profiler, 3 calls after an idle GPU), "
+                         "to set against the do_bench times")
     args = ap.parse_args()
     shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
     lib = StepLib(args.lib) if args.lib else None
@@ -233,24 +265,27 @@ def main():
     kernels = os.environ.get("LVX_CUDA_SM90", "1")
     print(f"device {dev}, torch {torch.__version__}, sha {sha}, {date}, ours = {mode}, LVX_CUDA_SM90={kernels}")
     print(f"{'B':>2} {'Hq/Hkv':>6} {'Lq':>5} {'Lkv':>7} {'D':>4} {'dt':>4} {'impl':>6} {'fwd ms':>8} {'TF/s':>5} "
-          f"{'f+b ms':>8} {'TF/s':>5}  ours/cudnn f+b (fwd)")
+          f"{'f+b ms':>8} {'TF/s':>5}  ours/cudnn f+b (fwd)"
+          + ("  [kernels: fwd, f+b ms; timed/kernels f+b]" if args.kernel_times else ""))
     out = []
     for shape in shapes:
         B, Hq, Hkv, Lq, Lkv, D, dname = shape
-        rows, flops, err = bench_shape(shape, args.reps_ms, lib, not args.no_sdpa, args.label)
-        for impl, (tf, tfb) in rows.items():
+        rows, flops, err = bench_shape(shape, args.reps_ms, lib, not args.no_sdpa, args.label, args.kernel_times)
+        for impl, (tf, tfb, kf, kfb) in rows.items():
             tff, tffb = flops / tf / 1e9, 3.5 * flops / tfb / 1e9
             ratio = ""
             if impl == args.label and "cudnn" in rows:
                 ratio = f"  {tfb / rows['cudnn'][1]:.2f} ({tf / rows['cudnn'][0]:.2f})"
+            kcols = f"  [{kf:.3f}, {kfb:.3f}; {tfb / kfb:.2f}]" if kfb else ""
             print(f"{B:>2} {Hq:>3}/{Hkv:<2} {Lq:>5} {Lkv:>7} {D:>4} {dname:>4} {impl:>6} {tf:8.3f} {tff:5.0f} "
-                  f"{tfb:8.3f} {tffb:5.0f}{ratio}")
+                  f"{tfb:8.3f} {tffb:5.0f}{ratio}{kcols}")
             out.append(dict(device=dev, git_sha=sha, date=date, torch=torch.__version__, ours=mode,
                             lvx_cuda_sm90=kernels, B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lkv=Lkv, D=D, dtype=dname,
                             impl=impl, fwd_ms=round(tf, 4), fwd_tflops=round(tff, 1), fwd_bwd_ms=round(tfb, 4),
                             fwd_bwd_tflops=round(tffb, 1),
                             ours_over_cudnn_fwd_bwd=round(tfb / rows["cudnn"][1], 3) if ratio else "",
-                            ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else ""))
+                            ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else "",
+                            fwd_kernels_ms=round(kf, 4) if kf else "", fwd_bwd_kernels_ms=round(kfb, 4) if kfb else ""))
         print(f"{'':>40} fwd rel err vs SDPA {err:.1e}")
     if out:
         path = args.out or new_results_path("gpu_kernels")

@@ -161,7 +161,7 @@ if [[ " $steps " == *" kernels "* ]]; then
   done
 fi
 if [[ " $steps " == *" kernels "* || " $steps " == *" table "* ]]; then
-  timeout 300 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 \
+  timeout 420 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 --kernel-times \
     --sha "${SHA:-unknown}" 2>&1 | tail -70
 fi
 if [[ " $steps " == *" kernels "* ]]; then
