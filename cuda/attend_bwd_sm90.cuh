@@ -556,8 +556,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // written again (tile t + 2) only after that same wait, which follows both warpgroups' dQ_t.
   // Immediate barrier ids (ids in registers spilled in the forward's loop).
   static_assert(!(kRanges && kLate), "late dQ: kernels without q_ranges only");
-  constexpr bool kLateDq = kLate;
-  constexpr bool kTurns = kLateDq && Cfg::kTurns;
+  constexpr bool kTurns = kLate && Cfg::kTurns;
   // Turns (Cfg::kTurns): warpgroup 1 arrives once ahead so that warpgroup 0 goes first, and
   // warpgroup 0 waits once more at the end for warpgroup 1's last pass; both run two bursts
   // per tile, so every phase joins one arrival and one wait (cuda/dev/late_dq_protocol_model.py
@@ -723,7 +722,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T>::template rs<D, 1>(dk_flat, da[kk], q_slab(q_tile, kk), 1);
       wg_commit();
-      if constexpr (kLateDq) {
+      if constexpr (kLate) {
         if (pending) ds_ready_wait((nt - 1) & 1);  // the other's dSᵀ_{t−1}; its dQ_{t−2} done
         store_ds(da, ds_tile);
         fence_proxy_async();
@@ -753,7 +752,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
       it = finish(j, st, h, q0, ds_tile, std::false_type{});
     }
-    if constexpr (kLateDq) {
+    if constexpr (kLate) {
       if (pending) {  // the KV block's last dQ, while K is still there
         ds_ready_wait((nt - 1) & 1);
         late(true, ds_buffer(nt - 1), h_prev, q0_prev, j, std::true_type{});

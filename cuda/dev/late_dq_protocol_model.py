@@ -1,5 +1,5 @@
 """Host model of the late-dQ protocol of the sm_90a backward (attend_bwd_sm90.cuh,
-BwdSm90::kLateDq): two consumer warpgroups, each tile's dSᵀ in buffer t % 2, one-way
+the kernel's kLate): two consumer warpgroups, each tile's dSᵀ in buffer t % 2, one-way
 signals ds_ready(w, t % 2) as named barriers (bar.arrive by warpgroup w, bar.sync by the
 other; a phase completes when two of the 128-thread groups have arrived), a KV block's last
 dQ flushed after its loop. Random interleavings of the two warpgroups over random KV-block
