@@ -22,9 +22,9 @@
 //     SM, attend_launch.cuh) that walk KV blocks in turn: the producer loads the next
 //     KV block's first Q/dO tile as soon as the last tile's stage is free and its K/V as
 //     soon as the consumers release them (kv_empty), while the consumers store dK/dV.
-//   - fresh dK/dV in the storage dtype (the public call's one step), at D = 64 and 128:
-//     staged in the warpgroup's dQ staging area and stored by TMA (BwdSm90::kKvTma); else
-//     stored (or added to the fp32 sums) by the threads, bwd_store_kv.
+//   - fresh dK/dV in the storage dtype (the public call's one step), at D = 64: staged in
+//     the warpgroup's dQ staging area and stored by TMA (BwdSm90::kKvTma); else stored (or
+//     added to the fp32 sums) by the threads, bwd_store_kv.
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
 // Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and a
 // second producer warp sets K rows no query row of the step sees to 0 where they hold
@@ -91,7 +91,8 @@ struct BwdSm90 {
   static constexpr int kTurnBar = 8;
   // dK/dV of a warpgroup's 64 KV rows in the storage dtype, staged in its dQ staging area
   // and stored by TMA (BwdParams::kv_store_tma) where they fit there and boxes are 128-byte
-  // rows (D = 64, 128); else (D = 96, accumulated or fp32 results) by the threads.
+  // rows: D = 64 (16 KB in 16 KB); else (D = 96: 24 KB, D = 128: 32 KB; accumulated or fp32
+  // results) by the threads.
   static constexpr bool kKvTma = 2 * 64 * D * 2 <= kDqBytes && L::kCols == 64;
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
   static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
