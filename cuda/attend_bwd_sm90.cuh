@@ -363,32 +363,47 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     return sItem[j % S];
   };
 
+  // This warpgroup's dQ staging area (sdQ + cw · kDqBytes) through one TMA hand-off: wait
+  // until the last one has been read out of it, write() it (every thread), fence the writes
+  // for the TMA, then (when `send`) one thread issue()s the TMA operations and commits them
+  // as a group.
+  auto through_staging = [&](auto&& write, auto&& issue, bool send) {
+    const bool issuer = tid % 128 == 0;
+    if (issuer) bulk_wait_read();
+    named_barrier(2 + cw, 128);
+    write();
+    fence_proxy_async();
+    named_barrier(2 + cw, 128);
+    if (issuer && send) {
+      issue();
+      bulk_commit();
+    }
+  };
   // A dQ part (dq[n8 block][4], columns from col0) → shared memory (32-column boxes,
   // 128-byte swizzle) → one TMA reduce-add per box.
   auto add_dq = [&](const auto& dq, int col0, int h, int q0) {
     constexpr int NB = (int)(sizeof(dq) / sizeof(dq[0]));  // n8 blocks
     const uint32_t dq_stage = opaque(sdQ) + cw * Cfg::kDqBytes;
-    const bool issuer = tid % 128 == 0;
-    if (issuer) bulk_wait_read();  // the previous reduce-add has read the stage
-    named_barrier(2 + cw, 128);
-    const int row0 = (int)opaque(warp * 16 + g);  // addresses formed here, not held across the loop
+    through_staging(
+        [&] {
+          const int row0 = (int)opaque(warp * 16 + g);  // addresses formed here, not held across the loop
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
+          for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-      for (int ri = 0; ri < 2; ++ri) {
-        const int row = row0 + ri * 8, chunk = (nb % 4) * 2 + t / 2;
-        const uint32_t addr = dq_stage + (nb / 4) * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
-        asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
-                     "f"(dq[nb][2 * ri + 1] * p.scale));
-      }
-    fence_proxy_async();
-    named_barrier(2 + cw, 128);
-    if (issuer) {
+            for (int ri = 0; ri < 2; ++ri) {
+              const int row = row0 + ri * 8, chunk = (nb % 4) * 2 + t / 2;
+              const uint32_t addr =
+                  dq_stage + (nb / 4) * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
+              asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
+                           "f"(dq[nb][2 * ri + 1] * p.scale));
+            }
+        },
+        [&] {
 #pragma unroll
-      for (int box = 0; box < NB / 4; ++box)
-        tma_reduce_add_rows(&tdq, dq_stage + box * 64 * 128, col0 + 32 * box, h, q0 + dq_row0, b);
-      bulk_commit();
-    }
+          for (int box = 0; box < NB / 4; ++box)
+            tma_reduce_add_rows(&tdq, dq_stage + box * 64 * 128, col0 + 32 * box, h, q0 + dq_row0, b);
+        },
+        true);
   };
   // dK (scaled) and dV of this warpgroup's 64 KV rows, finished and fresh, in the storage
   // dtype → its dQ staging area (K then V, 64-row tiles) → TMA stores (Cfg::kKvTma).
@@ -396,30 +411,29 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     if constexpr (Cfg::kKvTma) {
       const uint32_t stage = opaque(sdQ) + cw * Cfg::kDqBytes;
       constexpr uint32_t kHalf = 64 * D * 2;  // one 64-row tile
-      const bool issuer = tid % 128 == 0;
-      if (issuer) bulk_wait_read();  // the last dQ reduce-add has read the staging area
-      named_barrier(2 + cw, 128);
+      through_staging(
+          [&] {
 #pragma unroll
-      for (int ri = 0; ri < 2; ++ri) {
-        const int row = warp * 16 + g + 8 * ri;
+            for (int ri = 0; ri < 2; ++ri) {
+              const int row = warp * 16 + g + 8 * ri;
 #pragma unroll
-        for (int db = 0; db < D / 8; ++db) {
-          const uint32_t addr = stage + L::offset(64, row, db) + 4 * t;
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
-                       "r"(Pack2<T>::from(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale)));
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr + kHalf), "r"(Pack2<T>::from(dv[db][2 * ri], dv[db][2 * ri + 1])));
-        }
-      }
-      fence_proxy_async();
-      named_barrier(2 + cw, 128);
-      if (issuer && n0 + 64 * cw < Lkv) {
+              for (int db = 0; db < D / 8; ++db) {
+                const uint32_t addr = stage + L::offset(64, row, db) + 4 * t;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
+                             "r"(Pack2<T>::from(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale)));
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr + kHalf),
+                             "r"(Pack2<T>::from(dv[db][2 * ri], dv[db][2 * ri + 1])));
+              }
+            }
+          },
+          [&] {
 #pragma unroll
-        for (int c = 0; c < Cfg::kColBlocks; ++c) {
-          tma_store_rows(&tdk, stage + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
-          tma_store_rows(&tdv, stage + kHalf + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
-        }
-        bulk_commit();
-      }
+            for (int c = 0; c < Cfg::kColBlocks; ++c) {
+              tma_store_rows(&tdk, stage + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
+              tma_store_rows(&tdv, stage + kHalf + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
+            }
+          },
+          n0 + 64 * cw < Lkv);  // rows past Lkv only: nothing to store
     }
   };
   // dSᵀ of this warpgroup's KV rows → shared memory (the A operand of dQ = dS K).
@@ -562,36 +576,32 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // warpgroup 0 waits once more at the end for warpgroup 1's last pass; both run two bursts
   // per tile, so every phase joins one arrival and one wait (cuda/dev/late_dq_protocol_model.py
   // --turns).
-  auto turn_wait = [&] {
+  auto turn_wait = [&] {  // this warpgroup's turn barrier
     if constexpr (kTurns) {
-      if (cw == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
-      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
+      if (cw == 0) named_barrier_imm<true, Cfg::kTurnBar, 256>();
+      else named_barrier_imm<true, Cfg::kTurnBar + 1, 256>();
     }
   };
-  auto turn_pass = [&] {
+  auto turn_pass = [&] {  // the other's
     if constexpr (kTurns) {
-      if (cw == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar + 1) : "memory");
-      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kTurnBar) : "memory");
+      if (cw == 0) named_barrier_imm<false, Cfg::kTurnBar + 1, 256>();
+      else named_barrier_imm<false, Cfg::kTurnBar, 256>();
     }
   };
-  auto ds_ready_arrive = [&](int parity) {  // this warpgroup's, tile parity
-    if (cw == 0) {
-      if (parity == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar) : "memory");
-      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar + 1) : "memory");
+  // ds_ready(owner, parity): barrier kLateBar + 2 · owner + parity (owner0: owner 0),
+  // arrived at (kSync false: the owner's signal) or waited on (the other warpgroup).
+  auto ds_ready = [&](auto sync, bool owner0, int parity) {
+    constexpr bool kSync = decltype(sync)::value;
+    if (owner0) {
+      if (parity == 0) named_barrier_imm<kSync, Cfg::kLateBar, 256>();
+      else named_barrier_imm<kSync, Cfg::kLateBar + 1, 256>();
     } else {
-      if (parity == 0) asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar + 2) : "memory");
-      else asm volatile("bar.arrive %0, 256;\n" ::"n"(Cfg::kLateBar + 3) : "memory");
+      if (parity == 0) named_barrier_imm<kSync, Cfg::kLateBar + 2, 256>();
+      else named_barrier_imm<kSync, Cfg::kLateBar + 3, 256>();
     }
   };
-  auto ds_ready_wait = [&](int parity) {  // the other warpgroup's
-    if (cw == 1) {
-      if (parity == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar) : "memory");
-      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar + 1) : "memory");
-    } else {
-      if (parity == 0) asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar + 2) : "memory");
-      else asm volatile("bar.sync %0, 256;\n" ::"n"(Cfg::kLateBar + 3) : "memory");
-    }
-  };
+  auto ds_ready_arrive = [&](int parity) { ds_ready(std::false_type{}, cw == 0, parity); };  // this warpgroup's
+  auto ds_ready_wait = [&](int parity) { ds_ready(std::true_type{}, cw == 1, parity); };     // the other's
   // This warpgroup's dQ part of a finished tile (dSᵀ in ds_tile, its head h and first
   // query row q0): issued, then (pending only) the next tile's Sᵀ behind it; the part is
   // added once complete. Returns the next item (with flush: -2, no next tile looked at).

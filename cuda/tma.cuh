@@ -90,6 +90,13 @@ __device__ __forceinline__ void regs_alloc() { asm volatile("setmaxnreg.inc.sync
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Named barrier kId (an immediate) of kThreads threads (whole warps): waited for (kSync)
+// or arrived at without waiting (a one-way signal).
+template <bool kSync, int kId, int kThreads>
+__device__ __forceinline__ void named_barrier_imm() {
+  if constexpr (kSync) asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
+  else asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
+}
 // Named barrier `id` of `threads` threads (whole warps) that returns whether `pred` holds
 // in any of them. Not .aligned: the threads of a warp may reach it apart (a producer
 // lane that issues the loads alone between two barriers).
