@@ -26,6 +26,8 @@
 # QUICK=1 (about 4 minutes): the sm_90a family only, the playground (also on 3 persistent
 # backward blocks) and test_gpu_kernels.py, no masked-value tests, MPI or sanitizers; the
 # A/B on AB_SHAPES (a default short list) in AB_ROUNDS rounds (default 3, QUICK 2).
+# AB_ONLY=1 (builds and the A/B, about 1.5 minutes plus the rounds): no correctness run;
+# for trees whose kernels a full check has passed at the same sha.
 # Usage (the wheels the machine lacks in .whl/: scipy-openblas32, pytest-mpi; .ab/ from
 # ab_prepare.sh; both carried):  SHA=<git sha> [QUICK=1] bash experiments/device/check_kernels.sh
 set -uo pipefail
@@ -67,7 +69,7 @@ build_pkg() {
 export pybind_dir nccl_lib
 build_pkg new "$root" 8 "$out/build_new.log" &
 new_pid=$!
-(cd cuda && BUILD=/tmp/b JOBS=6 RUN=0 VARIANTS=0 timeout 330 dev/run_playground.sh >"$out/build_playground.log" 2>&1
+[ "${AB_ONLY:-0}" = 1 ] || (cd cuda && BUILD=/tmp/b JOBS=6 RUN=0 VARIANTS=0 timeout 330 dev/run_playground.sh >"$out/build_playground.log" 2>&1
  echo "rc=$?" >>"$out/build_playground.log"
  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/b/racecheck_probe dev/racecheck_probe.cu \
    >>"$out/build_playground.log" 2>&1) &
@@ -118,8 +120,14 @@ pack() { (cd "$out" && ls *.log *.txt >/dev/null 2>&1 && tar czf "logs_$1.tgz" $
 # ---- 2. correctness, both kernel families, side by side ------------------------------
 on=1
 deadline=$((t0 + ${DEADLINE:-505}))  # the A/B rounds fit in what is left of it
-timeout 60 /tmp/b/playground small dims=64,96,128 dtypes=bf16 >"$out/playground_smoke.log" 2>&1
-smoke=$?
+ab_only=${AB_ONLY:-0}
+if [ "$ab_only" = 1 ]; then
+  echo "AB_ONLY=1: no correctness run" | tee "$out/playground_smoke.log"
+  smoke=0
+else
+  timeout 60 /tmp/b/playground small dims=64,96,128 dtypes=bf16 >"$out/playground_smoke.log" 2>&1
+  smoke=$?
+fi
 stamp "smoke (playground small, bf16) rc=$smoke: $(tail -1 "$out/playground_smoke.log")"
 if [ $smoke = 124 ] || [ $smoke -gt 128 ]; then on=0; echo "the sm_90a kernels hung or crashed: LVX_CUDA_SM90=0 from here"; fi
 san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
@@ -130,6 +138,7 @@ if [ "$quick" = 1 ]; then
   [ $on = 1 ] && fams=1
   : "${AB_SHAPES:=1,16,16,256,32768,128,bf16;1,16,16,1024,16384,128,bf16;1,16,16,1024,65536,64,bf16;1,16,16,4096,65536,128,bf16;1,16,16,1024,65536,128,bf16,latest5}"
 fi
+[ "$ab_only" = 1 ] && fams=""
 pids=()
 for sm90 in $fams; do
   LVX_CUDA_SM90=$sm90 timeout 200 /tmp/b/playground >"$out/playground_sm90_$sm90.log" 2>&1 &
@@ -147,15 +156,15 @@ for sm90 in $fams; do
 done
 # The distributed GPU tests on 2 ranks sharing the GPU (host-staged MPI), the device-type
 # mismatch included (it crashed in the planner's message on this machine's build).
-if [ $pkg_ok = 0 ] && [ "$quick" != 1 ]; then
+if [ $pkg_ok = 0 ] && [ "$quick" != 1 ] && [ "$ab_only" != 1 ]; then
   timeout 330 mpirun --allow-run-as-root --oversubscribe --bind-to none -n 2 -x PYTHONPATH -x NCCL_NVLS_ENABLE \
     python3 -m pytest -q -p no:cacheprovider --with-mpi -m "mpi and gpu" -rf tests/python/test_gpu_distributed.py \
     tests/python/test_gpu_masked_values.py \
     >"$out/test_gpu_distributed_n2.log" 2>&1 &
   pids+=($!)
 fi
-if [ "$quick" = 1 ]; then
-  echo "QUICK=1: no sanitizers" | tee "$out/sanitizer_memcheck.log"
+if [ "$quick" = 1 ] || [ "$ab_only" = 1 ]; then
+  echo "QUICK=1 or AB_ONLY=1: no sanitizers" | tee "$out/sanitizer_memcheck.log"
 elif [ -n "$san" ]; then
   LVX_CUDA_SM90=$on LVX_CUDA_BWD_BLOCKS=2 timeout 220 "$san" --tool memcheck /tmp/b/playground small dims=64,96,128 dtypes=bf16,f16 \
     >"$out/sanitizer_memcheck.log" 2>&1 &
@@ -173,10 +182,11 @@ elif [ -n "$san" ]; then
 else
   echo "no compute-sanitizer found" | tee "$out/sanitizer_memcheck.log"
 fi
-wait "${pids[@]}"
+[ ${#pids[@]} = 0 ] || wait "${pids[@]}"
 stamp "correctness done"
 summary() {
   echo "==== summary (sha $sha; first family LVX_CUDA_SM90=$on)"
+  if [ "$ab_only" = 1 ]; then echo "AB_ONLY=1: no correctness run"; return; fi
   echo "smoke: rc=$smoke $(tail -1 "$out/playground_smoke.log")"
   for sm90 in $fams; do
     echo "playground LVX_CUDA_SM90=$sm90: $(tail -1 "$out/playground_sm90_$sm90.log")"
