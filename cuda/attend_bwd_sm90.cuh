@@ -22,9 +22,10 @@
 //     SM, attend_launch.cuh) that walk KV blocks in turn: the producer loads the next
 //     KV block's first Q/dO tile as soon as the last tile's stage is free and its K/V as
 //     soon as the consumers release them (kv_empty), while the consumers store dK/dV.
-//   - fresh dK/dV in the storage dtype (the public call's one step), at D = 64: staged in
-//     the warpgroup's dQ staging area and stored by TMA (BwdSm90::kKvTma); else stored (or
-//     added to the fp32 sums) by the threads, bwd_store_kv.
+//   - fresh dK/dV in the storage dtype (the public call's one step): staged in the
+//     warpgroup's dQ staging area and stored by TMA (BwdSm90::kKvTma; dK, then dV where
+//     both do not fit at once); accumulated or fp32 results are stored (added to the fp32
+//     sums) by the threads, bwd_store_kv.
 // Values a row cannot see never reach a result (design at the top of attend_fwd.cuh):
 // Pᵀ and dSᵀ are selects in straddling tiles. With q_ranges, K lands on kv_land and a
 // second producer warp sets K rows no query row of the step sees to 0 where they hold
@@ -90,10 +91,10 @@ struct BwdSm90 {
   static constexpr bool kTurns = true;
   static constexpr int kTurnBar = 8;
   // dK/dV of a warpgroup's 64 KV rows in the storage dtype, staged in its dQ staging area
-  // and stored by TMA (BwdParams::kv_store_tma) where they fit there and boxes are 128-byte
-  // rows: D = 64 (16 KB in 16 KB); else (D = 96: 24 KB, D = 128: 32 KB; accumulated or fp32
-  // results) by the threads.
-  static constexpr bool kKvTma = 2 * 64 * D * 2 <= kDqBytes && L::kCols == 64;
+  // (16 KB) and stored by TMA (BwdParams::kv_store_tma): both at once at D = 64 (16 KB), dK
+  // then dV at D = 96 (12 KB each) and 128 (16 KB each); accumulated or fp32 results by the
+  // threads.
+  static constexpr bool kKvTma = 64 * D * 2 <= kDqBytes;
   static constexpr int kSmemBytes = 2 * kKvBytes + 2 * kStages * kQBytes + 2 * kDsBytes + 2 * kDqBytes + 1024;
   static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
@@ -406,34 +407,44 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         true);
   };
   // dK (scaled) and dV of this warpgroup's 64 KV rows, finished and fresh, in the storage
-  // dtype → its dQ staging area (K then V, 64-row tiles) → TMA stores (Cfg::kKvTma).
+  // dtype → its dQ staging area (64-row tiles in L's swizzle: dK and dV in one hand-off
+  // where both fit, D = 64; else dK, then dV) → TMA stores (Cfg::kKvTma).
   auto store_kv_tma = [&] {
     if constexpr (Cfg::kKvTma) {
       const uint32_t stage = opaque(sdQ) + cw * Cfg::kDqBytes;
-      constexpr uint32_t kHalf = 64 * D * 2;  // one 64-row tile
-      through_staging(
-          [&] {
+      constexpr uint32_t kTile = 64 * D * 2;  // one 64-row tile
+      constexpr bool kTogether = 2 * kTile <= (uint32_t)Cfg::kDqBytes;
+      const bool rows_in = n0 + 64 * cw < Lkv;  // else rows past Lkv only: nothing to store
+      auto write_tile = [&](const float (&acc)[D / 8][4], uint32_t dst, float scale) {
 #pragma unroll
-            for (int ri = 0; ri < 2; ++ri) {
-              const int row = warp * 16 + g + 8 * ri;
+        for (int ri = 0; ri < 2; ++ri) {
+          const int row = warp * 16 + g + 8 * ri;
 #pragma unroll
-              for (int db = 0; db < D / 8; ++db) {
-                const uint32_t addr = stage + L::offset(64, row, db) + 4 * t;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
-                             "r"(Pack2<T>::from(dk[db][2 * ri] * p.scale, dk[db][2 * ri + 1] * p.scale)));
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr + kHalf),
-                             "r"(Pack2<T>::from(dv[db][2 * ri], dv[db][2 * ri + 1])));
-              }
-            }
-          },
-          [&] {
+          for (int db = 0; db < D / 8; ++db)
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(dst + L::offset(64, row, db) + 4 * t),
+                         "r"(Pack2<T>::from(acc[db][2 * ri] * scale, acc[db][2 * ri + 1] * scale)));
+        }
+      };
+      auto store_tile = [&](const CUtensorMap* map, uint32_t src) {
 #pragma unroll
-            for (int c = 0; c < Cfg::kColBlocks; ++c) {
-              tma_store_rows(&tdk, stage + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
-              tma_store_rows(&tdv, stage + kHalf + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
-            }
-          },
-          n0 + 64 * cw < Lkv);  // rows past Lkv only: nothing to store
+        for (int c = 0; c < Cfg::kColBlocks; ++c)
+          tma_store_rows(map, src + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
+      };
+      if constexpr (kTogether) {
+        through_staging(
+            [&] {
+              write_tile(dk, stage, p.scale);
+              write_tile(dv, stage + kTile, 1.f);
+            },
+            [&] {
+              store_tile(&tdk, stage);
+              store_tile(&tdv, stage + kTile);
+            },
+            rows_in);
+      } else {
+        through_staging([&] { write_tile(dk, stage, p.scale); }, [&] { store_tile(&tdk, stage); }, rows_in);
+        through_staging([&] { write_tile(dv, stage, 1.f); }, [&] { store_tile(&tdv, stage); }, rows_in);
+      }
     }
   };
   // dSᵀ of this warpgroup's KV rows → shared memory (the A operand of dQ = dS K).
