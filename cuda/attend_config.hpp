@@ -65,13 +65,16 @@ constexpr int mma_fwd_blocks_per_sm(int D) { return mma_fwd(D).warps >= 8 ? 1 : 
 // 64,512. Consumer fp32 values per thread, the peak of each kernel (64 rows x N columns of
 // a warpgroup = N / 2 per thread; P and dS fragments packed two per register):
 //   forward  O (D / 2) + S (BN / 2) + two P sets (2 · BN / 4):
-//     D = 64: 32 + 64 + 64 = 160; D = 96: 176; D = 128: 192 (ptxas: 168 at entry, no spills);
+//     D = 64, BN = 160: 32 + 80 + 80 = 192; D = 96, BN = 128: 176; D = 128, BN = 128: 192
+//     (ptxas: 168 at entry, no spills). BN = 192 at D = 64 (224) spills 88 bytes, BN = 160
+//     at D = 96 (208) 48; D = 64 at 160 rather than 128: forward kernel 0.92-0.94x on one
+//     H200 (experiments/KERNEL_NOTES.md, "Forward KV tiles of 160 rows at D = 64");
 //   backward dK + dV (D) + dPᵀ (BM / 2) + Pᵀ (BM / 4) + dSᵀ (BM / 4):
 //     D = 64, BM = 128: 64 + 64 + 32 + 32 = 192; D = 96, BM = 64: 96 + 32 + 16 + 16 = 160;
 //     D = 128, BM = 64: 128 + 32 + 16 + 16 = 192.
 // Shared memory (bytes; + 1,024 alignment; tiles of 16-bit elements):
 //   forward  Q (BM·D·2) + stages · (K + V) (2·BN·D·2):
-//     D = 64:  16,384 + 4 · 32,768 = 147,456;  D = 96: 24,576 + 4 · 49,152 = 221,184;
+//     D = 64:  16,384 + 4 · 40,960 = 180,224;  D = 96: 24,576 + 4 · 49,152 = 221,184;
 //     D = 128: 32,768 + 3 · 65,536 = 229,376 (4 stages would not fit).
 //   backward K + V (2·BN·D·2) + stages · (Q + dO) (2·BM·D·2) + 2 dSᵀ (2·BN·BM·2) + 2 fp32
 //   dQ staging tiles (2 · 64 · Dq · 4, Dq = the widest dQ part of a warpgroup), plus
@@ -94,7 +97,7 @@ constexpr int mma_fwd_blocks_per_sm(int D) { return mma_fwd(D).warps >= 8 ? 1 : 
 struct Sm90Tile {
   int head_dim, block_m, block_n, stages, threads;
 };
-inline constexpr Sm90Tile kSm90Fwd[] = {{64, 128, 128, 4, 384}, {96, 128, 128, 4, 384}, {128, 128, 128, 3, 384}};
+inline constexpr Sm90Tile kSm90Fwd[] = {{64, 128, 160, 4, 384}, {96, 128, 128, 4, 384}, {128, 128, 128, 3, 384}};
 inline constexpr Sm90Tile kSm90Bwd[] = {{64, 128, 128, 2, 384}, {96, 64, 128, 3, 384}, {128, 64, 128, 2, 384}};
 
 // The row of head dim D, or all zeros when the sm_90a kernels are not built for it.
