@@ -67,7 +67,7 @@ constexpr int mma_fwd_blocks_per_sm(int D) { return mma_fwd(D).warps >= 8 ? 1 : 
 //   forward  O (D / 2) + S (BN / 2) + two P sets (2 · BN / 4):
 //     D = 64, BN = 160: 32 + 80 + 80 = 192; D = 96, BN = 128: 176; D = 128, BN = 128: 192
 //     (ptxas: 168 at entry, no spills). BN = 192 at D = 64 (224) spills 88 bytes, BN = 160
-//     at D = 96 (208) 48; D = 64 at 160 rather than 128: forward kernel 0.92-0.94x on one
+//     at D = 96 (208) 48; D = 64 at 160 rather than 128: forward kernel 0.92-0.95x on one
 //     H200 (experiments/KERNEL_NOTES.md, "Forward KV tiles of 160 rows at D = 64");
 //   backward dK + dV (D) + dPᵀ (BM / 2) + Pᵀ (BM / 4) + dSᵀ (BM / 4):
 //     D = 64, BM = 128: 64 + 64 + 32 + 32 = 192; D = 96, BM = 64: 96 + 32 + 16 + 16 = 160;
