@@ -78,14 +78,15 @@ __device__ __forceinline__ bool bwd_tile_rows_warp(const BwdParams& p, int b, in
 }
 
 // Per-row inputs of query tile [q0, q0 + BM) of head h, written by one warp with plain
-// loads (the sm_90a kernel's producer, ahead of the consumers): as below.
+// loads (the sm_90a kernel's producer, ahead of the consumers): as below, but the LSE in
+// log2 units (LSE · log2 e; −inf and NaN stay what they are), as bwd_probs<..., true> reads it.
 template <int BM>
 __device__ __forceinline__ void bwd_row_stats_warp(const BwdParams& p, int b, int h, int q0, float* lse, float* dl,
                                                    int2* iv) {
   for (int r = threadIdx.x % 32; r < BM; r += 32) {
     const bool ok = q0 + r < p.Lq;
     const size_t li = ((size_t)b * p.Hq + h) * p.Lq + q0 + r;
-    lse[r] = ok ? p.lse[li] : 0.f;
+    lse[r] = ok ? p.lse[li] * 1.4426950408889634f : 0.f;
     dl[r] = ok ? p.dl[li] : 0.f;
     iv[r] = ok ? local_interval(p.q_ranges, p.kv_begin, p.Lkv, (long long)b * p.Lq + q0 + r) : make_int2(0, 0);
   }
@@ -120,10 +121,11 @@ __device__ __forceinline__ bool bwd_hidden(const float* lse, const int2* iv, int
 // sees whole): P is 0 by a select where the score is hidden (exp2 of -inf − lse is NaN
 // when lse is NaN); otherwise only where the row saw nothing. A compile-time choice: the
 // caller branches once per tile, so tiles without a mask run none of the select.
-template <typename T, int BM, bool kMask>
+// kLog2Lse: lse holds LSE · log2 e (bwd_row_stats_warp), which saves a multiply per row.
+template <typename T, int BM, bool kMask, bool kLog2Lse = false>
 __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
                                           const int2* iv, float scale_log2, int kv_row0, int Lkv, int t) {
-  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr float kLog2e = kLog2Lse ? 1.f : 1.4426950408889634f;
 #pragma unroll
   for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll

@@ -691,7 +691,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
         // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and
         // dQ term by term.
         uint32_t pa[BM / 16][4];
-        bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+        bwd_probs<T, BM, true, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
         float dp[BM / 8][4];
         float(&dp_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(dp);
         wg_fence();
@@ -715,8 +715,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
       // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
       uint32_t pa[BM / 16][4];
-      if (need_mask) bwd_probs<T, BM, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
-      else bwd_probs<T, BM, false>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+      if (need_mask) bwd_probs<T, BM, true, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+      else bwd_probs<T, BM, false, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
 
       // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
       float dp[BM / 8][4];
