@@ -97,7 +97,11 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   auto kv_empty = [&](int st) { return q_full + 8 * (1 + 2 * kStages + st); };
   auto v_land = [&](int st) { return q_full + 8 * (1 + 3 * kStages + st); };
 
-  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, g = lane / 4, t = lane % 4;
+  // The warpgroup index through a shuffle from lane 0: a value ptxas knows to be the same
+  // across the warp, so that the wgmma descriptors derived from it are formed in uniform
+  // registers (attend_bwd_sm90.cuh likewise).
+  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   const int h = blockIdx.y, b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
   const int hk = h / p.group;
   const int m0 = blockIdx.x * BM;
@@ -226,17 +230,19 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
 
   // S = Q·K_jᵀ (Q and K K-major: 32 bytes per k16 step along the head dim).
   auto issue_scores = [&](float (&s_flat)[BN / 2], int j) {
-    const uint32_t q_tile = opaque(sQ), k_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile;
+    const uint32_t q_tile = sQ, k_tile = sKV + (j % kStages) * 2 * kKvTile;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::kmajor(q_tile, BM, cw * 64, kk), L::kmajor(k_tile, BN, 0, kk), kk);
+      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::template kmajor<true>(q_tile, BM, cw * 64, kk),
+                                      L::template kmajor<true>(k_tile, BN, 0, kk), kk);
     wg_commit();
   };
   // O += P·V_j (V MN-major: 16 KV rows per k16 step, column blocks BN rows apart).
   auto issue_pv = [&](uint32_t (&pa)[BN / 16][4], int j) {
-    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile + kKvTile;
+    const uint32_t v_tile = sKV + (j % kStages) * 2 * kKvTile + kKvTile;
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::mnmajor(v_tile, BN, 0, kk), 1);
+    for (int kk = 0; kk < BN / 16; ++kk)
+      Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::template mnmajor<true>(v_tile, BN, 0, kk), 1);
     wg_commit();
   };
   auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
