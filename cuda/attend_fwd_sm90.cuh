@@ -229,12 +229,14 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   float(&acc_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(acc);
 
   // S = Q·K_jᵀ (Q and K K-major: 32 bytes per k16 step along the head dim).
+  // Without q_ranges each tile's descriptor is formed once plus the k16 step's offset
+  // (wg_desc_plus); the q_ranges kernel keeps the per-use form (fewer registers held).
   auto issue_scores = [&](float (&s_flat)[BN / 2], int j) {
     const uint32_t q_tile = sQ, k_tile = sKV + (j % kStages) * 2 * kKvTile;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::template kmajor<true>(q_tile, BM, cw * 64, kk),
-                                      L::template kmajor<true>(k_tile, BN, 0, kk), kk);
+      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::template kmajor<!kRanges>(q_tile, BM, cw * 64, kk),
+                                      L::template kmajor<!kRanges>(k_tile, BN, 0, kk), kk);
     wg_commit();
   };
   // O += P·V_j (V MN-major: 16 KV rows per k16 step, column blocks BN rows apart).
@@ -242,7 +244,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     const uint32_t v_tile = sKV + (j % kStages) * 2 * kKvTile + kKvTile;
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::template mnmajor<true>(v_tile, BN, 0, kk), 1);
+      Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::template mnmajor<!kRanges>(v_tile, BN, 0, kk), 1);
     wg_commit();
   };
   auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
