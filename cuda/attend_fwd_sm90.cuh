@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   // Without q_ranges each tile's descriptor is formed once plus the k16 step's offset
   // (wg_desc_plus); the q_ranges kernel keeps the per-use form (fewer registers held).
   auto issue_scores = [&](float (&s_flat)[BN / 2], int j) {
-    const uint32_t q_tile = sQ, k_tile = sKV + (j % kStages) * 2 * kKvTile;
+    const uint32_t q_tile = kRanges ? opaque(sQ) : sQ, k_tile = (kRanges ? opaque(sKV) : sKV) + (j % kStages) * 2 * kKvTile;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::template kmajor<!kRanges>(q_tile, BM, cw * 64, kk),
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   };
   // O += P·V_j (V MN-major: 16 KV rows per k16 step, column blocks BN rows apart).
   auto issue_pv = [&](uint32_t (&pa)[BN / 16][4], int j) {
-    const uint32_t v_tile = sKV + (j % kStages) * 2 * kKvTile + kKvTile;
+    const uint32_t v_tile = (kRanges ? opaque(sKV) : sKV) + (j % kStages) * 2 * kKvTile + kKvTile;
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::template mnmajor<!kRanges>(v_tile, BN, 0, kk), 1);
