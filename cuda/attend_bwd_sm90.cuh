@@ -140,7 +140,11 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   auto q_land = [&](int st) { return kv_full + 8 * (1 + 2 * S + st); };
   const uint32_t kv_land = kv_full + 8 * (1 + 3 * S), kv_empty = kv_full + 8 * (2 + 3 * S);
 
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t = lane % 4;
+  // The warpgroup and warp indices through a shuffle from lane 0: values ptxas knows to be
+  // the same across the warp, so that what derives from them (the wgmma descriptors) is
+  // formed in uniform registers instead of per thread and moved over (R2UR).
+  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0), warp = __shfl_sync(0xffffffffu, (tid / 32) % 4, 0);
   const int Lq = p.Lq, Lkv = p.Lkv;
   const int q_tiles = (Lq + BM - 1) / BM, items = p.group * q_tiles;
   // Without q_ranges the kernel is persistent: this block takes KV blocks w = blockIdx.x,
@@ -344,14 +348,16 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
 
   // K-major descriptors of this warpgroup's 64 K / V rows and of a Q / dO tile (k16
   // step kk along the head dim); MN-major ones of 16-row slabs (step kk along rows).
-  auto kv_rows = [&](uint32_t tile, int kk) { return L::kmajor(tile, BN, cw * 64, kk); };
-  auto q_rows = [&](uint32_t tile, int kk) { return L::kmajor(tile, BM, 0, kk); };
-  auto q_slab = [&](uint32_t tile, int kk) { return L::mnmajor(tile, BM, 0, kk); };
+  // Late-dQ kernels form each tile's descriptor once and add the k16 step's offset (the
+  // per-tile and masked kernels spill that way: they keep the per-use form).
+  auto kv_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kLate>(tile, BN, cw * 64, kk); };
+  auto q_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kLate>(tile, BM, 0, kk); };
+  auto q_slab = [&](uint32_t tile, int kk) { return L::template mnmajor<kLate>(tile, BM, 0, kk); };
   // Sᵀ = K Qᵀ of the tile in stage st (K-major operands).
   float s[BM / 8][4];
   float(&s_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(s);
   auto issue_scores = [&](int st) {
-    const uint32_t q_tile = opaque(sQ) + st * kQ, k_tile = opaque(sK);
+    const uint32_t q_tile = sQ + st * kQ, k_tile = sK;
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
@@ -539,7 +545,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return it_next;
     } else {
       // dQ part += scale · dS K; the next tile's Sᵀ behind it.
-      const uint32_t k_tile = opaque(sK);
+      const uint32_t k_tile = sK;
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk)
@@ -631,7 +637,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     }
     float dq[kCols / 8][4];
     float(&dq_flat)[kCols / 2] = reinterpret_cast<float(&)[kCols / 2]>(dq);
-    const uint32_t k_tile = opaque(sK);
+    const uint32_t k_tile = sK;
     int it_next = -2;
     if constexpr (!kFlush) {
       it_next = next_item(j + 1);
@@ -640,8 +646,9 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
-                                         L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
+      Wgmma<T>::template ss<kCols, 1, 1>(
+          dq_flat, Swz128::template mnmajor<kLate>(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
+          L::template mnmajor<kLate>(k_tile, BN, col0 / L::kCols, kk), kk);
     wg_commit();
     if constexpr (kFlush) {
       wg_wait<0>();
@@ -665,7 +672,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   bool pending = false;
   int h_prev = 0, q0_prev = 0;
   if (kTurns && cw == 1) turn_pass();  // warpgroup 0 goes first
-  auto ds_buffer = [&](int tile) { return opaque(sdS) + (tile & 1) * Cfg::kDsBytes; };
+  auto ds_buffer = [&](int tile) { return sdS + (tile & 1) * Cfg::kDsBytes; };
   for (int w = blockIdx.x, kb = 0; w < work; w += gridDim.x, ++kb) {
     take(w);
     kv_row0 = n0 + cw * 64 + warp * 16 + g;
@@ -684,8 +691,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       const bool need_mask = !(flags & 1);
       const int2 tile = sTile[st];  // the producer's division, not the consumers'
       const int h = tile.x, q0 = tile.y;
-      const uint32_t q_tile = opaque(sQ) + st * kQ, do_tile = opaque(sdO) + st * kQ;
-      const uint32_t v_tile = opaque(sV), ds_tile = opaque(sdS) + (nt % 2) * Cfg::kDsBytes;
+      const uint32_t q_tile = sQ + st * kQ, do_tile = sdO + st * kQ;
+      const uint32_t v_tile = sV, ds_tile = sdS + (nt % 2) * Cfg::kDsBytes;
 
       if (kRanges && (flags & 2)) {
         // Sᵀ (complete), Pᵀ and dPᵀ = V dOᵀ as below (selects keep them exact); dV, dK and

@@ -58,7 +58,8 @@ constexpr float kFwdRescaleSlack = 8.f;
 // One KV tile of the online softmax in base 2: scales and masks the scores in s,
 // turns them into probabilities and updates the running row max and sum; alpha is
 // the factor the row's output accumulated so far must be scaled by, and the result says
-// whether it must be (warp-uniform; false: alpha is 1, kFwdRescaleSlack). The running max
+// whether any row of the warp has a factor other than 1 (warp-uniform; a row keeps its
+// max, alpha 1, until it grows by more than kFwdRescaleSlack). The running max
 // mrow is kept in the scaled domain. A tile every row sees whole (no mask) takes the
 // max of the raw scores (the min where scale < 0: the same element wins, since rounding
 // is monotonic) and forms each probability with one FFMA, exp2(s·c − m), instead of a
@@ -86,38 +87,32 @@ __device__ __forceinline__ bool fwd_softmax_tile(float (&s)[BN / 8][4], float (&
       }
     c = 1.f;
   }
-  float mx[2], m_new[2];
-  bool grows = false;
+  // Per row, not per warp: the exponentials of a row wait for its own max only, so that
+  // they can run beside the P·V in flight (a decision over both rows made every
+  // exponential wait for both maxima, and ptxas then placed the P·V wait before them).
+  bool rescale = false;
 #pragma unroll
   for (int ri = 0; ri < 2; ++ri) {
+    float mx;
     if (c >= 0.f) {
-      mx[ri] = -INFINITY;
+      mx = -INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) mx[ri] = fmaxf(mx[ri], fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
-      mx[ri] = quad_max(mx[ri]);
+      for (int nb = 0; nb < BN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * ri], s[nb][2 * ri + 1]));
+      mx = quad_max(mx);
     } else {
-      mx[ri] = INFINITY;
+      mx = INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) mx[ri] = fminf(mx[ri], fminf(s[nb][2 * ri], s[nb][2 * ri + 1]));
-      mx[ri] = -quad_max(-mx[ri]);
+      for (int nb = 0; nb < BN / 8; ++nb) mx = fminf(mx, fminf(s[nb][2 * ri], s[nb][2 * ri + 1]));
+      mx = -quad_max(-mx);
     }
-    mx[ri] *= c;  // the tile's max in the scaled domain
-    m_new[ri] = fmaxf(mrow[ri], mx[ri]);
-    grows = grows || m_new[ri] > mrow[ri] + kFwdRescaleSlack;
-  }
-  // One decision per warp (its rows' accumulators are its own): keep every row's max
-  // unless one of them grew by more than the slack.
-  const bool rescale = __any_sync(0xffffffffu, grows);
-#pragma unroll
-  for (int ri = 0; ri < 2; ++ri) {
-    if (rescale) {
-      const float m_use = m_new[ri] == -INFINITY ? 0.f : m_new[ri];
-      alpha[ri] = exp2f(mrow[ri] - m_use);
-      mrow[ri] = m_new[ri];
-    } else {
-      alpha[ri] = 1.f;
-    }
-    const float m_use = mrow[ri] == -INFINITY ? 0.f : mrow[ri];
+    mx *= c;  // the tile's max in the scaled domain
+    const float m_new = fmaxf(mrow[ri], mx);
+    const bool grows = m_new > mrow[ri] + kFwdRescaleSlack;
+    const float m_next = grows ? m_new : mrow[ri];
+    const float m_use = m_next == -INFINITY ? 0.f : m_next;
+    alpha[ri] = grows ? exp2f(mrow[ri] - m_use) : 1.f;
+    mrow[ri] = m_next;
+    rescale = rescale || grows;
     float sum = 0.f;
 #pragma unroll
     for (int nb = 0; nb < BN / 8; ++nb) {
@@ -126,8 +121,11 @@ __device__ __forceinline__ bool fwd_softmax_tile(float (&s)[BN / 8][4], float (&
       s[nb][2 * ri + 1] = p1;
       sum += p0 + p1;
     }
-    lrow[ri] = rescale ? lrow[ri] * alpha[ri] + sum : lrow[ri] + sum;
+    lrow[ri] = lrow[ri] * alpha[ri] + sum;
   }
+  // One decision per warp whether any of its rows' accumulators need the factor (each
+  // thread's rows are its own; alpha is 1 for the others).
+  rescale = __any_sync(0xffffffffu, rescale);
   return rescale;
 }
 

@@ -66,6 +66,11 @@ struct FwdSm90 {
   // other warpgroup's 128 arrive).
   static constexpr int kProducerBar = 1, kTurnBar = 2;
   static constexpr bool kPingPong = LVX_FWD_PINGPONG != 0;
+  // P fragments: two sets (P_j formed while P_{j-1}·V_{j-1} still reads the other) where
+  // O + S + 2 P fit 192 fp32 values per consumer thread (attend_config.hpp); else one set,
+  // P_j packed from the fp32 probabilities once P_{j-1}·V_{j-1} completed (the softmax
+  // itself still runs beside it).
+  static constexpr bool kTwoP = D / 2 + kBlockN / 2 + 2 * (kBlockN / 4) <= 192;
 };
 
 template <typename T, int D, bool kRanges>
@@ -97,7 +102,11 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   auto kv_empty = [&](int st) { return q_full + 8 * (1 + 2 * kStages + st); };
   auto v_land = [&](int st) { return q_full + 8 * (1 + 3 * kStages + st); };
 
-  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, g = lane / 4, t = lane % 4;
+  // The warpgroup index through a shuffle from lane 0: a value ptxas knows to be the same
+  // across the warp, so that the wgmma descriptors derived from it are formed in uniform
+  // registers (attend_bwd_sm90.cuh likewise).
+  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   const int h = blockIdx.y, b = blockIdx.z / p.splits, split = blockIdx.z % p.splits;
   const int hk = h / p.group;
   const int m0 = blockIdx.x * BM;
@@ -225,18 +234,22 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
   float(&acc_flat)[D / 2] = reinterpret_cast<float(&)[D / 2]>(acc);
 
   // S = Q·K_jᵀ (Q and K K-major: 32 bytes per k16 step along the head dim).
+  // Without q_ranges each tile's descriptor is formed once plus the k16 step's offset
+  // (wg_desc_plus); the q_ranges kernel keeps the per-use form (fewer registers held).
   auto issue_scores = [&](float (&s_flat)[BN / 2], int j) {
-    const uint32_t q_tile = opaque(sQ), k_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile;
+    const uint32_t q_tile = kRanges ? opaque(sQ) : sQ, k_tile = (kRanges ? opaque(sKV) : sKV) + (j % kStages) * 2 * kKvTile;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::kmajor(q_tile, BM, cw * 64, kk), L::kmajor(k_tile, BN, 0, kk), kk);
+      Wgmma<T>::template ss<BN, 0, 0>(s_flat, L::template kmajor<!kRanges>(q_tile, BM, cw * 64, kk),
+                                      L::template kmajor<!kRanges>(k_tile, BN, 0, kk), kk);
     wg_commit();
   };
   // O += P·V_j (V MN-major: 16 KV rows per k16 step, column blocks BN rows apart).
   auto issue_pv = [&](uint32_t (&pa)[BN / 16][4], int j) {
-    const uint32_t v_tile = opaque(sKV) + (j % kStages) * 2 * kKvTile + kKvTile;
+    const uint32_t v_tile = (kRanges ? opaque(sKV) : sKV) + (j % kStages) * 2 * kKvTile + kKvTile;
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::mnmajor(v_tile, BN, 0, kk), 1);
+    for (int kk = 0; kk < BN / 16; ++kk)
+      Wgmma<T>::template rs<D, 1>(acc_flat, pa[kk], L::template mnmajor<!kRanges>(v_tile, BN, 0, kk), 1);
     wg_commit();
   };
   auto need_mask = [&](int n0) { return n0 < kr.full_lo || n0 + BN > min(kr.full_hi, hi); };
@@ -317,7 +330,8 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
     float alpha[2];
     // P of even and odd tiles: a tile's P stays in place until its P·V is complete
-    // (copying it would make ptxas serialize the wgmma pipeline).
+    // (copying it would make ptxas serialize the wgmma pipeline); with one set (Cfg::kTwoP
+    // false) po is unused.
     uint32_t pe[BN / 16][4], po[BN / 16][4];
     if constexpr (Cfg::kPingPong)
       if (cw == 1 && n_tiles > 1) bar_arrive(0);  // warpgroup 0 takes the first turn
@@ -362,17 +376,27 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
       wg_fence_regs(s_flat);
       const int n0 = lo + j * BN;
       const bool rescale = fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
+      if constexpr (Cfg::kTwoP) {
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
+        for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
+      }
       wg_wait<0>();
       wg_fence_regs(acc_flat);
       wg_fence_regs(p_prev);
       if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));  // K_{j-1}, V_{j-1} read by this warp
+      if constexpr (!Cfg::kTwoP) {  // p_next is p_prev, which P_{j-1}·V_{j-1} has read
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
+      }
       if (rescale) fwd_rescale<D>(acc, alpha);
     };
-    for (int j = 1; j < n_tiles; j += 2) {
-      step(j, pe, po);
-      if (j + 1 < n_tiles) step(j + 1, po, pe);
+    if constexpr (Cfg::kTwoP) {
+      for (int j = 1; j < n_tiles; j += 2) {
+        step(j, pe, po);
+        if (j + 1 < n_tiles) step(j + 1, po, pe);
+      }
+    } else {
+      for (int j = 1; j < n_tiles; ++j) step(j, pe, pe);
     }
     auto last_pv = [&](uint32_t (&p_last)[BN / 16][4]) {
       mbar_wait(v_full((n_tiles - 1) % kStages), parity(n_tiles - 1));
@@ -386,7 +410,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
       wg_fence_regs(acc_flat);
       wg_fence_regs(p_last);
     };
-    if ((n_tiles - 1) % 2) last_pv(po);
+    if (Cfg::kTwoP && (n_tiles - 1) % 2) last_pv(po);
     else last_pv(pe);
     if constexpr (Cfg::kPingPong)
       if (cw == 0 && n_tiles > 1) bar_sync(0);  // warpgroup 1's last pass (above)

@@ -42,6 +42,12 @@ __device__ __forceinline__ uint64_t wg_desc(uint32_t smem_byte_addr, uint32_t lb
   return (uint64_t)((smem_byte_addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
          ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | (mode << 62);
 }
+// The descriptor of the operand at base + byte_off from the descriptor at base: the start
+// address field is bits 0-13 (address / 16), so for 16-byte aligned offsets that keep the
+// address below 2^18 (all of shared memory) it is the base's plus byte_off / 16, with no
+// carry into the fields above. One add per wgmma (a uniform 64-bit add where base is
+// warp-uniform) instead of the descriptor formed again from each address.
+__device__ __forceinline__ uint64_t wg_desc_plus(uint64_t base, uint32_t byte_off) { return base + (byte_off >> 4); }
 
 // The swizzled-rows layout with S-byte block rows (above).
 template <int S>
@@ -58,12 +64,20 @@ struct SwzRows {
     return (uint32_t)((c / kChunks) * rows * S + row * S + (((c % kChunks) ^ ((row * S / 128) % kChunks)) * 16));
   }
   // K-major operand: rows row0 .. of a tile of `rows` rows, k16 step kk along the columns.
+  // kPlus: from the tile's descriptor plus the offset (wg_desc_plus), which lets the compiler
+  // form the tile's descriptor once; it then keeps it live, so kernels choose per call site.
+  template <bool kPlus = false>
   static __device__ __forceinline__ uint64_t kmajor(uint32_t tile, int rows, int row0, int kk) {
-    return wg_desc(tile + (kk / kK16) * rows * S + row0 * S + (kk % kK16) * 32, 16, kGroup, kMode);
+    const uint32_t off = (kk / kK16) * rows * S + row0 * S + (kk % kK16) * 32;
+    if constexpr (kPlus) return wg_desc_plus(wg_desc(tile, 16, kGroup, kMode), off);
+    return wg_desc(tile + off, 16, kGroup, kMode);
   }
   // MN-major operand: tile rows 16·kk .. 16·kk + 15 (K), columns from column block cb on.
+  template <bool kPlus = false>
   static __device__ __forceinline__ uint64_t mnmajor(uint32_t tile, int rows, int cb, int kk) {
-    return wg_desc(tile + cb * rows * S + kk * 16 * S, rows * S, kGroup, kMode);
+    const uint32_t off = cb * rows * S + kk * 16 * S;
+    if constexpr (kPlus) return wg_desc_plus(wg_desc(tile, rows * S, kGroup, kMode), off);
+    return wg_desc(tile + off, rows * S, kGroup, kMode);
   }
 };
 using Swz128 = SwzRows<128>;
