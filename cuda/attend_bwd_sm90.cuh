@@ -454,16 +454,20 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     }
   };
   // dSᵀ of this warpgroup's KV rows → shared memory (the A operand of dQ = dS K).
+  // da[kk][r] holds the 8x8 matrix of KV rows cw·64 + 16·warp + 8·(r & 1) + 0..7 and the
+  // 16-byte chunk 2kk + (r >> 1) of queries, in the fragment layout stmatrix takes: one
+  // stmatrix.x4 per kk, lane 8m + j giving row j of matrix m. In the 128-byte swizzle the
+  // chunk sits at (chunk ^ row % 8) · 16 within its block (swz_offset), and row % 8 = j.
   auto store_ds = [&](const uint32_t (&da)[BM / 16][4], uint32_t ds_tile) {
-    const int ds_row = cw * 64 + warp * 16 + g;
+    const int m = lane / 8, j = lane % 8;
+    const int row = cw * 64 + warp * 16 + 8 * (m & 1) + j;
+    const uint32_t a0 = ds_tile + row * 128 + (((m >> 1) ^ j) << 4);  // chunk m >> 1 of block 0
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        // da[kk][r]: KV row ds_row + 8·(r & 1), queries 16kk + 8·(r >> 1) + 2t, +1
-        const int row = ds_row + 8 * (r & 1), chunk = 2 * kk + (r >> 1);
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(ds_tile + swz_offset(BN, row, chunk) + 4 * t), "r"(da[kk][r]));
-      }
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      // chunk 2kk + (m >> 1): block kk / 4, position ((2kk % 8) + (m >> 1)) ^ j
+      const uint32_t addr = (a0 ^ ((uint32_t)(kk % 4) << 5)) + (uint32_t)(kk / 4) * BN * 128;
+      stmatrix_x4(addr, da[kk][0], da[kk][1], da[kk][2], da[kk][3]);
+    }
   };
   // The exact products of a tile the producer marked, term by term over the (KV row,
   // query) pairs that see each other; no wgmma is in flight during them.

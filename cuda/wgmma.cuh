@@ -94,6 +94,14 @@ template <int N>
 __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// Four 8x8 16-bit matrices from the warp's registers (thread lane holds row lane / 4,
+// columns 2·(lane % 4), +1 of matrix i in r[i], the mma fragment layout) to shared memory:
+// lane 8i + j gives the byte address of row j of matrix i (16 contiguous bytes).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
 // Generic-proxy writes to shared memory (st.shared, cp.async) made visible to the async
 // proxy that wgmma reads through; each writing thread, before the barrier.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -102,6 +110,7 @@ __device__ __forceinline__ void wg_fence() {}
 __device__ __forceinline__ void wg_commit() {}
 template <int N> __device__ __forceinline__ void wg_wait() {}
 __device__ __forceinline__ void fence_proxy_async() {}
+__device__ __forceinline__ void stmatrix_x4(uint32_t, uint32_t, uint32_t, uint32_t, uint32_t) {}
 #endif
 
 // The value, unknown to the compiler: shared-memory addresses taken inside a loop this
