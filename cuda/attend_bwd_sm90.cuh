@@ -393,14 +393,15 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     const uint32_t dq_stage = opaque(sdQ) + cw * Cfg::kDqBytes;
     through_staging(
         [&] {
-          const int row0 = (int)opaque(warp * 16 + g);  // addresses formed here, not held across the loop
+          // Row warp·16 + g + 8·ri, chunk (nb % 4)·2 + t / 2 of box nb / 4, at chunk position
+          // chunk ^ (row % 8) = ((nb % 4)·2) ^ (t / 2 ^ g): one base per ri, and per nb an XOR
+          // of bits 5-6 (the base holds none there) plus the box's offset.
+          const uint32_t base0 = dq_stage + (warp * 16 + g) * 128 + (((t / 2) ^ g) << 4) + (t % 2) * 8;
 #pragma unroll
           for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
             for (int ri = 0; ri < 2; ++ri) {
-              const int row = row0 + ri * 8, chunk = (nb % 4) * 2 + t / 2;
-              const uint32_t addr =
-                  dq_stage + (nb / 4) * 64 * 128 + row * 128 + ((chunk ^ (row % 8)) * 16) + (t % 2) * 8;
+              const uint32_t addr = ((base0 + ri * 8 * 128) ^ ((uint32_t)(nb % 4) << 5)) + (nb / 4) * 64 * 128;
               asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(dq[nb][2 * ri] * p.scale),
                            "f"(dq[nb][2 * ri + 1] * p.scale));
             }
