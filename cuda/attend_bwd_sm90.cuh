@@ -517,6 +517,17 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       }
     }
   };
+  // Issues this warpgroup's dQ part (kCols columns from col0) += dS K from the dSᵀ tile
+  // in ds_tile, as one commit group.
+  auto issue_dq = [&](auto& dq_flat, uint32_t ds_tile, uint32_t k_tile, int col0) {
+    constexpr int kCols = 2 * (int)(sizeof(dq_flat) / sizeof(dq_flat[0]));
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+      Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
+                                         L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
+    wg_commit();
+  };
   // The end of tile j (stage st), once both warpgroups' dSᵀ are in ds_tile: this
   // warpgroup's dQ part (kCols columns from col0), the next tile's Sᵀ, the stage handed
   // back. Returns the next item.
@@ -539,13 +550,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return it_next;
     } else {
       // dQ part += scale · dS K; the next tile's Sᵀ behind it.
-      const uint32_t k_tile = opaque(sK);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk)
-        Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
-                                           L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
-      wg_commit();
+      issue_dq(dq_flat, ds_tile, opaque(sK), col0);
       const int it_next = next_item(j + 1);
       issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
       wg_wait<1>();
@@ -637,12 +642,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       it_next = next_item(j + 1);
       turn_wait();
     }
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
-                                         L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
-    wg_commit();
+    issue_dq(dq_flat, ds_tile, k_tile, col0);
     if constexpr (kFlush) {
       wg_wait<0>();
     } else {
