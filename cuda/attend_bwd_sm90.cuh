@@ -528,6 +528,20 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       }
     }
   };
+  // Issues this warpgroup's dQ part (kCols columns from col0) += dS K from the dSᵀ tile
+  // in ds_tile, as one commit group.
+  // plus: std::integral_constant<bool, kPlus>, the descriptor form (wg_desc_plus).
+  auto issue_dq = [&](auto& dq_flat, uint32_t ds_tile, uint32_t k_tile, int col0, auto plus) {
+    constexpr int kCols = 2 * (int)(sizeof(dq_flat) / sizeof(dq_flat[0]));
+    constexpr bool kPlus = decltype(plus)::value;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+      Wgmma<T>::template ss<kCols, 1, 1>(
+          dq_flat, Swz128::template mnmajor<kPlus>(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
+          L::template mnmajor<kPlus>(k_tile, BN, col0 / L::kCols, kk), kk);
+    wg_commit();
+  };
   // The end of tile j (stage st), once both warpgroups' dSᵀ are in ds_tile: this
   // warpgroup's dQ part (kCols columns from col0), the next tile's Sᵀ, the stage handed
   // back. Returns the next item.
@@ -550,13 +564,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       return it_next;
     } else {
       // dQ part += scale · dS K; the next tile's Sᵀ behind it.
-      const uint32_t k_tile = sK;
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk)
-        Wgmma<T>::template ss<kCols, 1, 1>(dq_flat, Swz128::mnmajor(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
-                                           L::mnmajor(k_tile, BN, col0 / L::kCols, kk), kk);
-      wg_commit();
+      issue_dq(dq_flat, ds_tile, sK, col0, std::false_type{});
       const int it_next = next_item(j + 1);
       issue_scores((j + 1) % S);  // also past the last tile (unused then): one path for ptxas
       wg_wait<1>();
@@ -648,13 +656,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       it_next = next_item(j + 1);
       turn_wait();
     }
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)
-      Wgmma<T>::template ss<kCols, 1, 1>(
-          dq_flat, Swz128::template mnmajor<kLate>(ds_tile, BN, Cfg::kDqRowSplit ? cw : 0, kk),
-          L::template mnmajor<kLate>(k_tile, BN, col0 / L::kCols, kk), kk);
-    wg_commit();
+    issue_dq(dq_flat, ds_tile, k_tile, col0, std::integral_constant<bool, kLate>{});
     if constexpr (kFlush) {
       wg_wait<0>();
     } else {
