@@ -97,7 +97,7 @@ constexpr int mma_fwd_blocks_per_sm(int D) { return mma_fwd(D).warps >= 8 ? 1 : 
 struct Sm90Tile {
   int head_dim, block_m, block_n, stages, threads;
 };
-inline constexpr Sm90Tile kSm90Fwd[] = {{64, 128, 192, 4, 384}, {96, 128, 192, 2, 384}, {128, 128, 160, 2, 384}};
+inline constexpr Sm90Tile kSm90Fwd[] = {{64, 128, 160, 4, 384}, {96, 128, 128, 4, 384}, {128, 128, 128, 3, 384}};
 inline constexpr Sm90Tile kSm90Bwd[] = {{64, 128, 128, 2, 384}, {96, 64, 128, 3, 384}, {128, 64, 128, 2, 384}};
 
 // The row of head dim D, or all zeros when the sm_90a kernels are not built for it.

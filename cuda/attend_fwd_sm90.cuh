@@ -66,11 +66,6 @@ struct FwdSm90 {
   // other warpgroup's 128 arrive).
   static constexpr int kProducerBar = 1, kTurnBar = 2;
   static constexpr bool kPingPong = LVX_FWD_PINGPONG != 0;
-  // P fragments: two sets (P_j formed while P_{j-1}·V_{j-1} still reads the other) where
-  // O + S + 2 P fit 192 fp32 values per consumer thread (attend_config.hpp); else one set,
-  // P_j packed from the fp32 probabilities once P_{j-1}·V_{j-1} completed (the softmax
-  // itself still runs beside it).
-  static constexpr bool kTwoP = D / 2 + kBlockN / 2 + 2 * (kBlockN / 4) <= 192;
 };
 
 template <typename T, int D, bool kRanges>
@@ -330,8 +325,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
     float(&s_flat)[BN / 2] = reinterpret_cast<float(&)[BN / 2]>(s);
     float alpha[2];
     // P of even and odd tiles: a tile's P stays in place until its P·V is complete
-    // (copying it would make ptxas serialize the wgmma pipeline); with one set (Cfg::kTwoP
-    // false) po is unused.
+    // (copying it would make ptxas serialize the wgmma pipeline).
     uint32_t pe[BN / 16][4], po[BN / 16][4];
     if constexpr (Cfg::kPingPong)
       if (cw == 1 && n_tiles > 1) bar_arrive(0);  // warpgroup 0 takes the first turn
@@ -376,27 +370,17 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
       wg_fence_regs(s_flat);
       const int n0 = lo + j * BN;
       const bool rescale = fwd_softmax_tile<BN>(s, mrow, lrow, alpha, p.scale_log2, need_mask(n0), n0, hi, iv, t);
-      if constexpr (Cfg::kTwoP) {
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
-      }
+      for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
       wg_wait<0>();
       wg_fence_regs(acc_flat);
       wg_fence_regs(p_prev);
       if (lane == 0) mbar_arrive(kv_empty((j - 1) % kStages));  // K_{j-1}, V_{j-1} read by this warp
-      if constexpr (!Cfg::kTwoP) {  // p_next is p_prev, which P_{j-1}·V_{j-1} has read
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) probs_fragment<T>(s, kk, p_next[kk]);
-      }
       if (rescale) fwd_rescale<D>(acc, alpha);
     };
-    if constexpr (Cfg::kTwoP) {
-      for (int j = 1; j < n_tiles; j += 2) {
-        step(j, pe, po);
-        if (j + 1 < n_tiles) step(j + 1, po, pe);
-      }
-    } else {
-      for (int j = 1; j < n_tiles; ++j) step(j, pe, pe);
+    for (int j = 1; j < n_tiles; j += 2) {
+      step(j, pe, po);
+      if (j + 1 < n_tiles) step(j + 1, po, pe);
     }
     auto last_pv = [&](uint32_t (&p_last)[BN / 16][4]) {
       mbar_wait(v_full((n_tiles - 1) % kStages), parity(n_tiles - 1));
@@ -410,7 +394,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
       wg_fence_regs(acc_flat);
       wg_fence_regs(p_last);
     };
-    if (Cfg::kTwoP && (n_tiles - 1) % 2) last_pv(po);
+    if ((n_tiles - 1) % 2) last_pv(po);
     else last_pv(pe);
     if constexpr (Cfg::kPingPong)
       if (cw == 0 && n_tiles > 1) bar_sync(0);  // warpgroup 1's last pass (above)
