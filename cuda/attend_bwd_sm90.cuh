@@ -350,9 +350,11 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // step kk along the head dim); MN-major ones of 16-row slabs (step kk along rows).
   // Late-dQ kernels form each tile's descriptor once and add the k16 step's offset (the
   // per-tile and masked kernels spill that way: they keep the per-use form).
-  auto kv_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kLate>(tile, BN, cw * 64, kk); };
-  auto q_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kLate>(tile, BM, 0, kk); };
-  auto q_slab = [&](uint32_t tile, int kk) { return L::template mnmajor<kLate>(tile, BM, 0, kk); };
+  // At D = 64 (BM = 128) the per-use form is kept in the late kernel too (kPlusDesc).
+  constexpr bool kPlusDesc = kLate && D != 64;
+  auto kv_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kPlusDesc>(tile, BN, cw * 64, kk); };
+  auto q_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kPlusDesc>(tile, BM, 0, kk); };
+  auto q_slab = [&](uint32_t tile, int kk) { return L::template mnmajor<kPlusDesc>(tile, BM, 0, kk); };
   // Sᵀ = K Qᵀ of the tile in stage st (K-major operands).
   float s[BM / 8][4];
   float(&s_flat)[BM / 2] = reinterpret_cast<float(&)[BM / 2]>(s);
@@ -656,7 +658,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       it_next = next_item(j + 1);
       turn_wait();
     }
-    issue_dq(dq_flat, ds_tile, k_tile, col0, std::integral_constant<bool, kLate>{});
+    issue_dq(dq_flat, ds_tile, k_tile, col0, std::integral_constant<bool, kPlusDesc>{});
     if constexpr (kFlush) {
       wg_wait<0>();
     } else {
