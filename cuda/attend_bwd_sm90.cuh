@@ -350,7 +350,9 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   // step kk along the head dim); MN-major ones of 16-row slabs (step kk along rows).
   // Late-dQ kernels form each tile's descriptor once and add the k16 step's offset (the
   // per-tile and masked kernels spill that way: they keep the per-use form).
-  // At D = 64 (BM = 128) the per-use form is kept in the late kernel too (kPlusDesc).
+  // At D = 64 (BM = 128) the late kernel keeps the per-use form too: there the formed-once
+  // form took 1.07-1.10x its backward time on one H200 (experiments/KERNEL_NOTES.md, "The
+  // call of 2026-11-30").
   constexpr bool kPlusDesc = kLate && D != 64;
   auto kv_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kPlusDesc>(tile, BN, cw * 64, kk); };
   auto q_rows = [&](uint32_t tile, int kk) { return L::template kmajor<kPlusDesc>(tile, BM, 0, kk); };
