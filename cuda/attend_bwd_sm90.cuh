@@ -13,7 +13,8 @@
 //     forms one part of the tile's dQ (block_m = 128: its 64 query rows; block_m = 64:
 //     a part of the head dim, BwdSm90::kDqCols), stages it in shared memory and adds it
 //     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
-//     adds in whole lines, where per-thread atomics capped the kernel). The consumers
+//     adds in whole lines, where per-thread atomics capped the kernel), which a writer
+//     warp of the producer warpgroup issues (one per consumer warpgroup, BwdSm90::kHandBar). The consumers
 //     meet once per tile (dSᵀ complete), at a named barrier; or (kLate, without q_ranges,
 //     where a KV block has many query tiles) each forms dQ of a tile during the next one,
 //     after a one-way signal that the other's half of dSᵀ is stored, and the two take
