@@ -774,7 +774,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
       uint32_t pa[BM / 16][4];
       if (need_mask) bwd_probs<T, BM, true, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
-      else bwd_probs<T, BM, false, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+      else bwd_probs<T, BM, false, true, !kRanges>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
 
       // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
       float dp[BM / 8][4];

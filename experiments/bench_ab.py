@@ -100,6 +100,7 @@ def worker(args) -> None:
     import torch
     sys.path.insert(0, HERE)
     from bench_gpu_kernels import bench_ms, kernel_times  # noqa: E402 (the same timing as the SDPA comparison)
+    from gpu_state import GpuState  # noqa: E402
     import lvxattn
 
     where = os.path.realpath(os.path.dirname(lvxattn.__file__))
@@ -134,7 +135,9 @@ def worker(args) -> None:
             torch.cuda.synchronize()
             row["checksum"] = float(o.float().abs().mean())
             row["fwd_ms"] = bench_ms(fwd, args.reps_ms)
-            row["fwd_bwd_ms"] = bench_ms(fwd_bwd, args.reps_ms)
+            with GpuState() as gpu:
+                row["fwd_bwd_ms"] = bench_ms(fwd_bwd, args.reps_ms)
+            row["gpu"] = gpu.summary()
             if args.profile:
                 row["kernels_fwd"] = kernel_times(fwd)
                 row["kernels_fwd_bwd"] = kernel_times(fwd_bwd)
@@ -245,11 +248,18 @@ def summarize(builds: list[Build], runs: dict, name: str) -> dict:
                 (statistics.median(xs), min(xs), max(xs)) if xs else (float("nan"),) * 3
             st[f"kernels_{key}_ms"] = sum(latest(b.label, "kernels_" + key).values()) or float("nan")
             st[key + "_over_baseline"] = st[key + "_ms"] / out[builds[0].label][key + "_ms"]
+        # what the GPU ran at during the forward+backward timing: medians over the rounds
+        gpu = series(b.label, "gpu")
+        for k in ("sm_mhz", "power_w"):
+            xs = [g[k] for g in gpu if g.get(k) is not None]
+            st["fwd_bwd_" + k] = statistics.median(xs) if xs else ""
+        st["clock_events"] = "+".join(sorted({e for g in gpu for e in (g.get("clock_events") or "").split("+") if e}))
     return out
 
 
 CSV_STATS = ("rounds", "fwd_ms", "fwd_ms_min", "fwd_ms_max", "fwd_bwd_ms", "fwd_bwd_ms_min", "fwd_bwd_ms_max",
-             "fwd_over_baseline", "fwd_bwd_over_baseline", "kernels_fwd_ms", "kernels_fwd_bwd_ms", "error")
+             "fwd_over_baseline", "fwd_bwd_over_baseline", "kernels_fwd_ms", "kernels_fwd_bwd_ms",
+             "fwd_bwd_sm_mhz", "fwd_bwd_power_w", "clock_events", "error")
 
 
 def report(builds: list[Build], runs: dict, shapes: list, meta: dict, out_csv: str) -> None:
@@ -287,7 +297,9 @@ def report(builds: list[Build], runs: dict, shapes: list, meta: dict, out_csv: s
         print(f"  {name}")
         for label in labels:
             ks = st[label]["kernels_by_name"]
-            print(f"    {label:6s} " + ", ".join(f"{k.split('::')[-1]} {v:.3f}" for k, v in list(ks.items())[:6]))
+            clk = st[label]["fwd_bwd_sm_mhz"]
+            gpu = f"   [f+b at {clk:.0f} MHz, {st[label]['fwd_bwd_power_w']:.0f} W{', ' + st[label]['clock_events'] if st[label]['clock_events'] else ''}]" if clk != "" else ""
+            print(f"    {label:6s} " + ", ".join(f"{k.split('::')[-1]} {v:.3f}" for k, v in list(ks.items())[:6]) + gpu)
     with open(out_csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         w.writeheader()

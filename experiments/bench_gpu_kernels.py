@@ -20,6 +20,10 @@ calls after an idle GPU) and the CSV gets the sums of their kernels' device time
 do_bench time holds beyond them (clocks under sustained load, L2 flushed before each call,
 gaps between kernels), set side by side for ours and SDPA's.
 
+Each row also says what the GPU ran at during the forward+backward timing (mean SM clock,
+board power, highest temperature, the driver's clock event reasons; experiments/gpu_state.py,
+through nvidia-ml-py where it is installed, else empty columns).
+
 usage: python experiments/bench_gpu_kernels.py --out gpu_kernels.csv [--shapes ...] [--reps-ms 200] [--kernel-times]
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import git_sha, new_results_path, write_csv  # noqa: E402
+from gpu_state import GpuState  # noqa: E402
 
 # (B, Hq, Hkv, Lq, Lkv, D, dtype): issue 19's table, then D = 96 and B > 1 GQA shapes.
 SHAPES = [
@@ -211,8 +216,9 @@ def rel_err(a, b) -> float:
 
 def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False):
     """Times each implementation on one shape. Returns ({impl: (fwd ms, fwd+bwd ms, kernel
-    ms of one forward, of one forward+backward)}, forward FLOPs, our forward's relative
-    error against SDPA); the kernel sums (kernel_times) only with `kernels`, else None."""
+    ms of one forward, of one forward+backward, GpuState summary of the forward+backward
+    timing)}, forward FLOPs, our forward's relative error against SDPA); the kernel sums
+    (kernel_times) only with `kernels`, else None."""
     B, Hq, Hkv, Lq, Lkv, D, dname = shape
     dtype = DTYPES[dname]
     gen = torch.Generator(device="cuda").manual_seed(Lq + Lkv + D)
@@ -231,9 +237,11 @@ def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False)
             out = fwd()
             torch.cuda.synchronize()
             outs[name] = out.transpose(1, 2) if name in ("cudnn", "flash") else out
-            t = (bench_ms(fwd, rep_ms), bench_ms(fwd_bwd, rep_ms))
+            tf = bench_ms(fwd, rep_ms)
+            with GpuState() as gpu:
+                tfb = bench_ms(fwd_bwd, rep_ms)
             ks = (sum(kernel_times(fwd).values()), sum(kernel_times(fwd_bwd).values())) if kernels else (None, None)
-            rows[name] = t + ks
+            rows[name] = (tf, tfb) + ks + (gpu.summary(),)
         except Exception as e:  # a backend may refuse a shape
             print(f"  {name} failed: {str(e).splitlines()[0][:160]}")
         torch.cuda.empty_cache()
@@ -271,21 +279,27 @@ def main():
     for shape in shapes:
         B, Hq, Hkv, Lq, Lkv, D, dname = shape
         rows, flops, err = bench_shape(shape, args.reps_ms, lib, not args.no_sdpa, args.label, args.kernel_times)
-        for impl, (tf, tfb, kf, kfb) in rows.items():
+        for impl, (tf, tfb, kf, kfb, gpu) in rows.items():
             tff, tffb = flops / tf / 1e9, 3.5 * flops / tfb / 1e9
             ratio = ""
             if impl == args.label and "cudnn" in rows:
                 ratio = f"  {tfb / rows['cudnn'][1]:.2f} ({tf / rows['cudnn'][0]:.2f})"
             kcols = f"  [{kf:.3f}, {kfb:.3f}; {tfb / kfb:.2f}]" if kfb else ""
+            gcols = (f"  {gpu['sm_mhz']:.0f} MHz {gpu['power_w']:.0f} W{' ' + gpu['clock_events'] if gpu['clock_events'] else ''}"
+                     if gpu["sm_mhz"] is not None else "")
             print(f"{B:>2} {Hq:>3}/{Hkv:<2} {Lq:>5} {Lkv:>7} {D:>4} {dname:>4} {impl:>6} {tf:8.3f} {tff:5.0f} "
-                  f"{tfb:8.3f} {tffb:5.0f}{ratio}{kcols}")
+                  f"{tfb:8.3f} {tffb:5.0f}{ratio}{kcols}{gcols}")
             out.append(dict(device=dev, git_sha=sha, date=date, torch=torch.__version__, ours=mode,
                             lvx_cuda_sm90=kernels, B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lkv=Lkv, D=D, dtype=dname,
                             impl=impl, fwd_ms=round(tf, 4), fwd_tflops=round(tff, 1), fwd_bwd_ms=round(tfb, 4),
                             fwd_bwd_tflops=round(tffb, 1),
                             ours_over_cudnn_fwd_bwd=round(tfb / rows["cudnn"][1], 3) if ratio else "",
                             ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else "",
-                            fwd_kernels_ms=round(kf, 4) if kf else "", fwd_bwd_kernels_ms=round(kfb, 4) if kfb else ""))
+                            fwd_kernels_ms=round(kf, 4) if kf else "", fwd_bwd_kernels_ms=round(kfb, 4) if kfb else "",
+                            fwd_bwd_sm_mhz=gpu["sm_mhz"] if gpu["sm_mhz"] is not None else "",
+                            fwd_bwd_power_w=gpu["power_w"] if gpu["power_w"] is not None else "",
+                            gpu_temp_c=gpu["temp_c"] if gpu["temp_c"] is not None else "",
+                            clock_events=gpu["clock_events"] if gpu["clock_events"] is not None else ""))
         print(f"{'':>40} fwd rel err vs SDPA {err:.1e}")
     if out:
         path = args.out or new_results_path("gpu_kernels")
