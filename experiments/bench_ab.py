@@ -265,6 +265,8 @@ CSV_STATS = ("rounds", "fwd_ms", "fwd_ms_min", "fwd_ms_max", "fwd_bwd_ms", "fwd_
 def report(builds: list[Build], runs: dict, shapes: list, meta: dict, out_csv: str) -> None:
     """Prints the table and the kernel breakdown, writes the CSV (one row per build and
     shape; meta: device, date, torch, lvx_cuda_sm90)."""
+    sys.path.insert(0, HERE)
+    from gpu_state import describe  # noqa: E402
     labels = [b.label for b in builds]
 
     def cells(values, ratios, kern):
@@ -297,9 +299,10 @@ def report(builds: list[Build], runs: dict, shapes: list, meta: dict, out_csv: s
         print(f"  {name}")
         for label in labels:
             ks = st[label]["kernels_by_name"]
-            clk = st[label]["fwd_bwd_sm_mhz"]
-            gpu = f"   [f+b at {clk:.0f} MHz, {st[label]['fwd_bwd_power_w']:.0f} W{', ' + st[label]['clock_events'] if st[label]['clock_events'] else ''}]" if clk != "" else ""
-            print(f"    {label:6s} " + ", ".join(f"{k.split('::')[-1]} {v:.3f}" for k, v in list(ks.items())[:6]) + gpu)
+            gpu = describe({"sm_mhz": st[label]["fwd_bwd_sm_mhz"], "power_w": st[label]["fwd_bwd_power_w"],
+                            "clock_events": st[label]["clock_events"]})
+            print(f"    {label:6s} " + ", ".join(f"{k.split('::')[-1]} {v:.3f}" for k, v in list(ks.items())[:6])
+                  + (f"   [f+b at {gpu}]" if gpu else ""))
     with open(out_csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         w.writeheader()

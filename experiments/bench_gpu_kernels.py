@@ -41,7 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import git_sha, new_results_path, write_csv  # noqa: E402
-from gpu_state import GpuState  # noqa: E402
+from gpu_state import GpuState, csv_columns, describe  # noqa: E402
 
 # (B, Hq, Hkv, Lq, Lkv, D, dtype): issue 19's table, then D = 96 and B > 1 GQA shapes.
 SHAPES = [
@@ -285,8 +285,7 @@ def main():
             if impl == args.label and "cudnn" in rows:
                 ratio = f"  {tfb / rows['cudnn'][1]:.2f} ({tf / rows['cudnn'][0]:.2f})"
             kcols = f"  [{kf:.3f}, {kfb:.3f}; {tfb / kfb:.2f}]" if kfb else ""
-            gcols = (f"  {gpu['sm_mhz']:.0f} MHz {gpu['power_w']:.0f} W{' ' + gpu['clock_events'] if gpu['clock_events'] else ''}"
-                     if gpu["sm_mhz"] is not None else "")
+            gcols = f"  {describe(gpu)}" if describe(gpu) else ""
             print(f"{B:>2} {Hq:>3}/{Hkv:<2} {Lq:>5} {Lkv:>7} {D:>4} {dname:>4} {impl:>6} {tf:8.3f} {tff:5.0f} "
                   f"{tfb:8.3f} {tffb:5.0f}{ratio}{kcols}{gcols}")
             out.append(dict(device=dev, git_sha=sha, date=date, torch=torch.__version__, ours=mode,
@@ -296,10 +295,7 @@ def main():
                             ours_over_cudnn_fwd_bwd=round(tfb / rows["cudnn"][1], 3) if ratio else "",
                             ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else "",
                             fwd_kernels_ms=round(kf, 4) if kf else "", fwd_bwd_kernels_ms=round(kfb, 4) if kfb else "",
-                            fwd_bwd_sm_mhz=gpu["sm_mhz"] if gpu["sm_mhz"] is not None else "",
-                            fwd_bwd_power_w=gpu["power_w"] if gpu["power_w"] is not None else "",
-                            gpu_temp_c=gpu["temp_c"] if gpu["temp_c"] is not None else "",
-                            clock_events=gpu["clock_events"] if gpu["clock_events"] is not None else ""))
+                            **csv_columns(gpu)))
         print(f"{'':>40} fwd rel err vs SDPA {err:.1e}")
     if out:
         path = args.out or new_results_path("gpu_kernels")

@@ -75,6 +75,9 @@ class GpuState:
                 except Exception:
                     cuda_index = 0
             self._handle = _nvml_handle(pynvml, cuda_index)
+            # the newer name of the call, the older where nvidia-ml-py predates it
+            self._events = (getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                            or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons)
             self._nvml = pynvml
         except Exception:  # no nvidia-ml-py, no driver: empty columns
             self._nvml = None
@@ -84,8 +87,7 @@ class GpuState:
         clock = nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)
         power = nv.nvmlDeviceGetPowerUsage(h) / 1000.0
         temp = nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)
-        getter = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
-        self.samples.append((clock, power, temp, int(getter(h))))
+        self.samples.append((clock, power, temp, int(self._events(h))))
 
     def _run(self):
         while not self._stop.is_set():
@@ -120,3 +122,19 @@ class GpuState:
             "temp_c": max(s[2] for s in self.samples),
             "clock_events": "+".join(name for bit, name in _EVENTS if events & bit),
         }
+
+
+def csv_columns(summary: dict, prefix: str = "fwd_bwd_") -> dict:
+    """A summary() as CSV columns ('' for what was not measured): {prefix}sm_mhz,
+    {prefix}power_w, gpu_temp_c, clock_events."""
+    cell = lambda v: "" if v is None else v  # noqa: E731
+    return {prefix + "sm_mhz": cell(summary["sm_mhz"]), prefix + "power_w": cell(summary["power_w"]),
+            "gpu_temp_c": cell(summary["temp_c"]), "clock_events": cell(summary["clock_events"])}
+
+
+def describe(summary: dict) -> str:
+    """A summary() for a table line: '1975 MHz 652 W sw_power_cap', '' when not measured."""
+    if summary.get("sm_mhz") in (None, ""):
+        return ""
+    events = summary.get("clock_events") or ""
+    return f"{summary['sm_mhz']:.0f} MHz {summary['power_w']:.0f} W" + (f" {events}" if events else "")
