@@ -13,8 +13,9 @@
 //     forms one part of the tile's dQ (block_m = 128: its 64 query rows; block_m = 64:
 //     a part of the head dim, BwdSm90::kDqCols), stages it in shared memory and adds it
 //     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
-//     adds in whole lines, where per-thread atomics capped the kernel), which a writer
-//     warp of the producer warpgroup issues (one per consumer warpgroup, BwdSm90::kHandBar). The consumers
+//     adds in whole lines, where per-thread atomics capped the kernel), which one thread
+//     of the warpgroup issues or, in the late kernels at D = 96 and 128, a writer warp of
+//     the producer warpgroup (one per consumer warpgroup, BwdSm90::kHandBar). The consumers
 //     meet once per tile (dSᵀ complete), at a named barrier; or (kLate, without q_ranges,
 //     where a KV block has many query tiles) each forms dQ of a tile during the next one,
 //     after a one-way signal that the other's half of dSᵀ is stored, and the two take
@@ -91,11 +92,11 @@ struct BwdSm90 {
   // other's GEMMs, as in the forward's ping-pong. Barriers kTurnBar (warpgroup 0's), + 1.
   static constexpr bool kTurns = true;
   static constexpr int kTurnBar = 8;
-  // Staging-area hand-offs (dQ reduce-adds, dK/dV stores) go through a writer warp per
-  // consumer warpgroup (producer warps 2 and 3): barrier kHandBar + w (the warpgroup's
-  // writes are fenced and its job set: consumers arrive, the writer syncs) and kHandBar +
-  // 2 + w (the writer's TMA has read the area: the writer arrives, consumers sync); 160
-  // threads each.
+  // Staging-area hand-offs (dQ reduce-adds, dK/dV stores) through a writer warp per
+  // consumer warpgroup (producer warps 2 and 3), in the kernels with the kernel's kWriter:
+  // barrier kHandBar + w (the warpgroup's writes are fenced and its job set: consumers
+  // arrive, the writer syncs) and kHandBar + 2 + w (the writer's TMA has read the area:
+  // the writer arrives, consumers sync); 160 threads each.
   static constexpr int kHandBar = 10;
   // dK/dV of a warpgroup's 64 KV rows in the storage dtype, staged in its dQ staging area
   // (16 KB) and stored by TMA (BwdParams::kv_store_tma): both at once at D = 64 (16 KB), dK
@@ -197,13 +198,37 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   }
   __syncthreads();
 
-  // Writer warp of consumer warpgroup w (producer warps 2, 3): per hand-off (through_staging
-  // below) it waits until the warpgroup's writes are fenced, issues the job's TMA operations
-  // from the warpgroup's staging area (lane 0), waits until they have read it and hands the
-  // area back. The area starts free.
+  // kWriter: staging-area hand-offs through writer warps (BwdSm90::kHandBar), in the late
+  // kernels at D = 96 and 128. Elsewhere one thread of the consumer warpgroup issues them:
+  // one H200, 2026-11-30, backward kernel against that, in one A/B call: late D = 128
+  // 0.95-0.98x, D = 96 0.97x, but late D = 64 1.06x, the per-tile kernel (16/16, 256 x 32768)
+  // 1.07x, with q_ranges 1.04x (KERNEL_NOTES.md, "Writer warps measured").
+  constexpr bool kWriter = kLate && D != 64;
+  // The TMA operations of a hand-off (BwdJob) from the staging area `stage`, by one thread,
+  // committed as one group.
+  auto issue_job = [&](uint32_t stage, const int4& job) {
+    constexpr uint32_t kKvTile = 64 * D * 2;
+    const int kind = job.x & 15;
+    if (kind == kJobDq) {
+      for (int box = 0; box < ((job.x >> 4) & 15); ++box)
+        tma_reduce_add_rows(&tdq, stage + box * 64 * 128, (job.x >> 8) + 32 * box, job.y, job.z, job.w);
+    } else {
+#pragma unroll
+      for (int c = 0; c < Cfg::kColBlocks; ++c) {
+        const uint32_t src = stage + c * 64 * L::kBytes;
+        if (kind == kJobK || kind == kJobKv) tma_store_rows(&tdk, src, c * L::kCols, job.y, job.z, job.w);
+        if (kind == kJobV) tma_store_rows(&tdv, src, c * L::kCols, job.y, job.z, job.w);
+        if (kind == kJobKv) tma_store_rows(&tdv, src + kKvTile, c * L::kCols, job.y, job.z, job.w);
+      }
+    }
+    bulk_commit();
+  };
+  // Writer warp of consumer warpgroup w (producer warps 2, 3; kWriter): per hand-off
+  // (through_staging below) it waits until the warpgroup's writes are fenced, issues the
+  // job's TMA operations from the warpgroup's staging area (lane 0), waits until they have
+  // read it and hands the area back. The area starts free.
   auto dq_writer = [&](int w) {
     const uint32_t stage = sdQ + w * Cfg::kDqBytes;
-    constexpr uint32_t kKvTile = 64 * D * 2;
     named_barrier_arrive(Cfg::kHandBar + 2 + w, 160);
     for (;;) {
       named_barrier(Cfg::kHandBar + w, 160);
@@ -211,19 +236,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       const int kind = job.x & 15;
       if (kind == kJobDone) break;
       if (lane == 0 && kind != kJobNone) {
-        if (kind == kJobDq) {
-          for (int box = 0; box < ((job.x >> 4) & 15); ++box)
-            tma_reduce_add_rows(&tdq, stage + box * 64 * 128, (job.x >> 8) + 32 * box, job.y, job.z, job.w);
-        } else {
-#pragma unroll
-          for (int c = 0; c < Cfg::kColBlocks; ++c) {
-            const uint32_t src = stage + c * 64 * L::kBytes;
-            if (kind == kJobK || kind == kJobKv) tma_store_rows(&tdk, src, c * L::kCols, job.y, job.z, job.w);
-            if (kind == kJobV) tma_store_rows(&tdv, src, c * L::kCols, job.y, job.z, job.w);
-            if (kind == kJobKv) tma_store_rows(&tdv, src + kKvTile, c * L::kCols, job.y, job.z, job.w);
-          }
-        }
-        bulk_commit();
+        issue_job(stage, job);
         bulk_wait_read();
       }
       __syncwarp();
@@ -242,7 +255,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       // warpgroup's staging-area hand-offs (dQ reduce-adds, dK/dV stores), so that the
       // consumers only arrive once their writes are fenced instead of meeting at a barrier
       // before one of them issues (KERNEL_NOTES.md, "Where the backward waits now").
-      dq_writer(warp - 2);
+      if constexpr (kWriter) dq_writer(warp - 2);
       return;
     }
     if (tid >= (kRanges ? 64 : 32)) return;
@@ -432,16 +445,27 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     return sItem[j % S];
   };
 
-  // This warpgroup's dQ staging area (sdQ + cw · kDqBytes) through one hand-off to its
-  // writer warp (dq_writer): wait until the writer's last TMA operation has read the area,
-  // write() it (every thread), fence the writes for the TMA, set the job and arrive; the
-  // writer issues the job's TMA operations.
+  // This warpgroup's dQ staging area (sdQ + cw · kDqBytes) through one hand-off: wait until
+  // the last one's TMA operations have read the area, write() it (every thread), fence the
+  // writes for the TMA, then issue the job's operations: its writer warp does (kWriter:
+  // the consumers set the job and arrive), or one thread of the warpgroup after the
+  // warpgroup meets.
   auto through_staging = [&](auto&& write, int4 job) {
-    named_barrier(Cfg::kHandBar + 2 + cw, 160);
-    write();
-    fence_proxy_async();
-    if (tid % 128 == 0) sJob[cw] = job;
-    named_barrier_arrive(Cfg::kHandBar + cw, 160);
+    if constexpr (kWriter) {
+      named_barrier(Cfg::kHandBar + 2 + cw, 160);
+      write();
+      fence_proxy_async();
+      if (tid % 128 == 0) sJob[cw] = job;
+      named_barrier_arrive(Cfg::kHandBar + cw, 160);
+    } else {
+      const bool issuer = tid % 128 == 0;
+      if (issuer) bulk_wait_read();
+      named_barrier(2 + cw, 128);
+      write();
+      fence_proxy_async();
+      named_barrier(2 + cw, 128);
+      if (issuer && (job.x & 15) != kJobNone) issue_job(sdQ + cw * Cfg::kDqBytes, job);
+    }
   };
   // A dQ part (dq[n8 block][4], columns from col0) → shared memory (32-column boxes,
   // 128-byte swizzle) → one TMA reduce-add per box.
@@ -853,7 +877,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     if constexpr (!kPersistent) break;
   }
   if (kTurns && cw == 0) turn_wait();  // warpgroup 1's last pass
-  through_staging([] {}, make_int4(kJobDone, 0, 0, 0));  // the writer completes its operations and leaves
+  if constexpr (kWriter) through_staging([] {}, make_int4(kJobDone, 0, 0, 0));  // the writer completes its operations and leaves
+  else if (tid % 128 == 0) bulk_wait();
 #endif
 }
 
