@@ -122,7 +122,10 @@ __device__ __forceinline__ bool bwd_hidden(const float* lse, const int2* iv, int
 // when lse is NaN); otherwise only where the row saw nothing. A compile-time choice: the
 // caller branches once per tile, so tiles without a mask run none of the select.
 // kLog2Lse: lse holds LSE · log2 e (bwd_row_stats_warp), which saves a multiply per row.
-template <typename T, int BM, bool kMask, bool kLog2Lse = false>
+// kFinite (with kMask false): the caller knows every row's LSE is finite or NaN, none −inf
+// (a kernel without q_ranges: every row sees every KV row of the step, rows past Lq hold
+// 0), so the per-element select for rows that saw nothing is left out.
+template <typename T, int BM, bool kMask, bool kLog2Lse = false, bool kFinite = false>
 __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[BM / 16][4], const float* lse,
                                           const int2* iv, float scale_log2, int kv_row0, int Lkv, int t) {
   constexpr float kLog2e = kLog2Lse ? 1.f : 1.4426950408889634f;
@@ -133,8 +136,12 @@ __device__ __forceinline__ void bwd_probs(float (&s)[BM / 8][4], uint32_t (&pa)[
       const int qc = nb * 8 + 2 * t + (e & 1);
       const float l2 = lse[qc] * kLog2e;
       const float pv = exp2f(s[nb][e] * scale_log2 - l2);
-      const bool zero = kMask ? bwd_hidden(lse, iv, kv_row0, Lkv, nb, e, t) : l2 == -INFINITY;
-      s[nb][e] = zero ? 0.f : pv;
+      if constexpr (!kMask && kFinite) {
+        s[nb][e] = pv;
+      } else {
+        const bool zero = kMask ? bwd_hidden(lse, iv, kv_row0, Lkv, nb, e, t) : l2 == -INFINITY;
+        s[nb][e] = zero ? 0.f : pv;
+      }
     }
 #pragma unroll
   for (int kk = 0; kk < BM / 16; ++kk) {

@@ -13,7 +13,9 @@
 //     forms one part of the tile's dQ (block_m = 128: its 64 query rows; block_m = 64:
 //     a part of the head dim, BwdSm90::kDqCols), stages it in shared memory and adds it
 //     to the fp32 dQ in global memory with TMA reduce-adds (the memory system does the
-//     adds in whole lines, where per-thread atomics capped the kernel). The consumers
+//     adds in whole lines, where per-thread atomics capped the kernel), which one thread
+//     of the warpgroup issues or, in the late kernels at D = 96 and 128, a writer warp of
+//     the producer warpgroup (one per consumer warpgroup, BwdSm90::kHandBar). The consumers
 //     meet once per tile (dSᵀ complete), at a named barrier; or (kLate, without q_ranges,
 //     where a KV block has many query tiles) each forms dQ of a tile during the next one,
 //     after a one-way signal that the other's half of dSᵀ is stored, and the two take
@@ -90,6 +92,12 @@ struct BwdSm90 {
   // other's GEMMs, as in the forward's ping-pong. Barriers kTurnBar (warpgroup 0's), + 1.
   static constexpr bool kTurns = true;
   static constexpr int kTurnBar = 8;
+  // Staging-area hand-offs (dQ reduce-adds, dK/dV stores) through a writer warp per
+  // consumer warpgroup (producer warps 2 and 3), in the kernels with the kernel's kWriter:
+  // barrier kHandBar + w (the warpgroup's writes are fenced and its job set: consumers
+  // arrive, the writer syncs) and kHandBar + 2 + w (the writer's TMA has read the area:
+  // the writer arrives, consumers sync); 160 threads each.
+  static constexpr int kHandBar = 10;
   // dK/dV of a warpgroup's 64 KV rows in the storage dtype, staged in its dQ staging area
   // (16 KB) and stored by TMA (BwdParams::kv_store_tma): both at once at D = 64 (16 KB), dK
   // then dV at D = 96 (12 KB each) and 128 (16 KB each); accumulated or fp32 results by the
@@ -99,6 +107,13 @@ struct BwdSm90 {
   static constexpr int kStaticBytes = kStages * kBlockM * 16 + 512;  // row statistics, flags, barriers
   static_assert(kSmemBytes + kStaticBytes <= 232448, "shared memory of one block");
 };
+
+// A staging-area hand-off from a consumer warpgroup to its writer warp: int4 {kind, head,
+// first row, batch}, for a dQ part with its 32-column boxes in bits 4-7 of the kind's word
+// and its first column from bit 8; a dQ part (reduce-add of those columns at query rows
+// from `first row`), dK, dV or both (stores of its 64 KV rows from `first row`), nothing
+// (rows past Lkv only), or the last one (the writer completes its operations and leaves).
+enum BwdJob : int { kJobDq, kJobK, kJobV, kJobKv, kJobNone, kJobDone };
 
 // kRanges: the step has q_ranges (masked-value machinery compiled in). kLate (only without
 // q_ranges): late dQ with turns (BwdSm90::kLateBar, kTurns) instead of the warpgroups
@@ -121,6 +136,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   __shared__ int2 sTile[S];   // its query head and first query row
   __shared__ int sFlags[S];  // bit 0: every row sees the block whole (no mask); bit 1: exact tile
   __shared__ uint32_t sKpart[BN / 32];  // producer: K rows with a NaN/±Inf some query sees
+  __shared__ int4 sJob[2];  // per consumer warpgroup: the hand-off its writer warp issues (BwdJob)
   __shared__ __align__(8) uint64_t bars[3 + 3 * S];
   const uint32_t sK = (smem_addr(smem_sm90) + 1023u) & ~1023u, sV = sK + Cfg::kKvBytes;
   const uint32_t sQ = sV + Cfg::kKvBytes, sdO = sQ + S * kQ;  // [S] each
@@ -182,11 +198,66 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
   }
   __syncthreads();
 
+  // kWriter: staging-area hand-offs through writer warps (BwdSm90::kHandBar), in the late
+  // kernels at D = 96 and 128. Elsewhere one thread of the consumer warpgroup issues them:
+  // one H200, 2026-11-30, backward kernel against that, in one A/B call: late D = 128
+  // 0.95-0.98x, D = 96 0.97x, but late D = 64 1.06x, the per-tile kernel (16/16, 256 x 32768)
+  // 1.07x, with q_ranges 1.04x (KERNEL_NOTES.md, "Writer warps measured").
+  constexpr bool kWriter = kLate && D != 64;
+  // The TMA operations of a hand-off (BwdJob) from the staging area `stage`, by one thread,
+  // committed as one group.
+  auto issue_job = [&](uint32_t stage, const int4& job) {
+    constexpr uint32_t kKvTile = 64 * D * 2;
+    const int kind = job.x & 15;
+    if (kind == kJobDq) {
+      for (int box = 0; box < ((job.x >> 4) & 15); ++box)
+        tma_reduce_add_rows(&tdq, stage + box * 64 * 128, (job.x >> 8) + 32 * box, job.y, job.z, job.w);
+    } else {
+#pragma unroll
+      for (int c = 0; c < Cfg::kColBlocks; ++c) {
+        const uint32_t src = stage + c * 64 * L::kBytes;
+        if (kind == kJobK || kind == kJobKv) tma_store_rows(&tdk, src, c * L::kCols, job.y, job.z, job.w);
+        if (kind == kJobV) tma_store_rows(&tdv, src, c * L::kCols, job.y, job.z, job.w);
+        if (kind == kJobKv) tma_store_rows(&tdv, src + kKvTile, c * L::kCols, job.y, job.z, job.w);
+      }
+    }
+    bulk_commit();
+  };
+  // Writer warp of consumer warpgroup w (producer warps 2, 3; kWriter): per hand-off
+  // (through_staging below) it waits until the warpgroup's writes are fenced, issues the
+  // job's TMA operations from the warpgroup's staging area (lane 0), waits until they have
+  // read it and hands the area back. The area starts free.
+  auto dq_writer = [&](int w) {
+    const uint32_t stage = sdQ + w * Cfg::kDqBytes;
+    named_barrier_arrive(Cfg::kHandBar + 2 + w, 160);
+    for (;;) {
+      named_barrier(Cfg::kHandBar + w, 160);
+      const int4 job = sJob[w];
+      const int kind = job.x & 15;
+      if (kind == kJobDone) break;
+      if (lane == 0 && kind != kJobNone) {
+        issue_job(stage, job);
+        bulk_wait_read();
+      }
+      __syncwarp();
+      named_barrier_arrive(Cfg::kHandBar + 2 + w, 160);
+    }
+    if (lane == 0) bulk_wait();
+  };
+
   if (wg == 0) {
     regs_dealloc<24>();
     // Producer: warp 0 (lane 0 issues the loads; the warp walks the items and fixes Q/dO
     // tiles) and, with q_ranges, warp 1, which scans K while warp 0 finds the first items
     // and their loads fly (design at the top).
+    if (warp >= 2) {
+      // Writer warp of consumer warpgroup warp - 2: issues the TMA operations of that
+      // warpgroup's staging-area hand-offs (dQ reduce-adds, dK/dV stores), so that the
+      // consumers only arrive once their writes are fenced instead of meeting at a barrier
+      // before one of them issues (KERNEL_NOTES.md, "Where the backward waits now").
+      if constexpr (kWriter) dq_writer(warp - 2);
+      return;
+    }
     if (tid >= (kRanges ? 64 : 32)) return;
     if constexpr (kRanges) {
       if (warp == 1) {
@@ -374,20 +445,26 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     return sItem[j % S];
   };
 
-  // This warpgroup's dQ staging area (sdQ + cw · kDqBytes) through one TMA hand-off: wait
-  // until the last one has been read out of it, write() it (every thread), fence the writes
-  // for the TMA, then (when `send`) one thread issue()s the TMA operations and commits them
-  // as a group.
-  auto through_staging = [&](auto&& write, auto&& issue, bool send) {
-    const bool issuer = tid % 128 == 0;
-    if (issuer) bulk_wait_read();
-    named_barrier(2 + cw, 128);
-    write();
-    fence_proxy_async();
-    named_barrier(2 + cw, 128);
-    if (issuer && send) {
-      issue();
-      bulk_commit();
+  // This warpgroup's dQ staging area (sdQ + cw · kDqBytes) through one hand-off: wait until
+  // the last one's TMA operations have read the area, write() it (every thread), fence the
+  // writes for the TMA, then issue the job's operations: its writer warp does (kWriter:
+  // the consumers set the job and arrive), or one thread of the warpgroup after the
+  // warpgroup meets.
+  auto through_staging = [&](auto&& write, int4 job) {
+    if constexpr (kWriter) {
+      named_barrier(Cfg::kHandBar + 2 + cw, 160);
+      write();
+      fence_proxy_async();
+      if (tid % 128 == 0) sJob[cw] = job;
+      named_barrier_arrive(Cfg::kHandBar + cw, 160);
+    } else {
+      const bool issuer = tid % 128 == 0;
+      if (issuer) bulk_wait_read();
+      named_barrier(2 + cw, 128);
+      write();
+      fence_proxy_async();
+      named_barrier(2 + cw, 128);
+      if (issuer && (job.x & 15) != kJobNone) issue_job(sdQ + cw * Cfg::kDqBytes, job);
     }
   };
   // A dQ part (dq[n8 block][4], columns from col0) → shared memory (32-column boxes,
@@ -410,12 +487,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
                            "f"(dq[nb][2 * ri + 1] * p.scale));
             }
         },
-        [&] {
-#pragma unroll
-          for (int box = 0; box < NB / 4; ++box)
-            tma_reduce_add_rows(&tdq, dq_stage + box * 64 * 128, col0 + 32 * box, h, q0 + dq_row0, b);
-        },
-        true);
+        make_int4(kJobDq | (NB / 4) << 4 | col0 << 8, h, q0 + dq_row0, b));
   };
   // dK (scaled) and dV of this warpgroup's 64 KV rows, finished and fresh, in the storage
   // dtype → its dQ staging area (64-row tiles in L's swizzle: dK and dV in one hand-off
@@ -436,25 +508,17 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
                          "r"(Pack2<T>::from(acc[db][2 * ri] * scale, acc[db][2 * ri + 1] * scale)));
         }
       };
-      auto store_tile = [&](const CUtensorMap* map, uint32_t src) {
-#pragma unroll
-        for (int c = 0; c < Cfg::kColBlocks; ++c)
-          tma_store_rows(map, src + c * 64 * L::kBytes, c * L::kCols, hk, n0 + 64 * cw, b);
-      };
+      auto job = [&](int kind) { return make_int4(rows_in ? kind : kJobNone, hk, n0 + 64 * cw, b); };
       if constexpr (kTogether) {
         through_staging(
             [&] {
               write_tile(dk, stage, p.scale);
               write_tile(dv, stage + kTile, 1.f);
             },
-            [&] {
-              store_tile(&tdk, stage);
-              store_tile(&tdv, stage + kTile);
-            },
-            rows_in);
+            job(kJobKv));
       } else {
-        through_staging([&] { write_tile(dk, stage, p.scale); }, [&] { store_tile(&tdk, stage); }, rows_in);
-        through_staging([&] { write_tile(dv, stage, 1.f); }, [&] { store_tile(&tdv, stage); }, rows_in);
+        through_staging([&] { write_tile(dk, stage, p.scale); }, job(kJobK));
+        through_staging([&] { write_tile(dv, stage, 1.f); }, job(kJobV));
       }
     }
   };
@@ -734,7 +798,7 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
       // Sᵀ (complete: issued before this tile's turn), then Pᵀ.
       uint32_t pa[BM / 16][4];
       if (need_mask) bwd_probs<T, BM, true, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
-      else bwd_probs<T, BM, false, true>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
+      else bwd_probs<T, BM, false, true, !kRanges>(s, pa, sLse[st], sIv[st], p.scale_log2, kv_row0, Lkv, t);
 
       // dPᵀ = V dOᵀ and dV += Pᵀ dO, issued back to back.
       float dp[BM / 8][4];
@@ -813,7 +877,8 @@ __global__ void __launch_bounds__(BwdSm90<D>::kThreads, 1)
     if constexpr (!kPersistent) break;
   }
   if (kTurns && cw == 0) turn_wait();  // warpgroup 1's last pass
-  if (tid % 128 == 0) bulk_wait();
+  if constexpr (kWriter) through_staging([] {}, make_int4(kJobDone, 0, 0, 0));  // the writer completes its operations and leaves
+  else if (tid % 128 == 0) bulk_wait();
 #endif
 }
 

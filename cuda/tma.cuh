@@ -90,6 +90,12 @@ __device__ __forceinline__ void regs_alloc() { asm volatile("setmaxnreg.inc.sync
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Arrives at barrier `id` (1..15) of `threads` threads (whole warps) without waiting: a
+// one-way signal to the threads that bar.sync on it (ordered after this thread's earlier
+// memory operations, as bar.sync is).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 // Named barrier kId (an immediate) of kThreads threads (whole warps): waited for (kSync)
 // or arrived at without waiting (a one-way signal).
 template <bool kSync, int kId, int kThreads>
