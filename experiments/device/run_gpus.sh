@@ -12,7 +12,8 @@
 # the rest. A step list without "build" reuses an install an earlier call on the same
 # machine left there. Usage:
 #   STEPS="build test bench kernels recompute mllama memprofile sweep soak" experiments/device/run_gpus.sh
-# ('table': the kernel step's SDPA comparison alone; 'ncusrc': warp-state samples per SASS
+# ('table': the kernel step's SDPA comparison alone; 'trace': host gaps and runtime calls of
+# one forward+backward, trace_call.py; 'ncusrc': warp-state samples per SASS
 # instruction of the backward kernel, NCU_SHAPES / NCU_KERNEL)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -174,6 +175,14 @@ if [[ " $steps " == *" ncusrc "* ]]; then
   # default the sm_90a backward; one launch per shape of NCU_SHAPES).
   PY="$PY" PUBLIC=1 SOURCE=1 KERNELS="${NCU_KERNEL:-attend_bwd_sm90}" OUT="$out" \
     SHAPES="${NCU_SHAPES:-1,16,16,4096,65536,128,bf16;1,16,16,256,32768,128,bf16}" cuda/dev/ncu_sm90.sh
+fi
+
+if [[ " $steps " == *" trace "* ]]; then
+  # Where a forward+backward's wall time goes beyond its kernels (host gaps, runtime calls),
+  # ours against cuDNN, timed as the SDPA table times them.
+  "$PY" experiments/trace_call.py --out "$out/traces" \
+    --shapes "${TRACE_SHAPES:-1,16,16,8192,32768,128,fp16;1,16,16,4096,65536,128,bf16;1,16,16,1024,16384,128,bf16}" \
+    2>&1 | tee "$out/trace_call.txt"
 fi
 
 if [[ " $steps " == *" soak "* ]]; then
