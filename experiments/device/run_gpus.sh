@@ -13,7 +13,8 @@
 # machine left there. Usage:
 #   STEPS="build test bench kernels recompute mllama memprofile sweep soak" experiments/device/run_gpus.sh
 # ('table': the kernel step's SDPA comparison alone; 'trace': host gaps and runtime calls of
-# one forward+backward, trace_call.py; 'ncusrc': warp-state samples per SASS
+# one forward+backward, trace_call.py; 'host': host time per public call, host_overhead.py;
+# 'ncusrc': warp-state samples per SASS
 # instruction of the backward kernel, NCU_SHAPES / NCU_KERNEL)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -183,6 +184,13 @@ if [[ " $steps " == *" trace "* ]]; then
   "$PY" experiments/trace_call.py --out "$out/traces" \
     --shapes "${TRACE_SHAPES:-1,16,16,8192,32768,128,fp16;1,16,16,4096,65536,128,bf16;1,16,16,1024,16384,128,bf16}" \
     2>&1 | tee "$out/trace_call.txt"
+fi
+
+if [[ " $steps " == *" host "* ]]; then
+  # Host time per public call and its parts, on shapes small enough to be host-bound.
+  for shape in ${HOST_SHAPES:-1,2,2,64,1024,128,bf16 1,16,16,256,2048,128,bf16}; do
+    "$PY" experiments/host_overhead.py --shape "$shape" 2>&1 | tee -a "$out/host_overhead.txt"
+  done
 fi
 
 if [[ " $steps " == *" soak "* ]]; then
