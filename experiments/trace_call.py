@@ -4,7 +4,8 @@
 does), with per call: the GPU span from the first to the last GPU activity, the kernels' busy
 time, the idle gaps in between (and the host's runtime call at each gap's start), and the CUDA
 runtime calls by name (count and host time), to find host synchronizations, allocations and
-launch gaps.
+launch gaps; and the GPU's mean SM clock and power over the traced calls (gpu_state.py), to
+compare the two at known clocks.
 
 Usage (one GPU)::
 
@@ -31,6 +32,7 @@ from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_gpu_kernels import public_closures, sdpa_closures  # noqa: E402
+from gpu_state import GpuState, describe  # noqa: E402
 
 GPU_CATS = ("kernel", "gpu_memset", "gpu_memcpy")
 
@@ -43,13 +45,13 @@ def parse_shape(text: str):
 
 def trace(fn, calls: int, flush: torch.Tensor):
     """Chrome-trace events of `calls` calls of fn, each after an L2 flush and marked by a
-    'call' range."""
+    'call' range, and what the GPU ran at meanwhile (gpu_state.GpuState.summary())."""
     from torch.profiler import ProfilerActivity, profile, record_function
     for _ in range(3):
         flush.zero_()
         fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with GpuState(period_s=0.005) as gpu, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             flush.zero_()
             with record_function("call"):
@@ -61,10 +63,10 @@ def trace(fn, calls: int, flush: torch.Tensor):
     with open(path) as f:
         events = json.load(f)["traceEvents"]
     os.unlink(path)
-    return events
+    return events, gpu.summary()
 
 
-def summarize(events, label: str):
+def summarize(events, label: str, state: dict):
     calls = sorted((e for e in events if e.get("name") == "call" and e.get("cat") == "user_annotation"),
                    key=lambda e: e["ts"])
     gpu = sorted((e for e in events if e.get("cat") in GPU_CATS), key=lambda e: e["ts"])
@@ -100,7 +102,7 @@ def summarize(events, label: str):
         if i == len(calls) - 1:
             lines.append("    runtime calls of this call (count, host us): " +
                          "; ".join(f"{n} {rt[n]} {rt_us[n]:.0f}" for n in sorted(rt, key=lambda n: -rt_us[n])[:8]))
-    print(f"{label}\n" + "\n".join(lines), flush=True)
+    print(f"{label} [{describe(state) or 'GPU state not measured'}]\n" + "\n".join(lines), flush=True)
 
 
 def main() -> int:
@@ -124,8 +126,8 @@ def main() -> int:
         impls = {"ours": public_closures(q, k, v, dout, scale)[1],
                  "cudnn": sdpa_closures(q, k, v, dout, scale, SDPBackend.CUDNN_ATTENTION)[1]}
         for name, fn in impls.items():
-            events = trace(fn, args.calls, flush)
-            summarize(events, f"{text} {name} forward+backward")
+            events, state = trace(fn, args.calls, flush)
+            summarize(events, f"{text} {name} forward+backward", state)
             if args.out:
                 os.makedirs(args.out, exist_ok=True)
                 tag = text.replace(",", "_")
