@@ -214,11 +214,10 @@ def rel_err(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False):
-    """Times each implementation on one shape. Returns ({impl: (fwd ms, fwd+bwd ms, kernel
-    ms of one forward, of one forward+backward, GpuState summary of the forward+backward
-    timing)}, forward FLOPs, our forward's relative error against SDPA); the kernel sums
-    (kernel_times) only with `kernels`, else None."""
+def make_inputs(shape):
+    """q, k, v ([B, L, H, D]) and an output gradient dout (like q) on the GPU for a shape
+    tuple (B, Hq, Hkv, Lq, Lkv, D, dtype name), standard normal, seeded by the shape, and the
+    softmax scale 1/sqrt(D)."""
     B, Hq, Hkv, Lq, Lkv, D, dname = shape
     dtype = DTYPES[dname]
     gen = torch.Generator(device="cuda").manual_seed(Lq + Lkv + D)
@@ -226,7 +225,16 @@ def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False)
     k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
     v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
     dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=gen)
-    scale = 1.0 / math.sqrt(D)
+    return q, k, v, dout, 1.0 / math.sqrt(D)
+
+
+def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False):
+    """Times each implementation on one shape. Returns ({impl: (fwd ms, fwd+bwd ms, kernel
+    ms of one forward, of one forward+backward, GpuState summary of the forward+backward
+    timing)}, forward FLOPs, our forward's relative error against SDPA); the kernel sums
+    (kernel_times) only with `kernels`, else None."""
+    B, Hq, Hkv, Lq, Lkv, D, dname = shape
+    q, k, v, dout, scale = make_inputs(shape)
     impls = {label: (lib.closures(q, k, v, dout, scale) if lib else public_closures(q, k, v, dout, scale))}
     if sdpa:
         impls["cudnn"] = sdpa_closures(q, k, v, dout, scale, SDPBackend.CUDNN_ATTENTION)

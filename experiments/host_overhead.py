@@ -29,8 +29,7 @@ import torch
 from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gpu_kernels import public_closures, sdpa_closures  # noqa: E402
-from trace_call import parse_shape  # noqa: E402
+from bench_gpu_kernels import make_inputs, parse_shapes, public_closures, sdpa_closures  # noqa: E402
 
 
 def host_us(fn, calls: int) -> float:
@@ -59,12 +58,8 @@ def main() -> int:
     import lvxattn
     from lvxattn import api
 
-    B, Hq, Hkv, Lq, Lkv, D, dt = parse_shape(args.shape)
-    q = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dt)
-    k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dt)
-    v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dt)
-    dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dt)
-    scale = D ** -0.5
+    (shape,) = parse_shapes(args.shape)
+    q, k, v, dout, scale = make_inputs(shape)
     fwd, fwd_bwd = public_closures(q, k, v, dout, scale)
     _, sdpa_fwd_bwd = sdpa_closures(q, k, v, dout, scale, SDPBackend.CUDNN_ATTENTION)
 

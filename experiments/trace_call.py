@@ -31,16 +31,10 @@ import torch
 from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gpu_kernels import public_closures, sdpa_closures  # noqa: E402
+from bench_gpu_kernels import make_inputs, parse_shapes, public_closures, sdpa_closures  # noqa: E402
 from gpu_state import GpuState, describe  # noqa: E402
 
 GPU_CATS = ("kernel", "gpu_memset", "gpu_memcpy")
-
-
-def parse_shape(text: str):
-    b, hq, hkv, lq, lkv, d, dtype = text.split(",")
-    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return int(b), int(hq), int(hkv), int(lq), int(lkv), int(d), dt
 
 
 def trace(fn, calls: int, flush: torch.Tensor):
@@ -115,14 +109,9 @@ def main() -> int:
         print("trace_call.py needs a CUDA GPU", file=sys.stderr)
         return 2
     flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")  # as do_bench
-    for text in args.shapes.split(";"):
-        B, Hq, Hkv, Lq, Lkv, D, dt = parse_shape(text)
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dt, generator=g)
-        k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dt, generator=g)
-        v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dt, generator=g)
-        dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dt, generator=g)
-        scale = D ** -0.5
+    for shape in parse_shapes(args.shapes):
+        text = ",".join(map(str, shape))
+        q, k, v, dout, scale = make_inputs(shape)
         impls = {"ours": public_closures(q, k, v, dout, scale)[1],
                  "cudnn": sdpa_closures(q, k, v, dout, scale, SDPBackend.CUDNN_ATTENTION)[1]}
         for name, fn in impls.items():

@@ -57,8 +57,12 @@ def test_summarize_without_gpu_state(trace_call, capsys):
 
 
 def test_parse_shape(trace_call):
+    # the shapes' parser and dtype names it shares with bench_gpu_kernels.py
     import torch
 
-    assert trace_call.parse_shape("2,32,8,1024,16384,128,bf16") == (2, 32, 8, 1024, 16384, 128, torch.bfloat16)
+    (shape,) = trace_call.parse_shapes("2,32,8,1024,16384,128,bf16")
+    assert shape == (2, 32, 8, 1024, 16384, 128, "bf16")
+    dtypes = sys.modules["bench_gpu_kernels"].DTYPES
+    assert dtypes[shape[6]] == torch.bfloat16
     with pytest.raises(KeyError):
-        trace_call.parse_shape("1,1,1,1,1,64,fp8")
+        dtypes["fp8"]
