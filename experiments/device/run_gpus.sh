@@ -184,6 +184,8 @@ if [[ " $steps " == *" trace "* ]]; then
   "$PY" experiments/trace_call.py --out "$out/traces" \
     --shapes "${TRACE_SHAPES:-1,16,16,8192,32768,128,fp16;1,16,16,4096,65536,128,bf16;1,16,16,1024,16384,128,bf16}" \
     2>&1 | tee "$out/trace_call.txt"
+  # one archive: at most 8 files come back from a lent machine
+  [ -d "$out/traces" ] && (cd "$out" && tar czf traces.tgz traces && rm -rf traces)
 fi
 
 if [[ " $steps " == *" host "* ]]; then
