@@ -38,6 +38,7 @@
 #pragma once
 
 #include "attend_fwd_parts.cuh"
+#include "elementwise.cuh"
 #include "kernel_traits.cuh"
 #include "visibility.cuh"
 
@@ -208,11 +209,11 @@ __global__ void __launch_bounds__(Tr::kThreads) attend_fwd_kernel(const FwdParam
     }
   }
 
-  fwd_epilogue<D>(p, acc, mrow, lrow, row0, b, h, split, t);
+  fwd_epilogue<T, D>(p, acc, mrow, lrow, row0, b, h, split, t);
 }
 
 // Merges the split partials and the running accumulator, one warp per (b, row, head).
-template <int D>
+template <typename T, int D>
 __global__ void fwd_combine_kernel(const FwdParams p) {
   const long long rows = (long long)p.B * p.Lq * p.Hq;
   const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -223,7 +224,9 @@ __global__ void fwd_combine_kernel(const FwdParams p) {
   const int row = (int)(bi % p.Lq), b = (int)(bi / p.Lq);
   const size_t lse_idx = ((size_t)b * p.Hq + h) * p.Lq + row;
   const size_t part_rows = (size_t)p.B * p.Lq * p.Hq;
-  const float lse_a = p.lse[lse_idx];
+  // With o_out the partials are the whole sum: the old o and lse are not read.
+  const bool out = p.o_out != nullptr;
+  const float lse_a = out ? -INFINITY : p.lse[lse_idx];
   float mx = lse_a;
   bool nan = is_nan(lse_a);
   for (int s = 0; s < p.splits; ++s) {
@@ -231,15 +234,24 @@ __global__ void fwd_combine_kernel(const FwdParams p) {
     mx = fmaxf(mx, ls);
     nan |= is_nan(ls);
   }
-  if (mx == -INFINITY && !nan) return;  // nothing seen (a NaN, seen by the row, goes on as NaN)
-  float wsum = __expf(lse_a - mx);
   constexpr int kPer = (D + 31) / 32;
+  T* orow_out = out ? static_cast<T*>(p.o_out) + (size_t)w * D : nullptr;
+  if (mx == -INFINITY && !nan) {  // nothing seen (a NaN, seen by the row, goes on as NaN)
+    if (out) {  // O = 0, lse = -inf; otherwise the accumulator stays as it is
+#pragma unroll
+      for (int i = 0; i < kPer; ++i)
+        if (lane + 32 * i < D) orow_out[lane + 32 * i] = from_f32<T>(0.f);
+      if (lane == 0) p.lse[lse_idx] = -INFINITY;
+    }
+    return;
+  }
+  float wsum = out ? 0.f : __expf(lse_a - mx);
   float o[kPer];
   float* orow = p.o + (size_t)w * D;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     int d = lane + 32 * i;
-    o[i] = d < D ? orow[d] * wsum : 0.f;
+    o[i] = d < D && !out ? orow[d] * wsum : 0.f;
   }
   for (int s = 0; s < p.splits; ++s) {
     float ls = p.lse_part[s * part_rows + lse_idx];
@@ -257,7 +269,9 @@ __global__ void fwd_combine_kernel(const FwdParams p) {
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     int d = lane + 32 * i;
-    if (d < D) orow[d] = o[i] * inv;
+    if (d >= D) continue;
+    if (out) orow_out[d] = from_f32<T>(o[i] * inv);
+    else orow[d] = o[i] * inv;
   }
   __syncwarp();
   if (lane == 0) p.lse[lse_idx] = mx + __logf(wsum);

@@ -156,14 +156,17 @@ __device__ __forceinline__ void probs_fragment(const float (&s)[NB][4], int kk, 
 
 // Normalizes the tile's rows, then merges them into the running accumulator:
 //   lse' = logaddexp(lse, lse_b), o' = o·e^(lse−lse') + O_b·e^(lse_b−lse');
-// with split-KV, writes the normalized partial (O_b, lse_b) of the block's slice.
-template <int D>
+// with split-KV, writes the normalized partial (O_b, lse_b) of the block's slice; with
+// o_out (the whole sum in one step, no split), writes O_b in the storage dtype T there
+// and lse_b to lse (a row that saw nothing: 0 and -inf).
+template <typename T, int D>
 __device__ __forceinline__ void fwd_epilogue(const FwdParams& p, const float (&acc)[D / 8][4], const float (&mrow)[2],
                                              const float (&lrow)[2], int row0, int b, int h, int split, int t) {
   constexpr float kLn2 = 0.6931471805599453f;
   const int Lq = p.Lq;
+  const bool out = p.o_out != nullptr && p.splits == 1;
   float lse_prev[2] = {-INFINITY, -INFINITY};
-  if (p.splits == 1) {
+  if (p.splits == 1 && !out) {
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri)
       if (row0 + ri * 8 < Lq) lse_prev[ri] = p.lse[((size_t)b * p.Hq + h) * Lq + row0 + ri * 8];
@@ -186,6 +189,14 @@ __device__ __forceinline__ void fwd_epilogue(const FwdParams& p, const float (&a
       for (int db = 0; db < D / 8; ++db)
         *reinterpret_cast<float2*>(op + db * 8) = make_float2(acc[db][2 * ri] * inv_l, acc[db][2 * ri + 1] * inv_l);
       if (t == 0) p.lse_part[part + lse_idx] = lse_b;
+      continue;
+    }
+    if (out) {
+      uint32_t* op = reinterpret_cast<uint32_t*>(static_cast<T*>(p.o_out) + o_idx);
+#pragma unroll
+      for (int db = 0; db < D / 8; ++db)  // a row that saw nothing: zeros, whatever acc holds
+        op[db * 4] = empty ? 0u : Pack2<T>::from(acc[db][2 * ri] * inv_l, acc[db][2 * ri + 1] * inv_l);
+      if (t == 0) p.lse[lse_idx] = lse_b;
       continue;
     }
     if (empty) continue;  // nothing seen: the accumulator stays as it is

@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(FwdSm90<D>::kThreads, 1)
       if (cw == 0 && n_tiles > 1) bar_sync(0);  // warpgroup 1's last pass (above)
   }
 
-  fwd_epilogue<D>(p, acc, mrow, lrow, row0, b, h, split, t);
+  fwd_epilogue<T, D>(p, acc, mrow, lrow, row0, b, h, split, t);
 #endif
 }
 

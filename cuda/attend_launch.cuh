@@ -33,11 +33,11 @@ bool sm90_kernel_ready(Kernel kernel, int bytes, const char* what, int D) {
   return false;
 }
 
-template <int D>
+template <typename T, int D>
 void launch_fwd_combine(const FwdParams& p, cudaStream_t stream) {
   const long long rows = (long long)p.B * p.Lq * p.Hq;
   const unsigned blocks = (unsigned)((rows * 32 + 255) / 256);
-  fwd_combine_kernel<D><<<blocks, 256, 0, stream>>>(p);
+  fwd_combine_kernel<T, D><<<blocks, 256, 0, stream>>>(p);
   LVX_CUDA_CHECK_LAUNCH();
 }
 
@@ -62,7 +62,7 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
       const CUtensorMap tv = rows_tensor_map(p.v, bf16, D, p.Hkv, p.Lkv, p.B, Cfg::kBlockN, box);
       kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, tq, tk, tv);
       LVX_CUDA_CHECK_LAUNCH();
-      if (p.splits > 1) launch_fwd_combine<D>(p, stream);
+      if (p.splits > 1) launch_fwd_combine<T, D>(p, stream);
       return;
     }
   }
@@ -79,7 +79,7 @@ void launch_attend_fwd(const FwdParams& p, cudaStream_t stream, bool sm90) {
     dim3 grid((p.Lq + Tr::kBlockM - 1) / Tr::kBlockM, p.Hq, p.B * p.splits);
     kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
     LVX_CUDA_CHECK_LAUNCH();
-    if (p.splits > 1) launch_fwd_combine<D>(p, stream);
+    if (p.splits > 1) launch_fwd_combine<T, D>(p, stream);
   }
 }
 

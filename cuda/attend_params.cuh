@@ -15,6 +15,9 @@ struct FwdParams {
   float scale_log2;                // scale · log2(e): softmax in base 2
   float* o;                        // running accumulator [B, Lq, Hq, D]
   float* lse;                      // [B, Hq, Lq]
+  // Storage-dtype O [B, Lq, Hq, D], or null: the step is the whole sum (FwdStep::o_out):
+  // o and the old lse are not read, normalized O goes here and the LSE to lse.
+  void* o_out;
   // Split-KV: split s covers KV rows [s·split_len, (s+1)·split_len). With splits > 1
   // the kernel writes normalized partials here and fwd_combine merges them.
   int splits, split_len;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
+#include <limits>
 #include <utility>
 
 #include <string>
@@ -194,13 +195,22 @@ class CudaBackend final : public Backend {
   void attend_fwd_step(const FwdStep& a) override {
     const StepShape& s = a.s;
     check_shape(s);
-    if (s.B == 0 || s.Lq == 0 || s.Hq == 0 || s.Lkv == 0) return;  // nothing visible: accumulator unchanged
+    LVX_REQUIRE(!a.o_out || a.dtype != DType::f32, "attend_fwd_step: o_out is for 16-bit storage types");
+    if (s.B == 0 || s.Lq == 0 || s.Hq == 0) return;
+    if (s.Lkv == 0) {  // nothing visible: the accumulator stays; written outputs are O = 0, lse = -inf
+      if (a.o_out) {
+        const size_t n_lse = (size_t)(s.B * s.Hq * s.Lq);
+        copy_zero(a.o_out, n_lse * s.D * dtype_size(a.dtype));
+        fill(a.lse, -std::numeric_limits<float>::infinity(), n_lse);
+      }
+      return;
+    }
     FwdParams p{};
     p.q = a.q; p.k = a.k; p.v = a.v; p.q_ranges = a.q_ranges; p.kv_begin = a.kv_begin;
     p.B = (int)s.B; p.Lq = (int)s.Lq; p.Lkv = (int)s.Lkv; p.Hq = (int)s.Hq; p.Hkv = (int)s.Hkv;
     p.group = (int)(s.Hq / s.Hkv);
     p.scale_log2 = a.scale * kLog2e;
-    p.o = a.o; p.lse = a.lse;
+    p.o = a.o; p.lse = a.lse; p.o_out = a.o_out;
     p.splits = 1; p.split_len = p.Lkv;
     if (a.dtype != DType::f32) {
       if (!cuda::config::head_dim_built(s.D)) unsupported_head_dim(s.D);

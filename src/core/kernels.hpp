@@ -35,6 +35,11 @@ struct FwdStep {
   float scale = 1.f;
   float* o = nullptr;    // fp32 [B, Lq, Hq, D]
   float* lse = nullptr;  // fp32 [B, Hq, Lq]
+  // o_out (storage dtype f16/bf16, [B, Lq, Hq, D]): the step is the whole sum (one step
+  // over all of K/V). The old o and lse are ignored, o is not used; the normalized O goes
+  // to o_out and the LSE to lse, rows that see no key getting O = 0 and lse = -inf (no
+  // fill before and no conversion pass after).
+  void* o_out = nullptr;
 };
 
 // Backward step, accumulating (+=) into fp32 dq, dk, dv:

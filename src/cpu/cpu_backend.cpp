@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <vector>
 
@@ -49,7 +50,19 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) dst[i] += src[i];
   }
 
-  void attend_fwd_step(const FwdStep& a) override { cpu::attend_fwd_step(a, pool_); }
+  // The write mode of O (FwdStep::o_out) around the accumulating kernel.
+  void attend_fwd_step(const FwdStep& a) override {
+    if (!a.o_out) return cpu::attend_fwd_step(a, pool_);
+    const size_t n_o = static_cast<size_t>(a.s.B * a.s.Lq * a.s.Hq * a.s.D);
+    const size_t n_lse = static_cast<size_t>(a.s.B * a.s.Hq * a.s.Lq);
+    FwdStep st = a;
+    st.o_out = nullptr;
+    scratch_o_.assign(n_o, 0.f);
+    st.o = scratch_o_.data();
+    std::fill(a.lse, a.lse + n_lse, -std::numeric_limits<float>::infinity());
+    cpu::attend_fwd_step(st, pool_);
+    convert(a.o_out, a.dtype, st.o, DType::f32, n_o);
+  }
   // The write modes of dK/dV (BwdStep) around the accumulating kernel.
   void attend_bwd_step(const BwdStep& a) override {
     const size_t n = static_cast<size_t>(a.s.B * a.s.Lkv * a.s.Hkv * a.s.D);
@@ -98,6 +111,7 @@ class CpuBackend final : public Backend {
   std::vector<std::chrono::steady_clock::time_point> marks_;
   std::vector<int> free_marks_;
   std::vector<float> scratch_;
+  std::vector<float> scratch_o_;  // attend_fwd_step's fp32 O when it writes o_out
 };
 
 }  // namespace

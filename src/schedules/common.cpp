@@ -58,14 +58,19 @@ void PhaseScope::finish() {
   finished = true;
 }
 
-void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, float scale,
+void local_forward(Backend& be, Workspace& /*ws*/, const StepShape& s, DType dtype, float scale,
                    const ForwardIO& io, ComputeTimer& timer) {
   const size_t n_o = static_cast<size_t>(s.B * s.Lq * s.Hq * s.D);
   const size_t n_lse = static_cast<size_t>(s.B * s.Hq * s.Lq);
-  float* o = dtype == DType::f32 ? static_cast<float*>(io.o) : ws.get_as<float>("local.o", n_o);
+  // One step over all of K/V: fp32 outputs are its accumulator (filled first); 16-bit
+  // ones it writes itself (FwdStep::o_out), without an fp32 accumulator.
+  const bool direct = dtype == DType::f32;
+  float* o = direct ? static_cast<float*>(io.o) : nullptr;
   timer.begin();
-  be.fill(o, 0.f, n_o);
-  be.fill(io.lse, kNegInf, n_lse);
+  if (direct) {
+    be.fill(o, 0.f, n_o);
+    be.fill(io.lse, kNegInf, n_lse);
+  }
   FwdStep st;
   st.s = s;
   st.dtype = dtype;
@@ -77,8 +82,8 @@ void local_forward(Backend& be, Workspace& ws, const StepShape& s, DType dtype, 
   st.scale = scale;
   st.o = o;
   st.lse = io.lse;
+  if (!direct) st.o_out = io.o;
   be.attend_fwd_step(st);
-  if (dtype != DType::f32) be.convert(io.o, dtype, o, DType::f32, n_o);
   timer.end();
 }
 

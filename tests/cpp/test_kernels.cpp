@@ -164,6 +164,25 @@ void run_case(lvx::Backend& be, lvx::DType dt, const ref::Shape& s, bool masked,
     expect_close(split ? "fwd-2step" : "fwd O", label, ref::rel_err(widen(o), r.o), tol);
     expect_close(split ? "lse-2step" : "fwd LSE", label, ref::rel_err(widen(lse), r.lse), tol * 0.1);
   }
+  // One step writing O in the storage type (FwdStep::o_out): the old O and LSE are not
+  // read (both start as garbage here), rows that see nothing get O = 0 and LSE = -inf.
+  if (dt != lvx::DType::f32) {
+    std::vector<T> o_out = to_storage<T>(std::vector<double>(q.size(), 7.0));
+    std::vector<float> lse(s.B * s.Hq * s.Lq, 12345.f);
+    lvx::FwdStep st;
+    st.s = {s.B, s.Lq, s.Lkv, s.Hq, s.Hkv, s.D};
+    st.dtype = dt;
+    st.q = qs.data();
+    st.k = ks.data();
+    st.v = vs.data();
+    st.q_ranges = masked ? ranges.data() : nullptr;
+    st.scale = float(scale);
+    st.lse = lse.data();
+    st.o_out = o_out.data();
+    be.attend_fwd_step(st);
+    expect_close("fwd O (o_out)", label, ref::rel_err(from_storage(o_out), r.o), tol);
+    expect_close("fwd LSE (o_out)", label, ref::rel_err(widen(lse), r.lse), tol * 0.1);
+  }
 
   // Backward in one step and in two.
   std::vector<T> os = to_storage<T>(r.o);
