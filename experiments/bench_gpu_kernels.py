@@ -9,6 +9,10 @@ inputs (its best layout) and ``enable_gqa`` for Hq != Hkv; its backward is
 ``torch.autograd.grad``. Times are medians of ``triton.testing.do_bench`` (CUDA events;
 a plain event loop when triton is absent), all implementations in the same process.
 FLOPs: 4·B·Hq·Lq·Lkv·D forward, 3.5x that for forward + backward (5 GEMMs backward).
+With ``--rounds N`` each shape's implementations are timed N times in alternating order
+(ours, cuDNN, flash, then flash, cuDNN, ours, ...) and the medians kept: at the power cap
+the GPU's clock depends on what ran just before, so one pass in a fixed order favours
+whichever runs first.
 
 With ``--lib`` the step kernels are timed instead, through cuda/dev/liblvx_cuda_dev.so
 (built by cuda/dev/run_playground.sh, called with tensor.data_ptr() via ctypes):
@@ -25,6 +29,7 @@ board power, highest temperature, the driver's clock event reasons; experiments/
 through nvidia-ml-py where it is installed, else empty columns).
 
 usage: python experiments/bench_gpu_kernels.py --out gpu_kernels.csv [--shapes ...] [--reps-ms 200] [--kernel-times]
+       [--rounds N] [--no-flash]
 """
 from __future__ import annotations
 
@@ -228,31 +233,48 @@ def make_inputs(shape):
     return q, k, v, dout, 1.0 / math.sqrt(D)
 
 
-def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False):
+def bench_shape(shape, rep_ms, lib=None, sdpa=True, label="ours", kernels=False, rounds=1, flash=True):
     """Times each implementation on one shape. Returns ({impl: (fwd ms, fwd+bwd ms, kernel
     ms of one forward, of one forward+backward, GpuState summary of the forward+backward
     timing)}, forward FLOPs, our forward's relative error against SDPA); the kernel sums
-    (kernel_times) only with `kernels`, else None."""
+    (kernel_times) only with `kernels`, else None. With rounds > 1 the implementations are
+    timed `rounds` times, in the listed order, then reversed, and so on (so that none always
+    runs first, on the coolest GPU, or right after the slowest), and each time is the median
+    over rounds; the GPU state is that of the median round's forward+backward timing."""
     B, Hq, Hkv, Lq, Lkv, D, dname = shape
     q, k, v, dout, scale = make_inputs(shape)
     impls = {label: (lib.closures(q, k, v, dout, scale) if lib else public_closures(q, k, v, dout, scale))}
     if sdpa:
         impls["cudnn"] = sdpa_closures(q, k, v, dout, scale, SDPBackend.CUDNN_ATTENTION)
-        impls["flash"] = sdpa_closures(q, k, v, dout, scale, SDPBackend.FLASH_ATTENTION)
-    rows, outs = {}, {}
-    for name, (fwd, fwd_bwd) in impls.items():
+        if flash:
+            impls["flash"] = sdpa_closures(q, k, v, dout, scale, SDPBackend.FLASH_ATTENTION)
+    times: dict = {name: [] for name in impls}
+    outs = {}
+    for name, (fwd, _) in list(impls.items()):
         try:
             out = fwd()
             torch.cuda.synchronize()
             outs[name] = out.transpose(1, 2) if name in ("cudnn", "flash") else out
+        except Exception as e:  # a backend may refuse a shape
+            print(f"  {name} failed: {str(e).splitlines()[0][:160]}")
+            del impls[name]
+        torch.cuda.empty_cache()
+    names = list(impls)
+    for r in range(max(1, rounds)):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fwd, fwd_bwd = impls[name]
             tf = bench_ms(fwd, rep_ms)
             with GpuState() as gpu:
                 tfb = bench_ms(fwd_bwd, rep_ms)
-            ks = (sum(kernel_times(fwd).values()), sum(kernel_times(fwd_bwd).values())) if kernels else (None, None)
-            rows[name] = (tf, tfb) + ks + (gpu.summary(),)
-        except Exception as e:  # a backend may refuse a shape
-            print(f"  {name} failed: {str(e).splitlines()[0][:160]}")
-        torch.cuda.empty_cache()
+            times[name].append((tf, tfb, gpu.summary()))
+    rows = {}
+    for name in names:
+        got = times[name]
+        tf = sorted(x[0] for x in got)[len(got) // 2]
+        mid = sorted(got, key=lambda x: x[1])[len(got) // 2]
+        fwd, fwd_bwd = impls[name]
+        ks = (sum(kernel_times(fwd).values()), sum(kernel_times(fwd_bwd).values())) if kernels else (None, None)
+        rows[name] = (tf, mid[1]) + ks + (mid[2],)
     ref = outs.get("cudnn", outs.get("flash"))
     err = rel_err(outs[label], ref) if label in outs and ref is not None else float("nan")
     return rows, 4.0 * B * Hq * Lq * Lkv * D, err
@@ -268,6 +290,10 @@ def main():
     ap.add_argument("--sha", default=None, help="git sha of the tree (when .git is not there)")
     ap.add_argument("--label", default="ours", help="name of the library's rows")
     ap.add_argument("--no-sdpa", action="store_true", help="time the library only")
+    ap.add_argument("--no-flash", action="store_true", help="leave SDPA's flash backend out (cuDNN only)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time the implementations this many times per shape, alternating their order, "
+                         "and keep the medians (default 1)")
     ap.add_argument("--kernel-times", action="store_true",
                     help="also sum each call's kernel device times (torch.profiler, 3 calls after an idle GPU), "
                          "to set against the do_bench times")
@@ -286,7 +312,8 @@ def main():
     out = []
     for shape in shapes:
         B, Hq, Hkv, Lq, Lkv, D, dname = shape
-        rows, flops, err = bench_shape(shape, args.reps_ms, lib, not args.no_sdpa, args.label, args.kernel_times)
+        rows, flops, err = bench_shape(shape, args.reps_ms, lib, not args.no_sdpa, args.label, args.kernel_times,
+                                       args.rounds, not args.no_flash)
         for impl, (tf, tfb, kf, kfb, gpu) in rows.items():
             tff, tffb = flops / tf / 1e9, 3.5 * flops / tfb / 1e9
             ratio = ""
@@ -298,7 +325,7 @@ def main():
                   f"{tfb:8.3f} {tffb:5.0f}{ratio}{kcols}{gcols}")
             out.append(dict(device=dev, git_sha=sha, date=date, torch=torch.__version__, ours=mode,
                             lvx_cuda_sm90=kernels, B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lkv=Lkv, D=D, dtype=dname,
-                            impl=impl, fwd_ms=round(tf, 4), fwd_tflops=round(tff, 1), fwd_bwd_ms=round(tfb, 4),
+                            impl=impl, rounds=args.rounds, fwd_ms=round(tf, 4), fwd_tflops=round(tff, 1), fwd_bwd_ms=round(tfb, 4),
                             fwd_bwd_tflops=round(tffb, 1),
                             ours_over_cudnn_fwd_bwd=round(tfb / rows["cudnn"][1], 3) if ratio else "",
                             ours_fwd_rel_err_vs_sdpa=f"{err:.2e}" if impl == args.label else "",

@@ -15,7 +15,8 @@
 # ('table': the kernel step's SDPA comparison alone; 'trace': host gaps and runtime calls of
 # one forward+backward, trace_call.py; 'host': host time per public call, host_overhead.py;
 # 'ncusrc': warp-state samples per SASS
-# instruction of the backward kernel, NCU_SHAPES / NCU_KERNEL)
+# instruction of the backward kernel, NCU_SHAPES / NCU_KERNEL; 'ncu': counters and pipe use of
+# NCU_KERNEL's kernels, ours or with NCU_SDPA=1 cuDNN's, on NCU_SHAPES)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp
@@ -110,6 +111,16 @@ if [[ " $steps " == *" bench "* ]]; then
 fi
 
 RECOMPUTE_ARGS=${RECOMPUTE_ARGS:---text-len 512 --start 262144 --granularity 131072 --trial-timeout 60}
+if [[ " $steps " == *" ncu "* ]]; then
+  # Counters (tensor pipe, issue, L2 incl. the dQ reduce-adds, DRAM, stall reasons) and
+  # NCU_SECTIONS (default: the pipes' use) of NCU_KERNEL's kernels on NCU_SHAPES, one
+  # launch each; NCU_SDPA=1 runs SDPA's cuDNN backend too, so that NCU_KERNEL can name
+  # its kernels (flash_fprop, flash_bprop).
+  PY="$PY" PUBLIC=1 SDPA="${NCU_SDPA:-0}" SECTIONS="${NCU_SECTIONS-ComputeWorkloadAnalysis}" \
+    KERNELS="${NCU_KERNEL:-attend_fwd_sm90 attend_bwd_sm90}" OUT="$out" \
+    SHAPES="${NCU_SHAPES:-1,16,16,1024,65536,64,bf16}" cuda/dev/ncu_sm90.sh 2>&1 | tee "$out/ncu_counters.txt"
+fi
+
 if [[ " $steps " == *" trace "* ]]; then
   # Per-rank GPU timelines of one shape (torch.profiler): kernel time by kind, idle gaps.
   for n in ${TRACE_RANKS:-1 $NGPU}; do
@@ -163,8 +174,10 @@ if [[ " $steps " == *" kernels "* ]]; then
   done
 fi
 if [[ " $steps " == *" kernels "* || " $steps " == *" table "* ]]; then
-  timeout 420 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 --kernel-times \
-    --sha "${SHA:-unknown}" 2>&1 | tail -70
+  # TABLE_SHAPES: other shapes ('B,Hq,Hkv,Lq,Lkv,D,dtype;...'); TABLE_ARGS: more options
+  # (e.g. "--rounds 3 --no-flash").
+  timeout ${TABLE_LIMIT:-420} "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels.csv" --reps-ms 150 \
+    --kernel-times --sha "${SHA:-unknown}" ${TABLE_SHAPES:+--shapes "$TABLE_SHAPES"} ${TABLE_ARGS:-} 2>&1 | tail -70
 fi
 if [[ " $steps " == *" kernels "* ]]; then
   LVX_CUDA_SM90=0 timeout 200 "$PY" experiments/bench_gpu_kernels.py --out "$out/gpu_kernels_mma.csv" --reps-ms 100 \
@@ -176,6 +189,16 @@ if [[ " $steps " == *" ncusrc "* ]]; then
   # default the sm_90a backward; one launch per shape of NCU_SHAPES).
   PY="$PY" PUBLIC=1 SOURCE=1 KERNELS="${NCU_KERNEL:-attend_bwd_sm90}" OUT="$out" \
     SHAPES="${NCU_SHAPES:-1,16,16,4096,65536,128,bf16;1,16,16,256,32768,128,bf16}" cuda/dev/ncu_sm90.sh
+fi
+
+if [[ " $steps " == *" ncu "* ]]; then
+  # Counters (tensor pipe, issue, L2 incl. the dQ reduce-adds, DRAM, stall reasons) and
+  # NCU_SECTIONS (default: the pipes' use) of NCU_KERNEL's kernels on NCU_SHAPES, one
+  # launch each; NCU_SDPA=1 runs SDPA's cuDNN backend too, so that NCU_KERNEL can name
+  # its kernels (flash_fprop, flash_bprop).
+  PY="$PY" PUBLIC=1 SDPA="${NCU_SDPA:-0}" SECTIONS="${NCU_SECTIONS-ComputeWorkloadAnalysis}" \
+    KERNELS="${NCU_KERNEL:-attend_fwd_sm90 attend_bwd_sm90}" OUT="$out" \
+    SHAPES="${NCU_SHAPES:-1,16,16,1024,65536,64,bf16}" cuda/dev/ncu_sm90.sh 2>&1 | tee "$out/ncu_counters.txt"
 fi
 
 if [[ " $steps " == *" trace "* ]]; then
