@@ -34,6 +34,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-/tmp/lvx_out}
+since=$(mktemp)  # files this call writes under $out are newer (pack below)
 sha=${SHA:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 old_tar=${AB_OLD:-$root/.ab/old.tar.gz}
 old_sha=$(cat "$(dirname "$old_tar")/old.sha" 2>/dev/null || echo old)
@@ -116,7 +117,11 @@ python3 -c "import lvxattn, torch; print('lvxattn', lvxattn.__version__, 'cuda',
 pkg_ok=$?  # without the package, the playground steps still run
 
 # Logs travel in archives, one per phase (a lent machine returns a few files only).
-pack() { (cd "$out" && ls *.log *.txt >/dev/null 2>&1 && tar czf "logs_$1.tgz" $(ls *.log *.txt) && rm -f *.log); }
+# This call's *.log and *.txt (written since the mark `since`) into one archive; the .log go.
+pack() {
+  (cd "$out" && mapfile -t f < <(find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.txt' \) -newer "$since" | sort) &&
+    [ ${#f[@]} -gt 0 ] && tar czf "logs_$1.tgz" "${f[@]}" && rm -f ./*.log)
+}
 
 # ---- 2. correctness, both kernel families, side by side ------------------------------
 on=1

@@ -25,6 +25,9 @@ out=${OUT:-/tmp/lvx_out}
 steps=${STEPS:-build test bench recompute}
 cd "$root"
 mkdir -p "$out"
+# Files this call writes under $out are newer than this mark; the logs' archive takes only
+# those (an $out an earlier call wrote to keeps its files out of this call's archive).
+since=$(mktemp)
 NGPU=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpus.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -222,5 +225,8 @@ if [[ " $steps " == *" soak "* ]]; then
   timeout 300 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/python/test_reliability.py -k soak_gpu 2>&1 | tail -3
 fi
 
-# At most 8 files come back from a lent machine: the logs travel as one archive.
-(cd "$out" && ls *.log *.txt >/dev/null 2>&1 && tar czf logs.tgz $(ls *.log *.txt 2>/dev/null) && rm -f *.log *.txt)
+# At most 8 files come back from a lent machine: this call's logs travel as one archive
+# (*.log and *.txt written since the mark; either kind may be absent).
+(cd "$out" && mapfile -t logs < <(find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.txt' \) -newer "$since" | sort) &&
+  [ ${#logs[@]} -gt 0 ] && tar czf logs.tgz "${logs[@]}" && rm -f "${logs[@]}")
+rm -f "$since"
