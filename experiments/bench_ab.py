@@ -32,7 +32,6 @@ import argparse
 import csv
 import datetime
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ import time
 from typing import NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from gpu_state import describe  # noqa: E402 (no torch: the parent process imports it too)
 
 SHAPES = [
     (1, 16, 16, 1024, 16384, 128, "bf16", ""),
@@ -98,26 +99,18 @@ def mask_ranges(kind: str, B: int, Lq: int, Lkv: int, device):
 
 def worker(args) -> None:
     import torch
-    sys.path.insert(0, HERE)
-    from bench_gpu_kernels import bench_ms, kernel_times  # noqa: E402 (the same timing as the SDPA comparison)
+    from bench_gpu_kernels import bench_ms, kernel_times, make_inputs  # noqa: E402 (the same timing and inputs as the SDPA comparison)
     from gpu_state import GpuState  # noqa: E402
     import lvxattn
 
     where = os.path.realpath(os.path.dirname(lvxattn.__file__))
     if not where.startswith(os.path.realpath(args.pkg) + os.sep):
         raise SystemExit(f"worker {args.label}: imported lvxattn from {where}, not from {args.pkg}")
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     results = {"label": args.label, "lvxattn": where, "shapes": {}}
     for shape in parse_shapes(args.shapes):
         B, Hq, Hkv, Lq, Lkv, D, dname, mask = shape
-        dtype = dtypes[dname]
-        gen = torch.Generator(device="cuda").manual_seed(Lq + Lkv + D)
-        q = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=gen)
-        k = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
-        v = torch.randn(B, Lkv, Hkv, D, device="cuda", dtype=dtype, generator=gen)
-        dout = torch.randn(B, Lq, Hq, D, device="cuda", dtype=dtype, generator=gen)
+        q, k, v, dout, scale = make_inputs(shape[:7])  # the SDPA comparison's inputs for the shape
         ranges = mask_ranges(mask, B, Lq, Lkv, "cuda") if mask else None
-        scale = 1.0 / math.sqrt(D)
         qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
 
         def fwd():
@@ -265,8 +258,6 @@ CSV_STATS = ("rounds", "fwd_ms", "fwd_ms_min", "fwd_ms_max", "fwd_bwd_ms", "fwd_
 def report(builds: list[Build], runs: dict, shapes: list, meta: dict, out_csv: str) -> None:
     """Prints the table and the kernel breakdown, writes the CSV (one row per build and
     shape; meta: device, date, torch, lvx_cuda_sm90)."""
-    sys.path.insert(0, HERE)
-    from gpu_state import describe  # noqa: E402
     labels = [b.label for b in builds]
 
     def cells(values, ratios, kern):
@@ -276,7 +267,7 @@ def report(builds: list[Build], runs: dict, shapes: list, meta: dict, out_csv: s
         return " ".join([f"{phase + ' ' + x:>9s}" for x in labels] + [f"{L + '/A':>6s}" for L in LETTERS[1:len(builds)]]
                         + [f"{'kern ' + x:>9s}" for x in labels])
 
-    print(f"\nms, medians over rounds; X/A: median of build X over that of A; kern: device time of the kernels of one call (last round)")
+    print("\nms, medians over rounds; X/A: median of build X over that of A; kern: device time of the kernels of one call (last round)")
     print(f"{'shape':38s} {heads('fwd')}   {heads('f+b')}")
     rows, stats = [], {}
     for s in shapes:
